@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: BSD-3-Clause
+ *
+ * lb_abi.h - the data shared by every Sluice data path.
+ *
+ * Plain C with fixed-width types and explicit padding, so that the DPDK path (C++) and the
+ * XDP path (BPF C) include the same definitions: the flow key, the flow hash and the drop
+ * reasons. C++ checks the layout with static_assert in src/common/lb_abi_check.cc.
+ */
+#ifndef SLUICE_LB_ABI_H
+#define SLUICE_LB_ABI_H
+
+#ifdef __cplusplus
+#include <cstdint>
+extern "C" {
+#else
+#include <linux/types.h>
+#endif
+
+#ifndef __cplusplus
+typedef __u8 lb_u8;
+typedef __u16 lb_u16;
+typedef __u32 lb_u32;
+typedef __u64 lb_u64;
+#else
+typedef uint8_t lb_u8;
+typedef uint16_t lb_u16;
+typedef uint32_t lb_u32;
+typedef uint64_t lb_u64;
+#endif
+
+#define LB_FAMILY_IPV4 4
+#define LB_FAMILY_IPV6 6
+
+#define LB_PROTO_TCP 6
+#define LB_PROTO_UDP 17
+
+/* Backend id 0 means "no backend" (Maglev table slots of an empty service). */
+#define LB_BACKEND_NONE 0u
+
+/*
+ * The 5-tuple of a packet as it was on the wire. Addresses and ports are kept in network byte
+ * order exactly as read from the headers; an IPv4 address occupies addr[0] and the other three
+ * words are zero, so one key type serves both families.
+ */
+struct lb_flow_key {
+	lb_u32 src[4];
+	lb_u32 dst[4];
+	lb_u16 sport;
+	lb_u16 dport;
+	lb_u8 proto;
+	lb_u8 family;
+	lb_u8 pad[2];
+};
+
+/*
+ * Why a packet was dropped. The numbering is part of the ABI: both data paths count into arrays
+ * indexed by it, and the names below are what operators see in stats and replay summaries.
+ */
+enum lb_drop_reason {
+	LB_DROP_NON_IP = 0,        /* not IPv4/IPv6 (ARP, LLDP, ...) */
+	LB_DROP_TRUNCATED,         /* a header runs past the end of the frame */
+	LB_DROP_BAD_IP_HEADER,     /* IPv4 version/IHL < 5, IPv6 version */
+	LB_DROP_BAD_IP_LENGTH,     /* IP total/payload length disagrees with the frame */
+	LB_DROP_BAD_L4_HEADER,     /* TCP data offset < 5, UDP length < 8 or past the IP payload */
+	LB_DROP_IPV6_EXT_LIMIT,    /* too many IPv6 extension headers to walk */
+	LB_DROP_FRAGMENT,          /* IP fragment for a service (not forwarded yet) */
+	LB_DROP_NO_SERVICE,        /* matches no service and no NAT backend */
+	LB_DROP_NO_BACKEND,        /* service has no backend with weight > 0 */
+	LB_DROP_NO_NEXT_HOP,       /* NAT reply, but no gateway MAC configured or learned yet */
+	LB_DROP_TX_FULL,           /* transmit queue did not take the packet */
+	LB_DROP__COUNT
+};
+
+static inline const char *lb_drop_reason_name(unsigned int reason)
+{
+	switch (reason) {
+	case LB_DROP_NON_IP: return "non_ip";
+	case LB_DROP_TRUNCATED: return "truncated";
+	case LB_DROP_BAD_IP_HEADER: return "bad_ip_header";
+	case LB_DROP_BAD_IP_LENGTH: return "bad_ip_length";
+	case LB_DROP_BAD_L4_HEADER: return "bad_l4_header";
+	case LB_DROP_IPV6_EXT_LIMIT: return "ipv6_ext_limit";
+	case LB_DROP_FRAGMENT: return "fragment";
+	case LB_DROP_NO_SERVICE: return "no_service";
+	case LB_DROP_NO_BACKEND: return "no_backend";
+	case LB_DROP_NO_NEXT_HOP: return "no_next_hop";
+	case LB_DROP_TX_FULL: return "tx_full";
+	default: return "unknown";
+	}
+}
+
+/*
+ * The flow hash: a pure function of the 5-tuple with a fixed seed, so every core, every process
+ * and every Sluice host (behind ECMP, or after a restart) maps a flow to the same Maglev slot.
+ * MurmurHash3's 32-bit mixing (Austin Appleby, public domain) over the ten words of the key, each
+ * read as a big-endian number so that the result does not depend on the host's byte order.
+ * Straight-line code with no data-dependent loop, so the BPF verifier accepts it as it is.
+ */
+#define LB_FLOW_HASH_SEED 0x5a17c3e1u
+
+static inline lb_u32 lb_rotl32(lb_u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static inline lb_u32 lb_be32_to_host(lb_u32 v)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return __builtin_bswap32(v);
+#else
+	return v;
+#endif
+}
+
+static inline lb_u32 lb_be16_to_host(lb_u16 v)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return __builtin_bswap16(v);
+#else
+	return v;
+#endif
+}
+
+static inline lb_u32 lb_hash_mix(lb_u32 h, lb_u32 k)
+{
+	k *= 0xcc9e2d51u;
+	k = lb_rotl32(k, 15);
+	k *= 0x1b873593u;
+	h ^= k;
+	h = lb_rotl32(h, 13);
+	return h * 5u + 0xe6546b64u;
+}
+
+static inline lb_u32 lb_hash_final(lb_u32 h, lb_u32 len)
+{
+	h ^= len;
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
+static inline lb_u32 lb_flow_hash(const struct lb_flow_key *k)
+{
+	lb_u32 h = LB_FLOW_HASH_SEED;
+
+	h = lb_hash_mix(h, lb_be32_to_host(k->src[0]));
+	h = lb_hash_mix(h, lb_be32_to_host(k->src[1]));
+	h = lb_hash_mix(h, lb_be32_to_host(k->src[2]));
+	h = lb_hash_mix(h, lb_be32_to_host(k->src[3]));
+	h = lb_hash_mix(h, lb_be32_to_host(k->dst[0]));
+	h = lb_hash_mix(h, lb_be32_to_host(k->dst[1]));
+	h = lb_hash_mix(h, lb_be32_to_host(k->dst[2]));
+	h = lb_hash_mix(h, lb_be32_to_host(k->dst[3]));
+	h = lb_hash_mix(h, (lb_be16_to_host(k->sport) << 16) | lb_be16_to_host(k->dport));
+	h = lb_hash_mix(h, ((lb_u32)k->proto << 8) | k->family);
+	return lb_hash_final(h, 40);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SLUICE_LB_ABI_H */

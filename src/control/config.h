@@ -1,0 +1,93 @@
+// The Sluice configuration: what the TOML file says, validated. Loading never half-succeeds: a
+// file is either returned whole and valid, or rejected with a ConfigError naming the line and the
+// problem, and the caller's running configuration stays as it was.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/net.h"
+
+namespace sluice {
+
+enum class Forwarding : uint8_t { kDr, kNat };
+enum class Scheduler : uint8_t { kMaglev };
+
+const char* forwardingName(Forwarding f);
+const char* schedulerName(Scheduler s);
+
+inline constexpr uint32_t kDefaultMaglevTableSize = 65537;
+inline constexpr uint32_t kMaxWeight = 65535;  // as ipvsadm: 0 (drain) .. 65535
+
+struct BackendConfig {
+  IpAddress address;
+  uint16_t port = 0;  // DR: always the service port; NAT: the port the backend listens on
+  MacAddress mac;     // next-hop MAC for this backend
+  uint32_t weight = 1;
+  int line = 0;       // where it was defined, for later messages; 0 when not from a file
+};
+
+struct ServiceConfig {
+  std::string name;
+  IpAddress vip;
+  uint16_t port = 0;
+  Protocol protocol = Protocol::kTcp;
+  Forwarding forwarding = Forwarding::kDr;
+  Scheduler scheduler = Scheduler::kMaglev;
+  uint32_t table_size = kDefaultMaglevTableSize;  // Maglev lookup table size M, prime
+  std::vector<BackendConfig> backends;
+  int line = 0;
+};
+
+struct TimeoutConfig {
+  uint32_t tcp_s = 900;     // idle timeout of an established TCP flow (IPVS default)
+  uint32_t tcp_fin_s = 10;  // linger after FIN or RST
+  uint32_t udp_s = 300;     // idle timeout of a UDP flow
+};
+
+struct DataplaneConfig {
+  uint32_t flow_table_size = 1u << 20;  // flow entries per worker core
+  // Where NAT replies (backend -> client) are sent. When unset, each port uses the source MAC of
+  // the last client packet it received for a NAT service (the upstream router, in practice).
+  std::optional<MacAddress> gateway_mac;
+};
+
+struct Config {
+  DataplaneConfig dataplane;
+  TimeoutConfig timeouts;
+  std::vector<ServiceConfig> services;
+};
+
+/** A configuration that was rejected; what() reads "FILE:LINE: problem". */
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/**
+ * Parse and validate a TOML configuration.
+ * @param text the TOML document
+ * @param source_name the name used in error messages (usually the file path)
+ * @return the validated configuration
+ * @throws ConfigError on a syntax error, unknown key, bad value or inconsistent services
+ */
+Config parseConfig(std::string_view text, std::string_view source_name);
+
+/** Read and parse a file; a missing or unreadable file is a ConfigError too. */
+Config loadConfigFile(const std::string& path);
+
+/**
+ * Check the rules that span services (duplicate VIP:port/proto, NAT reply uniqueness, ...).
+ * parseConfig calls it; the control plane calls it again before applying an edit.
+ * @throws ConfigError
+ */
+void validateConfig(const Config& config, std::string_view source_name);
+
+/** The built-in default used by `sluiced replay` with no --config: one DR and one NAT service. */
+std::string_view defaultConfigText();
+
+}  // namespace sluice

@@ -1,0 +1,163 @@
+#include "control/snapshot_builder.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "control/maglev.h"
+
+namespace sluice {
+
+IdRegistry::Assignment IdRegistry::assign(const Config& config) {
+  Assignment out;
+  std::set<uint32_t> live_services;
+  std::set<uint32_t> live_backends;
+
+  auto takeService = [&](const ServiceKey& key) {
+    if (auto it = services_.find(key); it != services_.end()) {
+      return it->second;
+    }
+    uint32_t id;
+    if (!free_services_.empty()) {
+      id = free_services_.back();
+      free_services_.pop_back();
+    } else {
+      id = next_service_++;
+    }
+    services_.emplace(key, id);
+    return id;
+  };
+  auto takeBackend = [&](const BackendKey& key) {
+    if (auto it = backends_.find(key); it != backends_.end()) {
+      return it->second;
+    }
+    uint32_t id;
+    if (!free_backends_.empty()) {
+      id = free_backends_.back();
+      free_backends_.pop_back();
+      ++epochs_[id];  // a new owner: flows of the old one must not follow the id
+    } else {
+      if (next_backend_ >= kMaxBackendIds) {
+        throw ConfigError(fmt::format("more than {} backends in all", kMaxBackendIds - 1));
+      }
+      id = next_backend_++;
+      epochs_.push_back(1);
+    }
+    backends_.emplace(key, id);
+    return id;
+  };
+
+  for (const ServiceConfig& s : config.services) {
+    const uint32_t sid =
+        takeService({s.vip, s.port, static_cast<uint8_t>(s.protocol)});
+    live_services.insert(sid);
+    out.service_ids.push_back(sid);
+    std::vector<uint32_t> bids;
+    for (const BackendConfig& b : s.backends) {
+      const uint32_t bid = takeBackend({sid, b.address, b.port});
+      live_backends.insert(bid);
+      bids.push_back(bid);
+    }
+    out.backend_ids.push_back(std::move(bids));
+  }
+
+  for (auto it = services_.begin(); it != services_.end();) {
+    if (!live_services.contains(it->second)) {
+      free_services_.push_back(it->second);
+      it = services_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = backends_.begin(); it != backends_.end();) {
+    if (!live_backends.contains(it->second)) {
+      free_backends_.push_back(it->second);
+      it = backends_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Hand out the lowest free ids first, so ids stay dense and deterministic.
+  std::sort(free_services_.begin(), free_services_.end(), std::greater<>());
+  std::sort(free_backends_.begin(), free_backends_.end(), std::greater<>());
+  return out;
+}
+
+SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation) {
+  const IdRegistry::Assignment assigned = ids.assign(config);
+  auto snap = std::make_unique<Snapshot>();
+  snap->generation = generation;
+  snap->tcp_timeout_ns = uint64_t{config.timeouts.tcp_s} * 1'000'000'000ull;
+  snap->tcp_fin_timeout_ns = uint64_t{config.timeouts.tcp_fin_s} * 1'000'000'000ull;
+  snap->udp_timeout_ns = uint64_t{config.timeouts.udp_s} * 1'000'000'000ull;
+  if (config.dataplane.gateway_mac) {
+    snap->has_gateway_mac = true;
+    std::memcpy(snap->gateway_mac, config.dataplane.gateway_mac->bytes.data(), 6);
+  }
+
+  uint32_t max_sid = 0;
+  uint32_t max_bid = 0;
+  size_t nat_backends = 0;
+  for (size_t i = 0; i < config.services.size(); ++i) {
+    max_sid = std::max(max_sid, assigned.service_ids[i]);
+    for (uint32_t b : assigned.backend_ids[i]) {
+      max_bid = std::max(max_bid, b);
+    }
+    if (config.services[i].forwarding == Forwarding::kNat) {
+      nat_backends += config.services[i].backends.size();
+    }
+  }
+  snap->services.resize(config.services.empty() ? 0 : max_sid + 1);
+  snap->backends.resize(max_bid + 1);
+  snap->service_map.reserve(config.services.size());
+  snap->vip_addresses.reserve(config.services.size());
+  snap->nat_reply_map.reserve(nat_backends);
+
+  for (size_t i = 0; i < config.services.size(); ++i) {
+    const ServiceConfig& sc = config.services[i];
+    const uint32_t sid = assigned.service_ids[i];
+    const uint8_t proto = static_cast<uint8_t>(sc.protocol);
+    ServiceEntry& se = snap->services[sid];
+    se.present = true;
+    se.id = sid;
+    se.name = sc.name;
+    se.vip = sc.vip;
+    se.port = sc.port;
+    se.protocol = sc.protocol;
+    se.forwarding = sc.forwarding;
+    se.key = makeEndpointKey(sc.vip, sc.port, proto);
+
+    std::vector<MaglevBackend> mb;
+    mb.reserve(sc.backends.size());
+    for (size_t j = 0; j < sc.backends.size(); ++j) {
+      const BackendConfig& bc = sc.backends[j];
+      const uint32_t bid = assigned.backend_ids[i][j];
+      BackendEntry& be = snap->backends[bid];
+      be.present = true;
+      be.service_id = sid;
+      be.epoch = ids.epochOf(bid);
+      be.weight = bc.weight;
+      bc.address.toWords(be.addr);
+      const EndpointKey bk = makeEndpointKey(bc.address, bc.port, proto);
+      be.port_be = bk.port_be;
+      std::memcpy(be.mac, bc.mac.bytes.data(), 6);
+      be.address = bc.address;
+      be.port = bc.port;
+      // The Maglev key is the backend's endpoint alone, so every host (and the XDP path) that
+      // has the same backends builds the same table whatever ids it handed out.
+      mb.push_back({bid, formatEndpoint(bc.address, bc.port), bc.weight});
+      if (sc.forwarding == Forwarding::kNat) {
+        snap->nat_reply_map.insert(bk, {sid, bid});
+      }
+    }
+    se.maglev = buildMaglevTable(mb, sc.table_size);
+    se.backend_ids = assigned.backend_ids[i];
+    snap->service_map.insert(se.key, {sid, 0});
+    snap->vip_addresses.insert(makeEndpointKey(sc.vip, 0, 0), {sid, 0});
+  }
+  return snap;
+}
+
+}  // namespace sluice

@@ -1,0 +1,52 @@
+// Turns a validated Config into an immutable Snapshot for the workers. Pure and deterministic
+// apart from the id registry, which keeps service and backend ids stable across rebuilds so that
+// flows pinned in the workers' flow tables keep their meaning when the configuration changes.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "control/config.h"
+#include "dataplane/snapshot.h"
+
+namespace sluice {
+
+inline constexpr uint32_t kMaxBackendIds = 1u << 16;  // per process; id 0 is reserved
+
+/**
+ * Stable ids. A service keeps its id while its (VIP, port, protocol) exists; a backend keeps its
+ * id while its (service, address, port) exists. A freed id that is handed out again gets a new
+ * epoch, so a flow that still names the old owner is recognised and rescheduled.
+ */
+class IdRegistry {
+ public:
+  /** Ids for every service and backend of config; frees the ids of those that are gone. */
+  struct Assignment {
+    std::vector<uint32_t> service_ids;               // parallel to config.services
+    std::vector<std::vector<uint32_t>> backend_ids;  // parallel to each service's backends
+  };
+  Assignment assign(const Config& config);
+  uint32_t epochOf(uint32_t backend_id) const { return epochs_.at(backend_id); }
+
+ private:
+  using ServiceKey = std::tuple<IpAddress, uint16_t, uint8_t>;
+  using BackendKey = std::tuple<uint32_t, IpAddress, uint16_t>;
+  std::map<ServiceKey, uint32_t> services_;
+  std::map<BackendKey, uint32_t> backends_;
+  std::vector<uint32_t> free_services_;
+  std::vector<uint32_t> free_backends_;
+  uint32_t next_service_ = 0;
+  uint32_t next_backend_ = 1;
+  std::vector<uint32_t> epochs_ = std::vector<uint32_t>(1, 0);
+};
+
+/**
+ * Build the snapshot for config.
+ * @throws ConfigError when the id space is exhausted
+ */
+SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation);
+
+}  // namespace sluice

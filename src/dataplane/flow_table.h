@@ -1,0 +1,114 @@
+// The per-core connection table. One writer and one reader: the lcore that owns it, so there are
+// no locks and no atomics. Fixed capacity, allocated once at start; buckets of 8 entries with a
+// 32-bit signature per entry, so a lookup reads one signature line and, on a match, one entry.
+// Entries expire lazily (an expired entry is a miss and its slot is reused) and by an incremental
+// sweep of a few buckets per poll-loop pass, which keeps the active-flow count honest.
+// When a bucket is full, the entry closest to expiry is evicted and counted.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+
+#include "common/lb_abi.h"
+
+namespace sluice {
+
+enum class FlowState : uint8_t { kActive = 0, kClosing = 1 };
+
+struct FlowEntry {
+  lb_flow_key key;
+  uint64_t expires_ns;
+  uint32_t service_id;
+  uint32_t backend_id;
+  uint32_t backend_epoch;
+  FlowState state;
+  uint8_t pad[3];
+};
+static_assert(sizeof(FlowEntry) == 64, "one cache line per flow entry");
+
+struct FlowTableStats {
+  uint64_t inserted = 0;
+  uint64_t expired = 0;  // removed by expiry (lazily or by the sweep)
+  uint64_t evicted = 0;  // removed before expiry because the bucket was full
+  uint64_t active = 0;
+};
+
+inline bool flowKeyEqual(const lb_flow_key& a, const lb_flow_key& b) noexcept {
+  return std::memcmp(&a, &b, sizeof(lb_flow_key)) == 0;
+}
+
+class FlowTable {
+ public:
+  static constexpr uint32_t kBucketEntries = 8;
+
+  /** @param capacity entries wanted; rounded up to a power-of-two number of buckets */
+  explicit FlowTable(uint32_t capacity);
+  FlowTable(const FlowTable&) = delete;
+  FlowTable& operator=(const FlowTable&) = delete;
+
+  uint32_t capacity() const { return (mask_ + 1) * kBucketEntries; }
+
+  /** Warm the bucket of hash into the cache ahead of lookup(). */
+  void prefetch(uint32_t hash) const noexcept {
+    __builtin_prefetch(&sigs_[(hash & mask_) * kBucketEntries]);
+  }
+
+  /** The live entry for key, or nullptr. An expired entry is removed and reported as a miss. */
+  FlowEntry* lookup(const lb_flow_key& key, uint32_t hash, uint64_t now_ns) noexcept {
+    const uint32_t base = (hash & mask_) * kBucketEntries;
+    const uint32_t sig = signature(hash);
+    for (uint32_t i = 0; i < kBucketEntries; ++i) {
+      if (sigs_[base + i] != sig) {
+        continue;
+      }
+      FlowEntry& e = entries_[base + i];
+      if (!flowKeyEqual(e.key, key)) {
+        continue;
+      }
+      if (e.expires_ns <= now_ns) {
+        sigs_[base + i] = 0;
+        ++stats_.expired;
+        --stats_.active;
+        return nullptr;
+      }
+      return &e;
+    }
+    return nullptr;
+  }
+
+  /**
+   * A slot for a new flow (the caller fills everything but the key). Reuses a free or expired
+   * slot, or evicts the entry of the bucket that expires first. Never fails.
+   */
+  FlowEntry& insert(const lb_flow_key& key, uint32_t hash, uint64_t now_ns) noexcept;
+
+  /** Expire the entries of the next `buckets` buckets (round robin). */
+  void sweep(uint32_t buckets, uint64_t now_ns) noexcept;
+
+  /** Remove every entry (used by tests and when a worker restarts its table). */
+  void clear() noexcept;
+
+  const FlowTableStats& stats() const { return stats_; }
+
+  /** Visit every live entry (control plane / tests; not for the hot path). */
+  template <typename F>
+  void forEach(uint64_t now_ns, F&& f) const {
+    for (uint32_t i = 0; i < capacity(); ++i) {
+      if (sigs_[i] != 0 && entries_[i].expires_ns > now_ns) {
+        f(entries_[i]);
+      }
+    }
+  }
+
+ private:
+  static uint32_t signature(uint32_t hash) noexcept { return hash | 1u; }  // 0 marks a free slot
+
+  uint32_t mask_;
+  uint32_t sweep_cursor_ = 0;
+  std::unique_ptr<uint32_t[]> sigs_;
+  std::unique_ptr<FlowEntry[]> entries_;
+  FlowTableStats stats_;
+};
+
+}  // namespace sluice

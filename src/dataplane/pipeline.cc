@@ -1,0 +1,168 @@
+#include "dataplane/pipeline.h"
+
+#include <cstring>
+
+#include "dataplane/rewrite.h"
+
+namespace sluice {
+
+namespace {
+
+uint64_t packMac(const uint8_t* m) noexcept {
+  uint64_t v = 0;
+  for (int i = 0; i < 6; ++i) {
+    v = v << 8 | m[i];
+  }
+  return v;
+}
+
+void unpackMac(uint64_t v, uint8_t* m) noexcept {
+  for (int i = 5; i >= 0; --i) {
+    m[i] = static_cast<uint8_t>(v);
+    v >>= 8;
+  }
+}
+
+EndpointKey dstEndpoint(const lb_flow_key& k) noexcept {
+  EndpointKey e;
+  std::memcpy(e.addr, k.dst, sizeof(e.addr));
+  e.port_be = k.dport;
+  e.proto = k.proto;
+  e.family = k.family;
+  return e;
+}
+
+EndpointKey srcEndpoint(const lb_flow_key& k) noexcept {
+  EndpointKey e;
+  std::memcpy(e.addr, k.src, sizeof(e.addr));
+  e.port_be = k.sport;
+  e.proto = k.proto;
+  e.family = k.family;
+  return e;
+}
+
+}  // namespace
+
+Pipeline::Pipeline(uint32_t flow_capacity, uint32_t max_backend_ids)
+    : flows_(flow_capacity), backend_counters_(max_backend_ids) {}
+
+void Pipeline::process(std::span<PacketRef> burst, const Snapshot& snap,
+                       PortContext& port) noexcept {
+  // Stage 1: parse and hash; start fetching the flow buckets so that stage 2 finds them cached.
+  for (PacketRef& p : burst) {
+    p.status = parsePacket(p.data, p.data_len, p.pkt_len, p.parsed);
+    if (p.status == kParseOk) [[likely]] {
+      p.hash = lb_flow_hash(&p.parsed.key);
+      flows_.prefetch(p.hash);
+    }
+  }
+  // Stage 2: decide and rewrite.
+  counters_.rx_packets += burst.size();
+  for (PacketRef& p : burst) {
+    p.transmit = forward(p, snap, port);
+  }
+}
+
+bool Pipeline::forward(PacketRef& p, const Snapshot& snap, PortContext& port) noexcept {
+  if (p.status != kParseOk) [[unlikely]] {
+    return drop(p.status);
+  }
+  const lb_flow_key& k = p.parsed.key;
+  if (p.parsed.fragment) [[unlikely]] {
+    // Without reassembly a non-first fragment has no ports: it cannot be scheduled. Fragments
+    // for a VIP are counted as such; others are traffic for no service.
+    EndpointKey vip = dstEndpoint(k);
+    vip.port_be = 0;
+    vip.proto = 0;
+    return drop(snap.vip_addresses.find(vip) != nullptr ? LB_DROP_FRAGMENT : LB_DROP_NO_SERVICE);
+  }
+  if (const EndpointMap::Value* v = snap.service_map.find(dstEndpoint(k)); v != nullptr) {
+    return toBackend(p, snap, snap.services[v->service_id], port);
+  }
+  if (const EndpointMap::Value* v = snap.nat_reply_map.find(srcEndpoint(k)); v != nullptr) {
+    return natReply(p, snap, *v, port);
+  }
+  return drop(LB_DROP_NO_SERVICE);
+}
+
+bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry& svc,
+                         PortContext& port) noexcept {
+  const lb_flow_key& k = p.parsed.key;
+  const bool tcp = k.proto == LB_PROTO_TCP;
+  const uint8_t flags = p.parsed.tcp_flags;
+  FlowEntry* e = flows_.lookup(k, p.hash, p.now_ns);
+  bool pick = (e == nullptr);
+  if (e != nullptr) {
+    const uint32_t bid = e->backend_id;
+    const bool valid = e->service_id == svc.id && bid < snap.backends.size() &&
+                       snap.backends[bid].present && snap.backends[bid].epoch == e->backend_epoch;
+    if (!valid) [[unlikely]] {
+      ++counters_.flows_rescheduled;  // its backend is gone: a TCP peer will likely see a reset
+      pick = true;
+    } else if (tcp && e->state == FlowState::kClosing && (flags & (kTcpSyn | kTcpAck)) == kTcpSyn) {
+      pick = true;  // a new connection reusing the ports of one that just closed
+    }
+  }
+  if (pick) {
+    const uint32_t bid = svc.maglev[p.hash % svc.maglev.size()];
+    if (bid == LB_BACKEND_NONE) [[unlikely]] {
+      return drop(LB_DROP_NO_BACKEND);
+    }
+    if (e == nullptr) {
+      e = &flows_.insert(k, p.hash, p.now_ns);
+    }
+    e->service_id = svc.id;
+    e->backend_id = bid;
+    e->backend_epoch = snap.backends[bid].epoch;
+    e->state = FlowState::kActive;
+    ++backend_counters_[bid].flows;
+  }
+  uint64_t timeout = snap.udp_timeout_ns;
+  if (tcp) {
+    if (flags & (kTcpFin | kTcpRst)) {
+      e->state = FlowState::kClosing;
+    }
+    timeout = e->state == FlowState::kClosing ? snap.tcp_fin_timeout_ns : snap.tcp_timeout_ns;
+  }
+  e->expires_ns = p.now_ns + timeout;
+
+  const BackendEntry& b = snap.backends[e->backend_id];
+  if (svc.forwarding == Forwarding::kNat) {
+    if (!snap.has_gateway_mac) {
+      const uint64_t client_mac = packMac(p.data + 6);
+      if (port.learned_gateway.load(std::memory_order_relaxed) != client_mac) [[unlikely]] {
+        // Relaxed: the value is a hint for replies; no other data is published with it.
+        port.learned_gateway.store(client_mac, std::memory_order_relaxed);
+      }
+    }
+    rewriteL3L4(p.data, p.parsed, true, b.addr, b.port_be);
+  }
+  rewriteMacs(p.data, b.mac, port.mac);
+  BackendCounters& bc = backend_counters_[e->backend_id];
+  ++bc.packets;
+  bc.bytes += p.pkt_len;
+  return true;
+}
+
+bool Pipeline::natReply(PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v,
+                        PortContext& port) noexcept {
+  uint8_t next_hop[6];
+  if (snap.has_gateway_mac) {
+    std::memcpy(next_hop, snap.gateway_mac, 6);
+  } else {
+    const uint64_t learned = port.learned_gateway.load(std::memory_order_relaxed);
+    if (learned == 0) [[unlikely]] {
+      return drop(LB_DROP_NO_NEXT_HOP);
+    }
+    unpackMac(learned, next_hop);
+  }
+  const ServiceEntry& svc = snap.services[v.service_id];
+  rewriteL3L4(p.data, p.parsed, false, svc.key.addr, svc.key.port_be);
+  rewriteMacs(p.data, next_hop, port.mac);
+  BackendCounters& bc = backend_counters_[v.backend_id];
+  ++bc.reply_packets;
+  bc.reply_bytes += p.pkt_len;
+  return true;
+}
+
+}  // namespace sluice

@@ -1,0 +1,99 @@
+// The per-packet work of one worker, independent of DPDK: parse, service lookup, flow lookup,
+// Maglev pick on a miss, rewrite. The DPDK lcore loop (worker.h) feeds it bursts of mbuf data;
+// the unit tests feed it plain byte buffers. Nothing here allocates, locks or calls the kernel.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "common/lb_abi.h"
+#include "dataplane/flow_table.h"
+#include "dataplane/packet.h"
+#include "dataplane/snapshot.h"
+
+namespace sluice {
+
+/** Per-backend counters of one worker. */
+struct BackendCounters {
+  uint64_t packets = 0;        // client -> backend
+  uint64_t bytes = 0;
+  uint64_t flows = 0;          // new flows scheduled to this backend
+  uint64_t reply_packets = 0;  // NAT backend -> client
+  uint64_t reply_bytes = 0;
+};
+
+/** Per-worker counters: written only by the worker, plain increments. */
+struct WorkerCounters {
+  uint64_t rx_packets = 0;
+  uint64_t tx_packets = 0;
+  uint64_t drops[LB_DROP__COUNT] = {};
+  uint64_t flows_rescheduled = 0;  // a pinned backend was removed; the flow got a new one
+};
+
+/** What a worker knows of the port a packet came in on (and goes out of: one-armed). */
+struct PortContext {
+  uint8_t mac[6] = {};
+  // NAT replies go to the configured gateway MAC or, if there is none, to the source MAC of the
+  // last client packet this port received for a NAT service. Packed in the low 48 bits; 0 = none.
+  // Shared by the workers of the port: relaxed loads, and a store only when the value changes.
+  std::atomic<uint64_t> learned_gateway{0};
+};
+
+/** One packet of a burst. The caller fills the inputs; process() sets `transmit`. */
+struct PacketRef {
+  uint8_t* data = nullptr;
+  uint32_t data_len = 0;  // bytes in the first segment
+  uint32_t pkt_len = 0;   // bytes in all segments
+  uint64_t now_ns = 0;    // the clock for flow expiry
+  bool transmit = false;  // out: rewritten in place, send it; false: dropped and counted
+  // Internal to the pipeline between its two stages.
+  int status = 0;
+  uint32_t hash = 0;
+  ParsedPacket parsed;
+};
+
+class Pipeline {
+ public:
+  static constexpr size_t kMaxBurst = 64;
+
+  /**
+   * @param flow_capacity flow entries of this worker's table
+   * @param max_backend_ids size of the per-backend counter array (ids are below it)
+   */
+  Pipeline(uint32_t flow_capacity, uint32_t max_backend_ids);
+
+  /**
+   * Process a burst (at most kMaxBurst packets) in two stages: parse and hash every packet,
+   * prefetching its flow bucket; then look up, schedule and rewrite each one.
+   */
+  void process(std::span<PacketRef> burst, const Snapshot& snap, PortContext& port) noexcept;
+
+  /** Expire idle flows in a few buckets; call once per poll-loop pass. */
+  void sweep(uint64_t now_ns, uint32_t buckets = 8) noexcept { flows_.sweep(buckets, now_ns); }
+
+  const WorkerCounters& counters() const { return counters_; }
+  WorkerCounters& counters() { return counters_; }
+  const std::vector<BackendCounters>& backendCounters() const { return backend_counters_; }
+  const FlowTable& flows() const { return flows_; }
+  FlowTable& flows() { return flows_; }
+
+ private:
+  bool forward(PacketRef& p, const Snapshot& snap, PortContext& port) noexcept;
+  bool toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry& svc,
+                 PortContext& port) noexcept;
+  bool natReply(PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v,
+                PortContext& port) noexcept;
+  bool drop(int reason) noexcept {
+    ++counters_.drops[reason];
+    return false;
+  }
+
+  FlowTable flows_;
+  WorkerCounters counters_;
+  std::vector<BackendCounters> backend_counters_;
+};
+
+}  // namespace sluice

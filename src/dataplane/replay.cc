@@ -1,0 +1,337 @@
+#include "dataplane/replay.h"
+
+#include <fcntl.h>
+#include <pcap/pcap.h>
+#include <unistd.h>
+
+#include <rte_ethdev.h>
+#include <rte_lcore.h>
+#include <rte_mbuf.h>
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "control/config.h"
+#include "control/snapshot_builder.h"
+#include "dataplane/eal.h"
+#include "dataplane/worker.h"
+
+namespace sluice {
+
+namespace {
+
+class ReplayInputError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/** Read the whole capture once: a missing, non-Ethernet or corrupt file fails here, clearly. */
+uint64_t checkCapture(const std::string& path) {
+  char err[PCAP_ERRBUF_SIZE] = {};
+  pcap_t* p = pcap_open_offline(path.c_str(), err);
+  if (p == nullptr) {
+    throw ReplayInputError(fmt::format("cannot read capture {}: {}", path, err));
+  }
+  if (pcap_datalink(p) != DLT_EN10MB) {
+    const int dlt = pcap_datalink(p);
+    pcap_close(p);
+    throw ReplayInputError(fmt::format(
+        "capture {} has link type {} ({}); sluiced replays Ethernet (EN10MB) captures", path,
+        pcap_datalink_val_to_name(dlt) ? pcap_datalink_val_to_name(dlt) : "?", dlt));
+  }
+  uint64_t n = 0;
+  pcap_pkthdr* hdr = nullptr;
+  const u_char* data = nullptr;
+  int rc;
+  while ((rc = pcap_next_ex(p, &hdr, &data)) == 1) {
+    ++n;
+  }
+  if (rc == PCAP_ERROR) {
+    const std::string why = pcap_geterr(p);
+    pcap_close(p);
+    throw ReplayInputError(
+        fmt::format("capture {} is corrupt after {} packets: {}", path, n, why));
+  }
+  pcap_close(p);
+  return n;
+}
+
+void checkDevargPath(const std::string& what, const std::string& path) {
+  if (path.empty()) {
+    throw ReplayInputError(fmt::format("{} is required", what));
+  }
+  if (path.find_first_of(",=") != std::string::npos) {
+    throw ReplayInputError(fmt::format(
+        "{} path {:?} contains ',' or '=', which DPDK device arguments cannot carry; rename it",
+        what, path));
+  }
+}
+
+void checkWritable(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) {
+    throw ReplayInputError(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
+  }
+  ::close(fd);
+}
+
+struct Totals {
+  WorkerCounters counters;
+  std::vector<BackendCounters> backends;
+  FlowTableStats flows;
+};
+
+Totals sumWorkers(const std::vector<std::unique_ptr<Worker>>& workers, size_t nbackends) {
+  Totals t;
+  t.backends.resize(nbackends);
+  for (const auto& w : workers) {
+    const WorkerCounters& c = w->pipeline().counters();
+    t.counters.rx_packets += c.rx_packets;
+    t.counters.tx_packets += c.tx_packets;
+    t.counters.flows_rescheduled += c.flows_rescheduled;
+    for (int r = 0; r < LB_DROP__COUNT; ++r) {
+      t.counters.drops[r] += c.drops[r];
+    }
+    const auto& bc = w->pipeline().backendCounters();
+    for (size_t i = 0; i < nbackends && i < bc.size(); ++i) {
+      t.backends[i].packets += bc[i].packets;
+      t.backends[i].bytes += bc[i].bytes;
+      t.backends[i].flows += bc[i].flows;
+      t.backends[i].reply_packets += bc[i].reply_packets;
+      t.backends[i].reply_bytes += bc[i].reply_bytes;
+    }
+    const FlowTableStats& fs = w->pipeline().flows().stats();
+    t.flows.inserted += fs.inserted;
+    t.flows.expired += fs.expired;
+    t.flows.evicted += fs.evicted;
+    t.flows.active += fs.active;
+  }
+  return t;
+}
+
+std::string keyEndpoint(const uint32_t* addr, uint16_t port_be, uint8_t family) {
+  return formatEndpoint(IpAddress::fromWords(family, addr), ntohs(port_be));
+}
+
+nlohmann::json report(const Snapshot& snap, const Totals& t, uint64_t capture_packets,
+                      const std::vector<std::unique_ptr<Worker>>& workers, bool list_flows) {
+  using nlohmann::json;
+  json j;
+  j["packets_in"] = t.counters.rx_packets;
+  j["packets_out"] = t.counters.tx_packets;
+  j["capture_packets"] = capture_packets;
+  json dropped = json::object();
+  uint64_t dropped_total = 0;
+  for (int r = 0; r < LB_DROP__COUNT; ++r) {
+    dropped[lb_drop_reason_name(r)] = t.counters.drops[r];
+    dropped_total += t.counters.drops[r];
+  }
+  j["dropped"] = dropped;
+  j["dropped_total"] = dropped_total;
+  j["flows"] = {{"created", t.flows.inserted},
+                {"expired", t.flows.expired},
+                {"evicted", t.flows.evicted},
+                {"active", t.flows.active},
+                {"rescheduled", t.counters.flows_rescheduled}};
+  json services = json::array();
+  json backends = json::array();
+  for (const ServiceEntry& s : snap.services) {
+    if (!s.present) {
+      continue;
+    }
+    uint64_t pk = 0;
+    uint64_t fl = 0;
+    uint64_t rp = 0;
+    for (uint32_t bid : s.backend_ids) {
+      const BackendEntry& b = snap.backends[bid];
+      const BackendCounters& c = t.backends[bid];
+      pk += c.packets;
+      fl += c.flows;
+      rp += c.reply_packets;
+      backends.push_back({{"service", s.name},
+                          {"address", b.address.str()},
+                          {"port", b.port},
+                          {"weight", b.weight},
+                          {"packets", c.packets},
+                          {"bytes", c.bytes},
+                          {"flows", c.flows},
+                          {"reply_packets", c.reply_packets},
+                          {"reply_bytes", c.reply_bytes}});
+    }
+    services.push_back({{"name", s.name},
+                        {"vip", s.vip.str()},
+                        {"port", s.port},
+                        {"protocol", protocolName(s.protocol)},
+                        {"forwarding", forwardingName(s.forwarding)},
+                        {"packets", pk},
+                        {"flows", fl},
+                        {"reply_packets", rp}});
+  }
+  j["services"] = services;
+  j["backends"] = backends;
+  if (list_flows) {
+    json flows = json::array();
+    for (const auto& w : workers) {
+      w->pipeline().flows().forEach(0, [&](const FlowEntry& e) {
+        const BackendEntry& b = snap.backends[e.backend_id];
+        flows.push_back({{"client", keyEndpoint(e.key.src, e.key.sport, e.key.family)},
+                         {"vip", keyEndpoint(e.key.dst, e.key.dport, e.key.family)},
+                         {"protocol", e.key.proto == LB_PROTO_TCP ? "tcp" : "udp"},
+                         {"service", snap.services[e.service_id].name},
+                         {"backend", formatEndpoint(b.address, b.port)},
+                         {"worker", w->index()}});
+      });
+    }
+    std::sort(flows.begin(), flows.end(), [](const json& a, const json& b) {
+      return std::tie(a["vip"].get_ref<const std::string&>(), a["client"].get_ref<const std::string&>()) <
+             std::tie(b["vip"].get_ref<const std::string&>(), b["client"].get_ref<const std::string&>());
+    });
+    j["flow_list"] = flows;
+  }
+  return j;
+}
+
+void printText(const nlohmann::json& j, const std::string& in, const std::string& out) {
+  std::string s;
+  s += fmt::format("replayed {}: {} packets in, {} out, {} dropped\n", in,
+                   j["packets_in"].get<uint64_t>(), j["packets_out"].get<uint64_t>(),
+                   j["dropped_total"].get<uint64_t>());
+  s += fmt::format("output written to {}\n", out);
+  std::string drops;
+  for (const auto& [reason, count] : j["dropped"].items()) {
+    if (count.get<uint64_t>() != 0) {
+      drops += fmt::format("{}{}={}", drops.empty() ? "" : " ", reason, count.get<uint64_t>());
+    }
+  }
+  s += fmt::format("drops by reason: {}\n", drops.empty() ? "none" : drops);
+  const auto& f = j["flows"];
+  s += fmt::format("flows: {} created, {} expired, {} evicted, {} rescheduled, {} active at end\n",
+                   f["created"].get<uint64_t>(), f["expired"].get<uint64_t>(),
+                   f["evicted"].get<uint64_t>(), f["rescheduled"].get<uint64_t>(),
+                   f["active"].get<uint64_t>());
+  s += "\n";
+  s += fmt::format("{:<28} {:<5} {:>10} {:>8} {:>10}\n", "service / backend", "mode", "packets",
+                   "flows", "replies");
+  for (const auto& svc : j["services"]) {
+    const std::string name = svc["name"].get<std::string>();
+    const std::string vip = svc["vip"].get<std::string>();
+    const bool v6 = vip.find(':') != std::string::npos;
+    s += fmt::format("{:<28} {:<5} {:>10} {:>8} {:>10}\n",
+                     fmt::format("{} {}{}{}:{}/{}", name, v6 ? "[" : "", vip, v6 ? "]" : "",
+                                 svc["port"].get<int>(), svc["protocol"].get<std::string>()),
+                     svc["forwarding"].get<std::string>(), svc["packets"].get<uint64_t>(),
+                     svc["flows"].get<uint64_t>(), svc["reply_packets"].get<uint64_t>());
+    for (const auto& b : j["backends"]) {
+      if (b["service"] != svc["name"]) {
+        continue;
+      }
+      const std::string addr = b["address"].get<std::string>();
+      const bool b6 = addr.find(':') != std::string::npos;
+      s += fmt::format("  -> {:<23} {:<5} {:>10} {:>8} {:>10}\n",
+                       fmt::format("{}{}{}:{}", b6 ? "[" : "", addr, b6 ? "]" : "",
+                                   b["port"].get<int>()),
+                       fmt::format("w{}", b["weight"].get<uint32_t>()),
+                       b["packets"].get<uint64_t>(), b["flows"].get<uint64_t>(),
+                       b["reply_packets"].get<uint64_t>());
+    }
+  }
+  if (j.contains("flow_list")) {
+    s += "\nflows:\n";
+    for (const auto& fl : j["flow_list"]) {
+      s += fmt::format("  {} {} -> {} => {} ({})\n", fl["protocol"].get<std::string>(),
+                       fl["client"].get<std::string>(), fl["vip"].get<std::string>(),
+                       fl["backend"].get<std::string>(), fl["service"].get<std::string>());
+    }
+  }
+  std::fputs(s.c_str(), stdout);
+}
+
+}  // namespace
+
+int runReplay(const ReplayOptions& opts) {
+  Config config;
+  uint64_t capture_packets = 0;
+  try {
+    config = opts.config_path.empty() ? parseConfig(defaultConfigText(), "<built-in default>")
+                                      : loadConfigFile(opts.config_path);
+    checkDevargPath("--in", opts.in_pcap);
+    checkDevargPath("--out", opts.out_pcap);
+    capture_packets = checkCapture(opts.in_pcap);
+    checkWritable(opts.out_pcap);
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "sluiced replay: bad configuration: %s\n", e.what());
+    return 2;
+  } catch (const ReplayInputError& e) {
+    std::fprintf(stderr, "sluiced replay: %s\n", e.what());
+    return 2;
+  }
+
+  // No hugepages, no PCI, no shared files: a replay needs nothing of the host and can run
+  // beside a live sluiced or another replay.
+  std::vector<std::string> eal = {"sluiced",   "--no-shconf", "--no-huge",      "--no-pci",
+                                  fmt::format("--file-prefix=sluice-replay-{}", getpid()),
+                                  "-m",        "256",         "-l",             "0",
+                                  "--log-level", "*:error",
+                                  "--vdev",
+                                  fmt::format("net_pcap_replay,rx_pcap={},tx_pcap={}",
+                                              opts.in_pcap, opts.out_pcap)};
+  eal.insert(eal.end(), opts.eal_args.begin(), opts.eal_args.end());
+
+  try {
+    Eal env(eal);
+    uint16_t port_id = 0;
+    if (rte_eth_dev_get_port_by_name("net_pcap_replay", &port_id) != 0) {
+      throw DpdkError("the pcap replay port did not come up");
+    }
+    rte_mempool* pool = createMbufPool("replay_mbufs", 8191, static_cast<int>(rte_socket_id()));
+    PortConfig pc;
+    pc.port_id = port_id;
+    pc.queues = 1;
+    pc.pool = pool;
+    const PortInfo pinfo = startPort(pc);
+
+    IdRegistry ids;
+    PortContext port_ctx;
+    std::memcpy(port_ctx.mac, pinfo.mac, 6);
+    std::atomic<bool> stop{false};
+    std::vector<std::unique_ptr<Worker>> workers;
+    {
+      SnapshotSlot slot(1);
+      slot.publish(buildSnapshot(config, ids, 1));
+      WorkerOptions wo;
+      wo.flow_capacity = config.dataplane.flow_table_size;
+      wo.max_backend_ids = kMaxBackendIds;
+      wo.packet_clock = true;
+      wo.stop_when_idle = true;
+      workers.push_back(std::make_unique<Worker>(0, wo, std::vector<RxQueueRef>{{port_id, 0, &port_ctx}},
+                                                 slot, stop));
+      workers[0]->run();  // replay runs its single worker on the main lcore
+      stopPort(port_id);  // flushes and closes the output capture
+
+      const Snapshot& snap = *slot.current();
+      const Totals totals = sumWorkers(workers, snap.backends.size());
+      const nlohmann::json j = report(snap, totals, capture_packets, workers, opts.list_flows);
+      if (opts.json) {
+        std::printf("%s\n", j.dump(2).c_str());
+      } else {
+        printText(j, opts.in_pcap, opts.out_pcap);
+      }
+      workers.clear();
+    }
+    rte_mempool_free(pool);
+    return 0;
+  } catch (const DpdkError& e) {
+    std::fprintf(stderr, "sluiced replay: %s\n", e.what());
+    return 1;
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "sluiced replay: bad configuration: %s\n", e.what());
+    return 2;
+  }
+}
+
+}  // namespace sluice

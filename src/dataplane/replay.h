@@ -1,0 +1,27 @@
+// `sluiced replay`: run a capture through the real DPDK pipeline (net_pcap virtual device, no NIC
+// or hugepages), write what it transmits to a capture, and report where packets and flows went.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sluice {
+
+struct ReplayOptions {
+  std::string config_path;  // empty: the built-in default configuration
+  std::string in_pcap;
+  std::string out_pcap;
+  bool json = false;
+  bool list_flows = false;  // also list every flow and the backend it went to
+  std::vector<std::string> eal_args;  // extra EAL arguments
+};
+
+/**
+ * Run the replay and print its summary on stdout.
+ * @return the process exit status: 0 done, 2 bad input (config, capture, arguments),
+ *         1 DPDK failed to start
+ */
+int runReplay(const ReplayOptions& opts);
+
+}  // namespace sluice

@@ -1,0 +1,129 @@
+// The immutable tables a worker reads on every packet: services, backends, Maglev tables and
+// the lookup maps. The control plane builds a Snapshot (src/control/snapshot_builder.h), publishes
+// it with one atomic store, and frees the old one only after every worker has passed a quiescent
+// point. Nothing in a published Snapshot is ever written again.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/lb_abi.h"
+#include "common/net.h"
+#include "control/config.h"
+
+namespace sluice {
+
+/** (address, port, protocol) of a VIP or a backend, in wire layout. */
+struct EndpointKey {
+  uint32_t addr[4];
+  uint16_t port_be;
+  uint8_t proto;
+  uint8_t family;
+
+  bool operator==(const EndpointKey& o) const noexcept {
+    return addr[0] == o.addr[0] && addr[1] == o.addr[1] && addr[2] == o.addr[2] &&
+           addr[3] == o.addr[3] && port_be == o.port_be && proto == o.proto &&
+           family == o.family;
+  }
+};
+
+/**
+ * A read-only open-addressing map from EndpointKey to two 32-bit values, built once by the
+ * control plane. Linear probing at a load factor of at most 1/2; a lookup touches one or two
+ * cache lines and allocates nothing.
+ */
+class EndpointMap {
+ public:
+  struct Value {
+    uint32_t service_id = 0;
+    uint32_t backend_id = 0;
+  };
+
+  EndpointMap() = default;
+  /** Reserve room for n keys (call before insert). */
+  void reserve(size_t n);
+  /** Insert or overwrite. Control plane only. */
+  void insert(const EndpointKey& key, Value value);
+  /** nullptr when absent. */
+  const Value* find(const EndpointKey& key) const noexcept {
+    if (slots_.empty()) {
+      return nullptr;
+    }
+    for (size_t i = hashKey(key) & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (!s.used) {
+        return nullptr;
+      }
+      if (s.key == key) {
+        return &s.value;
+      }
+    }
+  }
+  size_t size() const { return count_; }
+
+ private:
+  struct Slot {
+    EndpointKey key{};
+    Value value{};
+    bool used = false;
+  };
+  static uint32_t hashKey(const EndpointKey& k) noexcept {
+    uint32_t h = LB_FLOW_HASH_SEED;
+    for (uint32_t w : k.addr) {
+      h = lb_hash_mix(h, w);
+    }
+    h = lb_hash_mix(h, static_cast<uint32_t>(k.port_be) << 16 | k.proto << 8 | k.family);
+    return lb_hash_final(h, 20);
+  }
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+  size_t count_ = 0;
+};
+
+struct BackendEntry {
+  bool present = false;    // false: the id is free; flows pinned to it are rescheduled
+  uint32_t service_id = 0;
+  uint32_t epoch = 0;      // bumped when the id is given to another backend
+  uint32_t weight = 0;     // 0 = drained: keeps its flows, gets no new ones
+  uint32_t addr[4] = {};   // wire layout
+  uint16_t port_be = 0;
+  uint8_t mac[6] = {};
+  IpAddress address;       // for reports
+  uint16_t port = 0;
+};
+
+struct ServiceEntry {
+  bool present = false;
+  uint32_t id = 0;
+  std::string name;
+  EndpointKey key{};
+  IpAddress vip;
+  uint16_t port = 0;
+  Protocol protocol = Protocol::kTcp;
+  Forwarding forwarding = Forwarding::kDr;
+  std::vector<uint32_t> maglev;  // M slots of backend ids (LB_BACKEND_NONE when empty)
+  std::vector<uint32_t> backend_ids;  // this service's backends, in canonical order
+};
+
+struct Snapshot {
+  uint64_t generation = 0;
+  std::vector<ServiceEntry> services;  // indexed by service id
+  std::vector<BackendEntry> backends;  // indexed by backend id; [0] is never present
+  EndpointMap service_map;             // VIP:port/proto -> service
+  EndpointMap nat_reply_map;           // NAT backend addr:port/proto -> service, backend
+  EndpointMap vip_addresses;           // VIP address alone (port 0, proto 0): fragments
+  uint64_t tcp_timeout_ns = 0;
+  uint64_t tcp_fin_timeout_ns = 0;
+  uint64_t udp_timeout_ns = 0;
+  bool has_gateway_mac = false;
+  uint8_t gateway_mac[6] = {};
+};
+
+using SnapshotPtr = std::unique_ptr<Snapshot>;
+
+/** EndpointKey of an address, port (host order) and protocol. */
+EndpointKey makeEndpointKey(const IpAddress& addr, uint16_t port, uint8_t proto);
+
+}  // namespace sluice

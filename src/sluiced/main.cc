@@ -1,0 +1,36 @@
+// sluiced: the Sluice data-plane daemon. `sluiced replay` runs a capture through the pipeline.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+#include "dataplane/replay.h"
+#include "sluice_config.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"sluiced: the Sluice L4 load balancer data plane"};
+  app.set_version_flag("--version", std::string("sluiced ") + SLUICE_VERSION);
+  app.require_subcommand(1);
+
+  sluice::ReplayOptions replay;
+  CLI::App* rp = app.add_subcommand(
+      "replay", "Run a pcap capture through the real DPDK pipeline and report where flows went");
+  rp->add_option("--config,-c", replay.config_path,
+                 "Configuration file (TOML); the built-in default when omitted");
+  rp->add_option("--in,-i", replay.in_pcap, "Capture to replay (Ethernet pcap)")->required();
+  rp->add_option("--out,-o", replay.out_pcap, "Where to write the transmitted packets (pcap)")
+      ->required();
+  rp->add_flag("--json", replay.json, "Print the summary as one JSON object");
+  rp->add_flag("--flows", replay.list_flows, "Also list every flow and the backend it got");
+  rp->add_option("--eal", replay.eal_args, "Extra DPDK EAL argument (repeatable)")
+      ->allow_extra_args(false);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (rp->parsed()) {
+    return sluice::runReplay(replay);
+  }
+  return 0;
+}
