@@ -54,6 +54,21 @@ class FlowTable {
     __builtin_prefetch(&sigs_[(hash & mask_) * kBucketEntries]);
   }
 
+  /**
+   * Second prefetch stage: once the bucket's signatures are cached, start fetching the entry
+   * whose signature matches, so that lookup() finds the key in cache.
+   */
+  void prefetchEntry(uint32_t hash) const noexcept {
+    const uint32_t base = (hash & mask_) * kBucketEntries;
+    const uint32_t sig = signature(hash);
+    for (uint32_t i = 0; i < kBucketEntries; ++i) {
+      if (sigs_[base + i] == sig) {
+        __builtin_prefetch(&entries_[base + i]);
+        return;
+      }
+    }
+  }
+
   /** The live entry for key, or nullptr. An expired entry is removed and reported as a miss. */
   FlowEntry* lookup(const lb_flow_key& key, uint32_t hash, uint64_t now_ns) noexcept {
     const uint32_t base = (hash & mask_) * kBucketEntries;
@@ -106,8 +121,12 @@ class FlowTable {
 
   uint32_t mask_;
   uint32_t sweep_cursor_ = 0;
-  std::unique_ptr<uint32_t[]> sigs_;
-  std::unique_ptr<FlowEntry[]> entries_;
+  struct HugeFree {
+    size_t bytes;
+    void operator()(void* p) const noexcept;
+  };
+  std::unique_ptr<uint32_t[], HugeFree> sigs_;
+  std::unique_ptr<FlowEntry[], HugeFree> entries_;
   FlowTableStats stats_;
 };
 

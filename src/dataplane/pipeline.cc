@@ -56,7 +56,13 @@ void Pipeline::process(std::span<PacketRef> burst, const Snapshot& snap,
       flows_.prefetch(p.hash);
     }
   }
-  // Stage 2: decide and rewrite.
+  // Stage 2: with the signatures cached, start fetching the matching entries.
+  for (PacketRef& p : burst) {
+    if (p.status == kParseOk) [[likely]] {
+      flows_.prefetchEntry(p.hash);
+    }
+  }
+  // Stage 3: decide and rewrite.
   counters_.rx_packets += burst.size();
   for (PacketRef& p : burst) {
     p.transmit = forward(p, snap, port);

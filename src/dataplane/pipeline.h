@@ -66,8 +66,10 @@ class Pipeline {
   Pipeline(uint32_t flow_capacity, uint32_t max_backend_ids);
 
   /**
-   * Process a burst (at most kMaxBurst packets) in two stages: parse and hash every packet,
-   * prefetching its flow bucket; then look up, schedule and rewrite each one.
+   * Process a burst (at most kMaxBurst packets) in stages, so the memory latency of one packet's
+   * flow lookup overlaps the work on the others: parse and hash every packet and prefetch its
+   * bucket's signatures; prefetch the entry whose signature matches; then look up, schedule and
+   * rewrite each one.
    */
   void process(std::span<PacketRef> burst, const Snapshot& snap, PortContext& port) noexcept;
 

@@ -1,1 +1,248 @@
-int main() { return 0; }
+// sluice-bench: packets per second through one worker core, against an I/O floor measured in the
+// same run on the same virtual port.
+//
+//   (a) io-floor: rx_burst -> rewrite both MACs -> tx_burst, the least a DR forwarder does;
+//   (b) dr / nat: the real Worker poll loop (parse, service lookup, flow table, Maglev, rewrite)
+//       with every flow of the capture already established.
+//
+// The port is DPDK's net_pcap with infinite_rx=1: it preloads a generated capture of N one-packet
+// flows and replays it in a loop, copying each frame into a fresh mbuf; transmit frees the mbuf.
+// That copy is part of both (a) and (b), so the ratio b/a is what Sluice costs on top of the
+// cheapest possible forwarder. Each figure is the min / median / max of several timed runs.
+#include <rte_cycles.h>
+#include <rte_eal.h>
+#include <rte_ethdev.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+#include <rte_mbuf.h>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "control/config.h"
+#include "control/snapshot_builder.h"
+#include "dataplane/eal.h"
+#include "dataplane/worker.h"
+#include "tools/pktgen/traffic.h"
+
+namespace {
+
+using namespace sluice;
+
+struct FloorLoop {
+  uint16_t port = 0;
+  uint8_t src_mac[6] = {};
+  uint8_t dst_mac[6] = {0x02, 0, 0, 0, 0x01, 0x11};
+  std::atomic<bool>* stop = nullptr;
+  uint64_t packets = 0;
+
+  static int run(void* arg) {
+    auto* self = static_cast<FloorLoop*>(arg);
+    std::array<rte_mbuf*, 32> mbufs;
+    uint64_t n_total = 0;
+    while (!self->stop->load(std::memory_order_relaxed)) {
+      const uint16_t n = rte_eth_rx_burst(self->port, 0, mbufs.data(), 32);
+      for (uint16_t i = 0; i < n; ++i) {
+        uint8_t* d = rte_pktmbuf_mtod(mbufs[i], uint8_t*);
+        std::memcpy(d, self->dst_mac, 6);
+        std::memcpy(d + 6, self->src_mac, 6);
+      }
+      uint16_t sent = rte_eth_tx_burst(self->port, 0, mbufs.data(), n);
+      for (uint16_t i = sent; i < n; ++i) {
+        rte_pktmbuf_free(mbufs[i]);
+      }
+      n_total += n;
+    }
+    self->packets += n_total;
+    return 0;
+  }
+};
+
+std::string configText(const char* forwarding, uint32_t backends, const std::string& vip) {
+  std::string s = fmt::format(
+      "[dataplane]\nflow_table_size = {}\ngateway_mac = \"02:00:00:00:00:fe\"\n"
+      "[[service]]\nname = \"bench\"\nvip = \"{}\"\nport = 80\nprotocol = \"udp\"\n"
+      "forwarding = \"{}\"\n",
+      1u << 21, vip, forwarding);
+  for (uint32_t i = 0; i < backends; ++i) {
+    s += fmt::format("[[service.backend]]\naddress = \"10.1.{}.{}\"\nmac = \"02:00:00:01:{:02x}:{:02x}\"\n"
+                     "weight = 100\n",
+                     i / 250, i % 250 + 1, i / 256, i % 256);
+    if (forwarding == std::string("nat")) {
+      s += "port = 8080\n";
+    }
+  }
+  return s;
+}
+
+struct Figures {
+  std::vector<double> mpps;
+  double median() const {
+    std::vector<double> v = mpps;
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  }
+  double min() const { return *std::min_element(mpps.begin(), mpps.end()); }
+  double max() const { return *std::max_element(mpps.begin(), mpps.end()); }
+};
+
+/** Run fn on the worker lcore for `seconds`; return packets/s in millions. */
+template <typename Launch, typename Count>
+double timed(unsigned lcore, std::atomic<bool>& stop, double seconds, Launch launch, Count count) {
+  stop.store(false);
+  const uint64_t before = count();
+  const uint64_t t0 = rte_get_tsc_cycles();
+  launch(lcore);
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  stop.store(true);
+  rte_eal_wait_lcore(lcore);
+  const uint64_t t1 = rte_get_tsc_cycles();
+  const double secs = static_cast<double>(t1 - t0) / static_cast<double>(rte_get_tsc_hz());
+  return static_cast<double>(count() - before) / secs / 1e6;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sluice-bench: Mpps of the Sluice pipeline vs an I/O floor, one worker core"};
+  uint32_t flows = 100000;
+  uint32_t backends = 10;
+  uint32_t runs = 5;
+  double seconds = 1.0;
+  uint32_t frame = 64;
+  bool ipv6 = false;
+  app.add_option("--flows", flows, "Established flows (distinct 5-tuples in the loop)");
+  app.add_option("--backends", backends, "Backends in the service")->check(CLI::Range(1, 1000));
+  app.add_option("--runs", runs, "Timed runs per case")->check(CLI::Range(1, 50));
+  app.add_option("--seconds", seconds, "Length of each timed run");
+  app.add_option("--frame", frame, "Frame size in bytes, without FCS (>= 60 for IPv4 UDP)")
+      ->check(CLI::Range(60, 1500));
+  app.add_flag("--ipv6", ipv6, "IPv6 flows instead of IPv4");
+  uint32_t flow_table = 1u << 20;
+  app.add_option("--flow-table", flow_table, "Flow table entries of the worker (as [dataplane] flow_table_size)");
+  CLI11_PARSE(app, argc, argv);
+
+  if (rte_lcore_count() == 0 && sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+    std::fprintf(stderr, "sluice-bench needs two CPUs (a control core and a worker core)\n");
+    return 1;
+  }
+  const std::string vip = ipv6 ? "2001:db8::80" : "192.0.2.80";
+  char dir_tmpl[] = "/tmp/sluice-bench-XXXXXX";
+  const std::string dir = mkdtemp(dir_tmpl);
+  const std::string pcap = dir + "/flows.pcap";
+  {
+    pktgen::TrafficSpec t;
+    t.vip = *IpAddress::parse(vip);
+    t.vport = 80;
+    t.proto = LB_PROTO_UDP;
+    t.flows = flows;
+    t.packets_per_flow = 1;
+    const uint32_t headers = 14 + (ipv6 ? 40 : 20) + 8;
+    t.payload_bytes = frame > headers ? frame - headers : 0;
+    pktgen::writePcap(pcap, pktgen::makeTraffic(t));
+  }
+
+  const uint32_t mbufs = std::bit_ceil(flows + 1) + 16383;
+  const uint32_t mem_mb = static_cast<uint32_t>((uint64_t{mbufs} * 2560 >> 20) + 512);
+  std::vector<std::string> eal = {"sluice-bench", "--no-shconf", "--no-huge", "--no-pci",
+                                  fmt::format("--file-prefix=sluice-bench-{}", getpid()),
+                                  "-m", std::to_string(mem_mb), "-l", "0,1",
+                                  "--log-level", "*:error", "--vdev",
+                                  fmt::format("net_pcap_bench,rx_pcap={},infinite_rx=1", pcap)};
+  try {
+    Eal env(eal);
+    const unsigned worker_lcore = rte_get_next_lcore(-1, 1, 0);
+    if (worker_lcore >= RTE_MAX_LCORE) {
+      throw DpdkError("no worker lcore: the machine needs two CPUs");
+    }
+    uint16_t port = 0;
+    if (rte_eth_dev_get_port_by_name("net_pcap_bench", &port) != 0) {
+      throw DpdkError("the benchmark port did not come up");
+    }
+    rte_mempool* pool = createMbufPool("bench_mbufs", mbufs, static_cast<int>(rte_socket_id()));
+    PortConfig pc;
+    pc.port_id = port;
+    pc.pool = pool;
+    const PortInfo pinfo = startPort(pc);
+    unlink(pcap.c_str());
+    rmdir(dir.c_str());
+
+    std::atomic<bool> stop{false};
+    FloorLoop floor;
+    floor.port = port;
+    floor.stop = &stop;
+    std::memcpy(floor.src_mac, pinfo.mac, 6);
+
+    IdRegistry ids;
+    SnapshotSlot slot(RTE_MAX_LCORE);
+    PortContext ctx;
+    std::memcpy(ctx.mac, pinfo.mac, 6);
+    WorkerOptions wo;
+    wo.flow_capacity = flow_table;
+    wo.max_backend_ids = kMaxBackendIds;
+    Worker worker(0, wo, {{port, 0, &ctx}}, slot, stop);
+
+    auto floorRun = [&] {
+      return timed(worker_lcore, stop, seconds,
+                   [&](unsigned l) { rte_eal_remote_launch(FloorLoop::run, &floor, l); },
+                   [&] { return floor.packets; });
+    };
+    auto workerRun = [&] {
+      return timed(worker_lcore, stop, seconds,
+                   [&](unsigned l) { rte_eal_remote_launch(Worker::launch, &worker, l); },
+                   [&] { return worker.pipeline().counters().rx_packets; });
+    };
+
+    std::printf("sluice-bench: %u established %s UDP flows, %u-byte frames, %u backends, "
+                "1 worker (lcore %u), %u runs x %.1f s, TSC %.2f GHz\n",
+                flows, ipv6 ? "IPv6" : "IPv4", frame, backends, worker_lcore, runs, seconds,
+                static_cast<double>(rte_get_tsc_hz()) / 1e9);
+    Figures f_floor;
+    Figures f_dr;
+    Figures f_nat;
+    uint64_t tx_before = 0;
+    for (uint32_t r = 0; r < runs; ++r) {
+      // Interleave the cases so drift on a shared machine touches all of them alike.
+      f_floor.mpps.push_back(floorRun());
+      slot.publish(buildSnapshot(parseConfig(configText("dr", backends, vip), "bench"), ids, 1));
+      if (r == 0) {
+        workerRun();  // warm-up: establishes every flow
+      }
+      f_dr.mpps.push_back(workerRun());
+      slot.publish(buildSnapshot(parseConfig(configText("nat", backends, vip), "bench"), ids, 2));
+      f_nat.mpps.push_back(workerRun());
+    }
+    tx_before = worker.pipeline().counters().tx_packets;
+    const WorkerCounters& c = worker.pipeline().counters();
+    uint64_t drops = 0;
+    for (uint64_t d : c.drops) {
+      drops += d;
+    }
+    std::printf("\n%-22s %28s %12s\n", "case", "Mpps min / median / max", "ratio");
+    auto row = [&](const char* name, const Figures& f) {
+      std::printf("%-22s %8.2f / %8.2f / %8.2f %12.2f\n", name, f.min(), f.median(), f.max(),
+                  f.median() / f_floor.median());
+    };
+    row("io-floor (mac rewrite)", f_floor);
+    row("dr  (full pipeline)", f_dr);
+    row("nat (full pipeline)", f_nat);
+    std::printf("\npipeline: %llu packets in, %llu out, %llu dropped, %llu flows created, "
+                "%llu evicted\n",
+                static_cast<unsigned long long>(c.rx_packets),
+                static_cast<unsigned long long>(tx_before), static_cast<unsigned long long>(drops),
+                static_cast<unsigned long long>(worker.pipeline().flows().stats().inserted),
+                static_cast<unsigned long long>(worker.pipeline().flows().stats().evicted));
+    stopPort(port);
+    return drops == 0 ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sluice-bench: %s\n", e.what());
+    return 1;
+  }
+}

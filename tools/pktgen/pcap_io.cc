@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -18,6 +19,15 @@ struct PcapCloser {
 };
 using PcapHandle = std::unique_ptr<pcap_t, PcapCloser>;
 
+// "path: message", unless libpcap already named the file in its message.
+std::runtime_error pcapError(const std::string& path, const char* message) {
+  const std::string msg = message != nullptr ? message : "unknown libpcap error";
+  if (msg.find(path) != std::string::npos) {
+    return std::runtime_error(msg);
+  }
+  return std::runtime_error(fmt::format("{}: {}", path, msg));
+}
+
 }  // namespace
 
 void writePcap(const std::string& path, const std::vector<PcapRecord>& records) {
@@ -28,7 +38,7 @@ void writePcap(const std::string& path, const std::vector<PcapRecord>& records) 
   }
   pcap_dumper_t* dumper = pcap_dump_open(dead.get(), path.c_str());
   if (dumper == nullptr) {
-    throw std::runtime_error(fmt::format("{}: {}", path, pcap_geterr(dead.get())));
+    throw pcapError(path, pcap_geterr(dead.get()));
   }
   for (const PcapRecord& r : records) {
     pcap_pkthdr hdr{};
@@ -52,7 +62,7 @@ std::vector<PcapRecord> readPcap(const std::string& path) {
   PcapHandle p(pcap_open_offline_with_tstamp_precision(path.c_str(), PCAP_TSTAMP_PRECISION_MICRO,
                                                        errbuf));
   if (!p) {
-    throw std::runtime_error(fmt::format("{}: {}", path, errbuf));
+    throw pcapError(path, errbuf);
   }
   if (const int dlt = pcap_datalink(p.get()); dlt != DLT_EN10MB) {
     const char* name = pcap_datalink_val_to_name(dlt);
@@ -68,7 +78,7 @@ std::vector<PcapRecord> readPcap(const std::string& path) {
       break;  // end of file
     }
     if (rc != 1) {
-      throw std::runtime_error(fmt::format("{}: {}", path, pcap_geterr(p.get())));
+      throw pcapError(path, pcap_geterr(p.get()));
     }
     PcapRecord r;
     r.ts_us = static_cast<uint64_t>(hdr->ts.tv_sec) * 1000000u +
