@@ -74,7 +74,7 @@ class Pipeline {
   void process(std::span<PacketRef> burst, const Snapshot& snap, PortContext& port) noexcept;
 
   /** Expire idle flows in a few buckets; call once per poll-loop pass. */
-  void sweep(uint64_t now_ns, uint32_t buckets = 8) noexcept { flows_.sweep(buckets, now_ns); }
+  void sweep(uint64_t now_ns, uint32_t buckets = 2) noexcept { flows_.sweep(buckets, now_ns); }
 
   const WorkerCounters& counters() const { return counters_; }
   WorkerCounters& counters() { return counters_; }

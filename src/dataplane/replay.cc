@@ -10,7 +10,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -19,6 +21,7 @@
 #include "control/config.h"
 #include "control/snapshot_builder.h"
 #include "dataplane/eal.h"
+#include "dataplane/packet.h"
 #include "dataplane/worker.h"
 
 namespace sluice {
@@ -173,6 +176,25 @@ nlohmann::json report(const Snapshot& snap, const Totals& t, uint64_t capture_pa
                         {"reply_packets", rp}});
   }
   j["services"] = services;
+  json per_worker = json::array();
+  for (const auto& w : workers) {
+    const WorkerCounters& c = w->pipeline().counters();
+    uint64_t d = 0;
+    for (uint64_t x : c.drops) {
+      d += x;
+    }
+    uint64_t replies = 0;
+    for (const BackendCounters& b : w->pipeline().backendCounters()) {
+      replies += b.reply_packets;
+    }
+    per_worker.push_back({{"worker", w->index()},
+                          {"packets_in", c.rx_packets},
+                          {"packets_out", c.tx_packets},
+                          {"dropped", d},
+                          {"reply_packets", replies},
+                          {"flows_created", w->pipeline().flows().stats().inserted}});
+  }
+  j["workers"] = per_worker;
   j["backends"] = backends;
   if (list_flows) {
     json flows = json::array();
@@ -251,18 +273,129 @@ void printText(const nlohmann::json& j, const std::string& in, const std::string
   std::fputs(s.c_str(), stdout);
 }
 
+/**
+ * Software RSS for a replay with several workers: split the capture into one file per queue by
+ * the flow hash of each packet's 5-tuple, as a NIC's RSS would (and, like RSS with the usual key,
+ * not symmetric: a NAT reply usually lands on another worker than its client's packets).
+ * Frames that do not parse go to queue 0, where the pipeline counts them.
+ */
+std::vector<std::string> splitCapture(const std::string& in, const std::string& dir, uint32_t n) {
+  char err[PCAP_ERRBUF_SIZE] = {};
+  pcap_t* p = pcap_open_offline_with_tstamp_precision(in.c_str(), PCAP_TSTAMP_PRECISION_NANO, err);
+  if (p == nullptr) {
+    throw ReplayInputError(fmt::format("cannot read capture {}: {}", in, err));
+  }
+  std::vector<std::string> files;
+  std::vector<pcap_dumper_t*> dumpers;
+  for (uint32_t q = 0; q < n; ++q) {
+    files.push_back(fmt::format("{}/in{}.pcap", dir, q));
+    dumpers.push_back(pcap_dump_open(p, files.back().c_str()));
+    if (dumpers.back() == nullptr) {
+      throw ReplayInputError(fmt::format("cannot write {}: {}", files.back(), pcap_geterr(p)));
+    }
+  }
+  pcap_pkthdr* hdr = nullptr;
+  const u_char* data = nullptr;
+  while (pcap_next_ex(p, &hdr, &data) == 1) {
+    ParsedPacket parsed;
+    uint32_t q = 0;
+    if (parsePacket(data, hdr->caplen, hdr->len, parsed) == kParseOk) {
+      q = lb_flow_hash(&parsed.key) % n;
+    }
+    pcap_dump(reinterpret_cast<u_char*>(dumpers[q]), hdr, data);
+  }
+  for (pcap_dumper_t* d : dumpers) {
+    pcap_dump_close(d);
+  }
+  pcap_close(p);
+  return files;
+}
+
+/** Merge the workers' output captures into one, in transmit-time order. */
+void mergeCaptures(const std::vector<std::string>& parts, const std::string& out) {
+  struct Rec {
+    pcap_pkthdr hdr;
+    std::vector<u_char> data;
+  };
+  std::vector<Rec> all;
+  char err[PCAP_ERRBUF_SIZE] = {};
+  for (const std::string& f : parts) {
+    pcap_t* p = pcap_open_offline_with_tstamp_precision(f.c_str(), PCAP_TSTAMP_PRECISION_NANO, err);
+    if (p == nullptr) {
+      throw DpdkError(fmt::format("cannot read worker output {}: {}", f, err));
+    }
+    pcap_pkthdr* hdr = nullptr;
+    const u_char* data = nullptr;
+    while (pcap_next_ex(p, &hdr, &data) == 1) {
+      all.push_back({*hdr, std::vector<u_char>(data, data + hdr->caplen)});
+    }
+    pcap_close(p);
+  }
+  std::stable_sort(all.begin(), all.end(), [](const Rec& a, const Rec& b) {
+    return std::tie(a.hdr.ts.tv_sec, a.hdr.ts.tv_usec) < std::tie(b.hdr.ts.tv_sec, b.hdr.ts.tv_usec);
+  });
+  pcap_t* dead = pcap_open_dead_with_tstamp_precision(DLT_EN10MB, 65535, PCAP_TSTAMP_PRECISION_NANO);
+  pcap_dumper_t* d = pcap_dump_open(dead, out.c_str());
+  if (d == nullptr) {
+    const std::string why = pcap_geterr(dead);
+    pcap_close(dead);
+    throw DpdkError(fmt::format("cannot write {}: {}", out, why));
+  }
+  for (const Rec& r : all) {
+    pcap_dump(reinterpret_cast<u_char*>(d), &r.hdr, r.data.data());
+  }
+  pcap_dump_close(d);
+  pcap_close(dead);
+}
+
+/** A temporary directory removed with everything in it when the object goes. */
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/sluice-replay-XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) {
+      throw ReplayInputError(fmt::format("cannot create a temporary directory: {}", std::strerror(errno)));
+    }
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 }  // namespace
 
 int runReplay(const ReplayOptions& opts) {
   Config config;
   uint64_t capture_packets = 0;
+  const uint32_t nworkers = opts.workers;
+  std::unique_ptr<TempDir> tmp;
+  std::vector<std::string> in_files{opts.in_pcap};
+  std::vector<std::string> out_files{opts.out_pcap};
   try {
     config = opts.config_path.empty() ? parseConfig(defaultConfigText(), "<built-in default>")
                                       : loadConfigFile(opts.config_path);
+    if (nworkers < 1 || nworkers > kMaxReplayWorkers) {
+      throw ReplayInputError(
+          fmt::format("--workers must be between 1 and {}, not {}", kMaxReplayWorkers, nworkers));
+    }
     checkDevargPath("--in", opts.in_pcap);
     checkDevargPath("--out", opts.out_pcap);
     capture_packets = checkCapture(opts.in_pcap);
     checkWritable(opts.out_pcap);
+    if (nworkers > 1) {
+      tmp = std::make_unique<TempDir>();
+      in_files = splitCapture(opts.in_pcap, tmp->path(), nworkers);
+      out_files.clear();
+      for (uint32_t q = 0; q < nworkers; ++q) {
+        out_files.push_back(fmt::format("{}/out{}.pcap", tmp->path(), q));
+      }
+    }
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "sluiced replay: bad configuration: %s\n", e.what());
     return 2;
@@ -271,15 +404,26 @@ int runReplay(const ReplayOptions& opts) {
     return 2;
   }
 
+  // One port with a queue pair per worker: net_pcap gives queue q the q-th rx_pcap and tx_pcap.
+  std::string vdev = "net_pcap_replay";
+  for (uint32_t q = 0; q < nworkers; ++q) {
+    vdev += fmt::format(",rx_pcap={},tx_pcap={}", in_files[q], out_files[q]);
+  }
+  // Lcore 0 is the main lcore; with several workers, worker i runs on lcore i + 1. Lcores are
+  // spread over the CPUs there are (a replay is correct, if slower, with more workers than CPUs).
+  const long ncpu = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  std::string lcores = "0@0";
+  if (nworkers > 1) {
+    for (uint32_t w = 1; w <= nworkers; ++w) {
+      lcores += fmt::format(",{}@{}", w, w % ncpu);
+    }
+  }
   // No hugepages, no PCI, no shared files: a replay needs nothing of the host and can run
   // beside a live sluiced or another replay.
-  std::vector<std::string> eal = {"sluiced",   "--no-shconf", "--no-huge",      "--no-pci",
+  std::vector<std::string> eal = {"sluiced", "--no-shconf", "--no-huge", "--no-pci",
                                   fmt::format("--file-prefix=sluice-replay-{}", getpid()),
-                                  "-m",        "256",         "-l",             "0",
-                                  "--log-level", "*:error",
-                                  "--vdev",
-                                  fmt::format("net_pcap_replay,rx_pcap={},tx_pcap={}",
-                                              opts.in_pcap, opts.out_pcap)};
+                                  "-m", std::to_string(256 + 64 * nworkers),
+                                  "--lcores", lcores, "--log-level", "*:error", "--vdev", vdev};
   eal.insert(eal.end(), opts.eal_args.begin(), opts.eal_args.end());
 
   try {
@@ -288,10 +432,11 @@ int runReplay(const ReplayOptions& opts) {
     if (rte_eth_dev_get_port_by_name("net_pcap_replay", &port_id) != 0) {
       throw DpdkError("the pcap replay port did not come up");
     }
-    rte_mempool* pool = createMbufPool("replay_mbufs", 8191, static_cast<int>(rte_socket_id()));
+    rte_mempool* pool =
+        createMbufPool("replay_mbufs", 4096 * nworkers + 4095, static_cast<int>(rte_socket_id()));
     PortConfig pc;
     pc.port_id = port_id;
-    pc.queues = 1;
+    pc.queues = static_cast<uint16_t>(nworkers);
     pc.pool = pool;
     const PortInfo pinfo = startPort(pc);
 
@@ -301,17 +446,35 @@ int runReplay(const ReplayOptions& opts) {
     std::atomic<bool> stop{false};
     std::vector<std::unique_ptr<Worker>> workers;
     {
-      SnapshotSlot slot(1);
+      SnapshotSlot slot(nworkers);
       slot.publish(buildSnapshot(config, ids, 1));
       WorkerOptions wo;
       wo.flow_capacity = config.dataplane.flow_table_size;
       wo.max_backend_ids = kMaxBackendIds;
       wo.packet_clock = true;
       wo.stop_when_idle = true;
-      workers.push_back(std::make_unique<Worker>(0, wo, std::vector<RxQueueRef>{{port_id, 0, &port_ctx}},
-                                                 slot, stop));
-      workers[0]->run();  // replay runs its single worker on the main lcore
-      stopPort(port_id);  // flushes and closes the output capture
+      for (uint32_t w = 0; w < nworkers; ++w) {
+        workers.push_back(std::make_unique<Worker>(
+            w, wo, std::vector<RxQueueRef>{{port_id, static_cast<uint16_t>(w), &port_ctx}}, slot,
+            stop));
+      }
+      if (nworkers == 1) {
+        workers[0]->run();  // a single worker runs on the main lcore
+      } else {
+        unsigned lcore = rte_get_next_lcore(-1, 1, 0);
+        for (uint32_t w = 0; w < nworkers; ++w, lcore = rte_get_next_lcore(lcore, 1, 0)) {
+          if (int rc = rte_eal_remote_launch(Worker::launch, workers[w].get(), lcore); rc != 0) {
+            stop.store(true);
+            rte_eal_mp_wait_lcore();
+            throw DpdkError(fmt::format("cannot start worker {} on lcore {}", w, lcore));
+          }
+        }
+        rte_eal_mp_wait_lcore();
+      }
+      stopPort(port_id);  // flushes and closes the output captures
+      if (nworkers > 1) {
+        mergeCaptures(out_files, opts.out_pcap);
+      }
 
       const Snapshot& snap = *slot.current();
       const Totals totals = sumWorkers(workers, snap.backends.size());

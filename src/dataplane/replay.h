@@ -8,12 +8,15 @@
 
 namespace sluice {
 
+inline constexpr uint32_t kMaxReplayWorkers = 16;  // net_pcap's queue limit
+
 struct ReplayOptions {
   std::string config_path;  // empty: the built-in default configuration
   std::string in_pcap;
   std::string out_pcap;
   bool json = false;
-  bool list_flows = false;  // also list every flow and the backend it went to
+  bool list_flows = false;
+  uint32_t workers = 1;     // worker lcores; more than one splits the capture by flow hash (RSS)  // also list every flow and the backend it went to
   std::vector<std::string> eal_args;  // extra EAL arguments
 };
 

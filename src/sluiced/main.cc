@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
       ->required();
   rp->add_flag("--json", replay.json, "Print the summary as one JSON object");
   rp->add_flag("--flows", replay.list_flows, "Also list every flow and the backend it got");
+  rp->add_option("--workers,-w", replay.workers,
+                 "Worker lcores (default 1); the capture is spread over them by flow hash, as RSS would");
   rp->add_option("--eal", replay.eal_args, "Extra DPDK EAL argument (repeatable)")
       ->allow_extra_args(false);
 
