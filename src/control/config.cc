@@ -1,5 +1,7 @@
 #include "control/config.h"
 
+#include "control/maglev.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -134,25 +136,13 @@ std::optional<std::string> macProblem(std::string_view what, const MacAddress& m
   return std::nullopt;
 }
 
-bool isPrimeNumber(uint64_t n) {
-  if (n < 2) {
-    return false;
-  }
-  for (uint64_t d = 2; d * d <= n; ++d) {
-    if (n % d == 0) {
-      return false;
-    }
-  }
-  return true;
-}
-
 std::optional<std::string> tableSizeProblem(int64_t size) {
   if (size < kMinTableSize || size > kMaxTableSize) {
     return fmt::format("table_size {} is out of range {}..{}", size, kMinTableSize, kMaxTableSize);
   }
-  if (!isPrimeNumber(static_cast<uint64_t>(size))) {
+  if (!isPrime(static_cast<uint32_t>(size))) {
     int64_t next = size + 1;
-    while (!isPrimeNumber(static_cast<uint64_t>(next))) {
+    while (!isPrime(static_cast<uint32_t>(next))) {
       ++next;  // terminates: kMaxTableSize itself is prime
     }
     return fmt::format("table_size {} is not prime (Maglev needs a prime; the next one is {})",

@@ -72,9 +72,12 @@ std::string configText(const char* forwarding, uint32_t backends, const std::str
       "forwarding = \"{}\"\n",
       1u << 21, vip, forwarding);
   for (uint32_t i = 0; i < backends; ++i) {
-    s += fmt::format("[[service.backend]]\naddress = \"10.1.{}.{}\"\nmac = \"02:00:00:01:{:02x}:{:02x}\"\n"
+    const std::string address = vip.find(':') != std::string::npos
+                                    ? fmt::format("2001:db8:1::{:x}", i + 1)
+                                    : fmt::format("10.1.{}.{}", i / 250, i % 250 + 1);
+    s += fmt::format("[[service.backend]]\naddress = \"{}\"\nmac = \"02:00:00:01:{:02x}:{:02x}\"\n"
                      "weight = 100\n",
-                     i / 250, i % 250 + 1, i / 256, i % 256);
+                     address, i / 256, i % 256);
     if (forwarding == std::string("nat")) {
       s += "port = 8080\n";
     }
