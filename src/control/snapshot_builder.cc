@@ -153,6 +153,7 @@ SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t genera
       }
     }
     se.maglev = buildMaglevTable(mb, sc.table_size);
+    se.maglev_fastmod = UINT64_MAX / sc.table_size + 1;
     se.backend_ids = assigned.backend_ids[i];
     snap->service_map.insert(se.key, {sid, 0});
     snap->vip_addresses.insert(makeEndpointKey(sc.vip, 0, 0), {sid, 0});

@@ -110,7 +110,7 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
     }
   }
   if (pick) {
-    const uint32_t bid = svc.maglev[p.hash % svc.maglev.size()];
+    const uint32_t bid = svc.pick(p.hash);
     if (bid == LB_BACKEND_NONE) [[unlikely]] {
       return drop(LB_DROP_NO_BACKEND);
     }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,12 +71,17 @@ class EndpointMap {
     bool used = false;
   };
   static uint32_t hashKey(const EndpointKey& k) noexcept {
-    uint32_t h = LB_FLOW_HASH_SEED;
-    for (uint32_t w : k.addr) {
-      h = lb_hash_mix(h, w);
-    }
-    h = lb_hash_mix(h, static_cast<uint32_t>(k.port_be) << 16 | k.proto << 8 | k.family);
-    return lb_hash_final(h, 20);
+    // Only this process builds and reads the map, so any well-mixing hash does; this one costs
+    // three multiplies (the flow hash, which must be stable across hosts, is lb_flow_hash).
+    uint64_t a;
+    uint64_t b;
+    std::memcpy(&a, &k.addr[0], 8);
+    std::memcpy(&b, &k.addr[2], 8);
+    const uint64_t c = uint64_t{k.port_be} << 16 | uint64_t{k.proto} << 8 | k.family;
+    uint64_t h = a * 0x9e3779b97f4a7c15ull ^ b * 0xc2b2ae3d27d4eb4full ^ c * 0x165667b19e3779f9ull;
+    h ^= h >> 32;
+    h *= 0xd6e8feb86659fd93ull;
+    return static_cast<uint32_t>(h >> 32);
   }
   std::vector<Slot> slots_;
   size_t mask_ = 0;
@@ -104,6 +110,15 @@ struct ServiceEntry {
   Protocol protocol = Protocol::kTcp;
   Forwarding forwarding = Forwarding::kDr;
   std::vector<uint32_t> maglev;  // M slots of backend ids (LB_BACKEND_NONE when empty)
+  uint64_t maglev_fastmod = 0;   // ceil(2^64 / M): hash % M without a division (Lemire 2019)
+
+  /** The backend id of the Maglev slot for a flow hash: maglev[hash % M]. */
+  uint32_t pick(uint32_t hash) const noexcept {
+    const uint64_t low = maglev_fastmod * hash;
+    const auto slot = static_cast<uint32_t>(
+        (static_cast<unsigned __int128>(low) * maglev.size()) >> 64);
+    return maglev[slot];
+  }
   std::vector<uint32_t> backend_ids;  // this service's backends, in canonical order
 };
 

@@ -1,0 +1,176 @@
+// The snapshot the workers read: lookup maps, Maglev slot selection, and the id registry that keeps
+// flows meaningful across configuration changes.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "control/config.h"
+#include "control/snapshot_builder.h"
+#include "dataplane/snapshot.h"
+
+namespace sluice {
+namespace {
+
+Config twoServices() {
+  return parseConfig(R"(
+[[service]]
+name = "web"
+vip = "192.0.2.10"
+port = 80
+protocol = "tcp"
+forwarding = "dr"
+[[service.backend]]
+address = "10.0.0.1"
+mac = "02:00:00:00:00:01"
+[[service.backend]]
+address = "10.0.0.2"
+mac = "02:00:00:00:00:02"
+[[service.backend]]
+address = "10.0.0.3"
+mac = "02:00:00:00:00:03"
+
+[[service]]
+name = "v6"
+vip = "2001:db8::10"
+port = 443
+protocol = "tcp"
+forwarding = "nat"
+[[service.backend]]
+address = "2001:db8:1::1"
+port = 8443
+mac = "02:00:00:00:01:01"
+)",
+                     "test");
+}
+
+TEST(EndpointMap, FindsEveryInsertedKeyAndNothingElse) {
+  EndpointMap m;
+  std::vector<EndpointKey> keys;
+  for (uint32_t i = 0; i < 5000; ++i) {
+    const IpAddress a = (i % 2 == 0) ? IpAddress::v4(0x0a000000 + i)
+                                      : *IpAddress::parse("2001:db8::" + std::to_string(i % 9999));
+    keys.push_back(makeEndpointKey(a, static_cast<uint16_t>(i % 65000 + 1), i % 3 == 0 ? 17 : 6));
+  }
+  for (uint32_t i = 0; i < keys.size(); ++i) {
+    m.insert(keys[i], {i, i + 1});
+  }
+  ASSERT_EQ(m.size(), keys.size());
+  for (uint32_t i = 0; i < keys.size(); ++i) {
+    const EndpointMap::Value* v = m.find(keys[i]);
+    ASSERT_NE(v, nullptr) << i;
+    EXPECT_EQ(v->service_id, i);
+    EXPECT_EQ(v->backend_id, i + 1);
+  }
+  EndpointKey other = keys[0];
+  other.port_be ^= 0x0100;
+  EXPECT_EQ(m.find(other), nullptr);
+  other = keys[0];
+  other.proto = 132;
+  EXPECT_EQ(m.find(other), nullptr);
+  EXPECT_EQ(EndpointMap().find(keys[0]), nullptr);
+}
+
+TEST(ServiceEntry, PickEqualsHashModuloTableSize) {
+  // The XDP path will compute hash % M directly: the division-free pick must agree exactly.
+  std::mt19937 rng(7);
+  for (uint32_t m : {7u, 13u, 251u, 16381u, 65537u, 1048573u}) {
+    ServiceEntry se;
+    se.maglev.resize(m);
+    for (uint32_t i = 0; i < m; ++i) {
+      se.maglev[i] = i;
+    }
+    se.maglev_fastmod = UINT64_MAX / m + 1;
+    for (uint32_t h : {0u, 1u, m - 1, m, m + 1, 0xffffffffu, 0xfffffffeu, 0x80000000u}) {
+      ASSERT_EQ(se.pick(h), h % m) << "m=" << m << " h=" << h;
+    }
+    for (int i = 0; i < 200000; ++i) {
+      const uint32_t h = static_cast<uint32_t>(rng());
+      ASSERT_EQ(se.pick(h), h % m) << "m=" << m << " h=" << h;
+    }
+  }
+}
+
+TEST(SnapshotBuilder, MapsServicesRepliesAndVipAddresses) {
+  IdRegistry ids;
+  SnapshotPtr s = buildSnapshot(twoServices(), ids, 7);
+  EXPECT_EQ(s->generation, 7u);
+  const EndpointMap::Value* web =
+      s->service_map.find(makeEndpointKey(*IpAddress::parse("192.0.2.10"), 80, 6));
+  ASSERT_NE(web, nullptr);
+  EXPECT_EQ(s->services[web->service_id].name, "web");
+  EXPECT_EQ(s->service_map.find(makeEndpointKey(*IpAddress::parse("192.0.2.10"), 80, 17)), nullptr);
+  // DR backends are not in the reply map; NAT backends are, with their service.
+  EXPECT_EQ(s->nat_reply_map.find(makeEndpointKey(*IpAddress::parse("10.0.0.1"), 80, 6)), nullptr);
+  const EndpointMap::Value* rep =
+      s->nat_reply_map.find(makeEndpointKey(*IpAddress::parse("2001:db8:1::1"), 8443, 6));
+  ASSERT_NE(rep, nullptr);
+  EXPECT_EQ(s->services[rep->service_id].name, "v6");
+  EXPECT_TRUE(s->backends[rep->backend_id].present);
+  EXPECT_NE(s->vip_addresses.find(makeEndpointKey(*IpAddress::parse("2001:db8::10"), 0, 0)), nullptr);
+  EXPECT_EQ(s->tcp_timeout_ns, 900ull * 1000000000ull);
+  // Every slot of a service's table names one of its own backends.
+  const ServiceEntry& se = s->services[web->service_id];
+  ASSERT_EQ(se.maglev.size(), kDefaultMaglevTableSize);
+  for (uint32_t id : se.maglev) {
+    ASSERT_TRUE(s->backends[id].present);
+    ASSERT_EQ(s->backends[id].service_id, se.id);
+  }
+}
+
+TEST(IdRegistry, IdsStayWhileBackendsExistAndReusedIdsGetANewEpoch) {
+  IdRegistry ids;
+  Config c = twoServices();
+  SnapshotPtr a = buildSnapshot(c, ids, 1);
+  auto idOf = [](const Snapshot& s, const char* addr) {
+    for (uint32_t i = 1; i < s.backends.size(); ++i) {
+      if (s.backends[i].present && s.backends[i].address == *IpAddress::parse(addr)) {
+        return i;
+      }
+    }
+    return 0u;
+  };
+  const uint32_t id1 = idOf(*a, "10.0.0.1");
+  const uint32_t id3 = idOf(*a, "10.0.0.3");
+  ASSERT_NE(id1, 0u);
+  ASSERT_NE(id3, 0u);
+
+  // Remove 10.0.0.3: the others keep their ids.
+  c.services[0].backends.pop_back();
+  SnapshotPtr b = buildSnapshot(c, ids, 2);
+  EXPECT_EQ(idOf(*b, "10.0.0.1"), id1);
+  EXPECT_EQ(idOf(*b, "10.0.0.3"), 0u);
+
+  // A new backend takes the freed id, with a new epoch: a flow pinned to 10.0.0.3 sees the change.
+  BackendConfig nb;
+  nb.address = *IpAddress::parse("10.0.0.9");
+  nb.port = 80;
+  nb.mac = *MacAddress::parse("02:00:00:00:00:09");
+  nb.weight = 1;
+  c.services[0].backends.push_back(nb);
+  SnapshotPtr d = buildSnapshot(c, ids, 3);
+  EXPECT_EQ(idOf(*d, "10.0.0.9"), id3);
+  EXPECT_NE(d->backends[id3].epoch, a->backends[id3].epoch);
+  EXPECT_EQ(d->backends[id1].epoch, a->backends[id1].epoch);
+}
+
+TEST(SnapshotBuilder, BackendChoiceDoesNotDependOnIdsOrOrder) {
+  // Two hosts that handed out different ids (one saw another service first) and list the
+  // backends in another order must still send every hash to the same backend endpoint.
+  Config c1 = twoServices();
+  Config c2 = twoServices();
+  std::swap(c2.services[0], c2.services[1]);
+  std::reverse(c2.services[1].backends.begin(), c2.services[1].backends.end());
+  IdRegistry r1;
+  IdRegistry r2;
+  SnapshotPtr s1 = buildSnapshot(c1, r1, 1);
+  SnapshotPtr s2 = buildSnapshot(c2, r2, 1);
+  const EndpointKey k = makeEndpointKey(*IpAddress::parse("192.0.2.10"), 80, 6);
+  const ServiceEntry& w1 = s1->services[s1->service_map.find(k)->service_id];
+  const ServiceEntry& w2 = s2->services[s2->service_map.find(k)->service_id];
+  for (uint32_t h = 0; h < 100000; h += 7) {
+    ASSERT_EQ(s1->backends[w1.pick(h)].address, s2->backends[w2.pick(h)].address) << h;
+  }
+}
+
+}  // namespace
+}  // namespace sluice
