@@ -34,35 +34,48 @@ FlowTable::FlowTable(uint32_t capacity) {
 }
 
 FlowEntry& FlowTable::insert(const lb_flow_key& key, uint32_t hash, uint64_t now_ns) noexcept {
-  const uint32_t base = (hash & mask_) * kBucketEntries;
-  uint32_t victim = kBucketEntries;
+  // Two-choice placement: a free (or expired) slot in the emptier of the two buckets; if both
+  // are full, evict the entry of the sixteen that expires first.
+  const uint32_t bases[2] = {primary(hash), secondary(hash)};
+  uint32_t free_slot[2] = {UINT32_MAX, UINT32_MAX};
+  uint32_t used[2] = {0, 0};
+  uint32_t victim = UINT32_MAX;
   uint64_t victim_expiry = UINT64_MAX;
-  for (uint32_t i = 0; i < kBucketEntries; ++i) {
-    if (sigs_[base + i] == 0) {
-      victim = i;
-      break;
-    }
-    const FlowEntry& e = entries_[base + i];
-    if (e.expires_ns <= now_ns) {
-      ++stats_.expired;
-      --stats_.active;
-      sigs_[base + i] = 0;
-      victim = i;
-      break;
-    }
-    if (e.expires_ns < victim_expiry) {
-      victim_expiry = e.expires_ns;
-      victim = i;
+  for (int b = 0; b < 2; ++b) {
+    for (uint32_t i = 0; i < kBucketEntries; ++i) {
+      const uint32_t slot = bases[b] + i;
+      if (sigs_[slot] != 0 && entries_[slot].expires_ns <= now_ns) {
+        sigs_[slot] = 0;  // expired: reclaim it now
+        ++stats_.expired;
+        --stats_.active;
+      }
+      if (sigs_[slot] == 0) {
+        if (free_slot[b] == UINT32_MAX) {
+          free_slot[b] = slot;
+        }
+        continue;
+      }
+      ++used[b];
+      if (entries_[slot].expires_ns < victim_expiry) {
+        victim_expiry = entries_[slot].expires_ns;
+        victim = slot;
+      }
     }
   }
-  if (sigs_[base + victim] != 0) {
+  uint32_t slot;
+  if (free_slot[0] != UINT32_MAX && (free_slot[1] == UINT32_MAX || used[0] <= used[1])) {
+    slot = free_slot[0];
+  } else if (free_slot[1] != UINT32_MAX) {
+    slot = free_slot[1];
+  } else {
+    slot = victim;
     ++stats_.evicted;
     --stats_.active;
   }
-  sigs_[base + victim] = signature(hash);
+  sigs_[slot] = signature(hash);
   ++stats_.inserted;
   ++stats_.active;
-  FlowEntry& e = entries_[base + victim];
+  FlowEntry& e = entries_[slot];
   e.key = key;
   return e;
 }

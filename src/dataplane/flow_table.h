@@ -1,9 +1,12 @@
 // The per-core connection table. One writer and one reader: the lcore that owns it, so there are
 // no locks and no atomics. Fixed capacity, allocated once at start; buckets of 8 entries with a
-// 32-bit signature per entry, so a lookup reads one signature line and, on a match, one entry.
+// 32-bit signature per entry. Every key has two candidate buckets (two-choice hashing, as in
+// DPDK's cuckoo rte_hash but without moving entries): a new flow goes to the emptier one, which
+// keeps buckets from overflowing until the table is nearly full. A lookup reads the two signature
+// lines and, on a match, one entry.
 // Entries expire lazily (an expired entry is a miss and its slot is reused) and by an incremental
 // sweep of a few buckets per poll-loop pass, which keeps the active-flow count honest.
-// When a bucket is full, the entry closest to expiry is evicted and counted.
+// When both buckets are full, the entry of the two closest to expiry is evicted and counted.
 #pragma once
 
 #include <cstdint>
@@ -62,45 +65,48 @@ class FlowTable {
 
   uint32_t capacity() const { return (mask_ + 1) * kBucketEntries; }
 
-  /** Warm the bucket of hash into the cache ahead of lookup(). */
+  /** Warm both candidate buckets of hash into the cache ahead of lookup(). */
   void prefetch(uint32_t hash) const noexcept {
-    prefetchLine(&sigs_[(hash & mask_) * kBucketEntries]);
+    prefetchLine(&sigs_[primary(hash)]);
+    prefetchLine(&sigs_[secondary(hash)]);
   }
 
   /**
-   * Second prefetch stage: once the bucket's signatures are cached, start fetching the entry
+   * Second prefetch stage: once the buckets' signatures are cached, start fetching the entry
    * whose signature matches, so that lookup() finds the key in cache.
    */
   void prefetchEntry(uint32_t hash) const noexcept {
-    const uint32_t base = (hash & mask_) * kBucketEntries;
     const uint32_t sig = signature(hash);
-    for (uint32_t i = 0; i < kBucketEntries; ++i) {
-      if (sigs_[base + i] == sig) {
-        prefetchLine(&entries_[base + i]);
-        return;
+    for (const uint32_t base : {primary(hash), secondary(hash)}) {
+      for (uint32_t i = 0; i < kBucketEntries; ++i) {
+        if (sigs_[base + i] == sig) {
+          prefetchLine(&entries_[base + i]);
+          return;
+        }
       }
     }
   }
 
   /** The live entry for key, or nullptr. An expired entry is removed and reported as a miss. */
   FlowEntry* lookup(const lb_flow_key& key, uint32_t hash, uint64_t now_ns) noexcept {
-    const uint32_t base = (hash & mask_) * kBucketEntries;
     const uint32_t sig = signature(hash);
-    for (uint32_t i = 0; i < kBucketEntries; ++i) {
-      if (sigs_[base + i] != sig) {
-        continue;
+    for (const uint32_t base : {primary(hash), secondary(hash)}) {
+      for (uint32_t i = 0; i < kBucketEntries; ++i) {
+        if (sigs_[base + i] != sig) {
+          continue;
+        }
+        FlowEntry& e = entries_[base + i];
+        if (!flowKeyEqual(e.key, key)) {
+          continue;
+        }
+        if (e.expires_ns <= now_ns) {
+          sigs_[base + i] = 0;
+          ++stats_.expired;
+          --stats_.active;
+          return nullptr;
+        }
+        return &e;
       }
-      FlowEntry& e = entries_[base + i];
-      if (!flowKeyEqual(e.key, key)) {
-        continue;
-      }
-      if (e.expires_ns <= now_ns) {
-        sigs_[base + i] = 0;
-        ++stats_.expired;
-        --stats_.active;
-        return nullptr;
-      }
-      return &e;
     }
     return nullptr;
   }
@@ -131,6 +137,21 @@ class FlowTable {
 
  private:
   static uint32_t signature(uint32_t hash) noexcept { return hash | 1u; }  // 0 marks a free slot
+  /** First slot of the key's first bucket: from the hash's low bits. */
+  uint32_t primary(uint32_t hash) const noexcept { return (hash & mask_) * kBucketEntries; }
+  /**
+   * First slot of the key's second bucket: from a remix of the hash, so keys that share a first
+   * bucket spread over different second ones. Never the first bucket (unless there is only one).
+   */
+  uint32_t secondary(uint32_t hash) const noexcept {
+    uint32_t h = hash * 0x9e3779b1u;
+    h ^= h >> 16;
+    uint32_t b = h & mask_;
+    if (b == (hash & mask_)) {
+      b ^= 1u & mask_;
+    }
+    return b * kBucketEntries;
+  }
 
   uint32_t mask_;
   uint32_t sweep_cursor_ = 0;

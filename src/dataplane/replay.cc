@@ -1,6 +1,7 @@
 #include "dataplane/replay.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <pcap/pcap.h>
 #include <unistd.h>
 
@@ -75,7 +76,14 @@ void checkDevargPath(const std::string& what, const std::string& path) {
   }
 }
 
-void checkWritable(const std::string& path) {
+void checkWritable(const std::string& path, const std::string& in) {
+  // Refuse to truncate the capture being replayed (the same path, a link to it, ...).
+  struct stat in_st {};
+  struct stat out_st {};
+  if (::stat(in.c_str(), &in_st) == 0 && ::stat(path.c_str(), &out_st) == 0 &&
+      in_st.st_dev == out_st.st_dev && in_st.st_ino == out_st.st_ino) {
+    throw ReplayInputError(fmt::format("--out {} is the input capture; choose another file", path));
+  }
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) {
     throw ReplayInputError(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
@@ -387,7 +395,7 @@ int runReplay(const ReplayOptions& opts) {
     checkDevargPath("--in", opts.in_pcap);
     checkDevargPath("--out", opts.out_pcap);
     capture_packets = checkCapture(opts.in_pcap);
-    checkWritable(opts.out_pcap);
+    checkWritable(opts.out_pcap, opts.in_pcap);
     if (nworkers > 1) {
       tmp = std::make_unique<TempDir>();
       in_files = splitCapture(opts.in_pcap, tmp->path(), nworkers);
