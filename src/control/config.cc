@@ -691,6 +691,32 @@ void validateConfig(const Config& config, std::string_view source_name) {
   }
 }
 
+std::string renderConfig(const Config& config) {
+  auto quoted = [](const std::string& v) { return fmt::format("{:?}", v); };
+  std::string out = "# Written by sluicectl save.\n\n[dataplane]\n";
+  out += fmt::format("flow_table_size = {}\n", config.dataplane.flow_table_size);
+  if (config.dataplane.gateway_mac) {
+    out += fmt::format("gateway_mac = {}\n", quoted(config.dataplane.gateway_mac->str()));
+  }
+  out += fmt::format("\n[timeouts]\ntcp = {}\ntcp_fin = {}\nudp = {}\n", config.timeouts.tcp_s,
+                     config.timeouts.tcp_fin_s, config.timeouts.udp_s);
+  for (const ServiceConfig& s : config.services) {
+    out += fmt::format(
+        "\n[[service]]\nname = {}\nvip = {}\nport = {}\nprotocol = {}\nforwarding = {}\n"
+        "scheduler = {}\ntable_size = {}\n",
+        quoted(s.name), quoted(s.vip.str()), s.port, quoted(protocolName(s.protocol)),
+        quoted(forwardingName(s.forwarding)), quoted(schedulerName(s.scheduler)), s.table_size);
+    for (const BackendConfig& b : s.backends) {
+      out += fmt::format("\n[[service.backend]]\naddress = {}\n", quoted(b.address.str()));
+      if (s.forwarding == Forwarding::kNat || b.port != s.port) {
+        out += fmt::format("port = {}\n", b.port);
+      }
+      out += fmt::format("mac = {}\nweight = {}\n", quoted(b.mac.str()), b.weight);
+    }
+  }
+  return out;
+}
+
 std::string_view defaultConfigText() {
   // Must stay in step with the sample capture and its expected results (tests/dpdk, tools/pktgen)
   // and with conf/example.toml, which is the same configuration with every key spelled out.

@@ -87,6 +87,12 @@ Config loadConfigFile(const std::string& path);
  */
 void validateConfig(const Config& config, std::string_view source_name);
 
+/**
+ * The configuration in the file format, such that parseConfig(renderConfig(c)) equals c (but for
+ * the recorded line numbers). Used by `sluicectl save`.
+ */
+std::string renderConfig(const Config& config);
+
 /** The built-in default used by `sluiced replay` with no --config: one DR and one NAT service. */
 std::string_view defaultConfigText();
 

@@ -3,7 +3,6 @@
 #include <rte_cycles.h>
 #include <rte_errno.h>
 #include <rte_ethdev.h>
-#include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_mbuf_dyn.h>
 
@@ -14,33 +13,6 @@
 #include "dataplane/eal.h"
 
 namespace sluice {
-
-SnapshotSlot::SnapshotSlot(uint32_t max_workers) {
-  const size_t sz = rte_rcu_qsbr_get_memsize(max_workers);
-  qsv_ = static_cast<rte_rcu_qsbr*>(rte_zmalloc("sluice_qsbr", sz, RTE_CACHE_LINE_SIZE));
-  if (qsv_ == nullptr || rte_rcu_qsbr_init(qsv_, max_workers) != 0) {
-    rte_free(qsv_);
-    throw DpdkError(fmt::format("cannot set up RCU for {} workers: {}", max_workers,
-                                rte_strerror(rte_errno)));
-  }
-}
-
-SnapshotSlot::~SnapshotSlot() {
-  delete current_.load(std::memory_order_acquire);
-  rte_free(qsv_);
-}
-
-void SnapshotSlot::publish(SnapshotPtr next) {
-  // acq_rel: release publishes the new Snapshot's contents; acquire orders our later delete of
-  // the old one after the exchange.
-  const Snapshot* old = current_.exchange(next.release(), std::memory_order_acq_rel);
-  if (old != nullptr) {
-    // Returns once every online worker has reported quiescent after the exchange, i.e. has
-    // finished the pass in which it may have used `old`.
-    rte_rcu_qsbr_synchronize(qsv_, RTE_QSBR_THRID_INVALID);
-    delete old;
-  }
-}
 
 Worker::Worker(uint32_t index, const WorkerOptions& opts, std::vector<RxQueueRef> queues,
                SnapshotSlot& slot, const std::atomic<bool>& stop)

@@ -1,0 +1,1188 @@
+// Tests of the per-packet pipeline (src/dataplane/pipeline.h) on real frames: snapshots are built
+// from configurations through IdRegistry + buildSnapshot exactly as the control plane does, frames
+// come from the independent packet library (tools/pktgen), and outputs are compared byte for byte
+// with frames pktgen builds from scratch.
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "common/lb_abi.h"
+#include "common/net.h"
+#include "control/config.h"
+#include "control/snapshot_builder.h"
+#include "dataplane/pipeline.h"
+#include "dataplane/snapshot.h"
+#include "tools/pktgen/packet_builder.h"
+
+namespace sluice {
+namespace {
+
+using pktgen::Bytes;
+using pktgen::PacketSpec;
+
+constexpr uint64_t kSec = 1'000'000'000ull;
+constexpr uint64_t kT0 = 1000 * kSec;
+
+IpAddress ip(const char* text) {
+  auto a = IpAddress::parse(text);
+  EXPECT_TRUE(a.has_value()) << text;
+  return a.value_or(IpAddress{});
+}
+
+MacAddress mac(const char* text) {
+  auto m = MacAddress::parse(text);
+  EXPECT_TRUE(m.has_value()) << text;
+  return m.value_or(MacAddress{});
+}
+
+const MacAddress kPortMac = mac("02:00:00:00:00:bb");
+const MacAddress kClientMac = mac("02:00:00:00:00:aa");
+const MacAddress kRouterMac = mac("02:00:00:00:00:ac");
+const MacAddress kGatewayMac = mac("02:00:00:00:00:fe");
+
+BackendConfig backend(const char* addr, uint16_t port, const char* m, uint32_t weight = 1) {
+  BackendConfig b;
+  b.address = ip(addr);
+  b.port = port;
+  b.mac = mac(m);
+  b.weight = weight;
+  return b;
+}
+
+ServiceConfig service(const char* name, const char* vip, uint16_t port, Protocol proto,
+                      Forwarding fwd, std::vector<BackendConfig> backends) {
+  ServiceConfig s;
+  s.name = name;
+  s.vip = ip(vip);
+  s.port = port;
+  s.protocol = proto;
+  s.forwarding = fwd;
+  s.backends = std::move(backends);
+  return s;
+}
+
+// The DR web service's three backends (DR: backend port = service port).
+BackendConfig webA(uint32_t w = 1) { return backend("10.0.0.11", 80, "02:00:00:00:01:11", w); }
+BackendConfig webB(uint32_t w = 1) { return backend("10.0.0.12", 80, "02:00:00:00:01:12", w); }
+BackendConfig webC(uint32_t w = 1) { return backend("10.0.0.13", 80, "02:00:00:00:01:13", w); }
+BackendConfig webD(uint32_t w = 1) { return backend("10.0.0.14", 80, "02:00:00:00:01:14", w); }
+
+// A configuration with DR and NAT services of both families and protocols.
+Config baseConfig(std::vector<BackendConfig> web = {webA(), webB(), webC()},
+                  bool gateway = true) {
+  Config c;
+  c.dataplane.flow_table_size = 1u << 16;
+  if (gateway) {
+    c.dataplane.gateway_mac = kGatewayMac;
+  }
+  c.timeouts.tcp_s = 900;
+  c.timeouts.tcp_fin_s = 10;
+  c.timeouts.udp_s = 300;
+  c.services.push_back(
+      service("web", "192.0.2.10", 80, Protocol::kTcp, Forwarding::kDr, std::move(web)));
+  c.services.push_back(service("dns", "192.0.2.53", 53, Protocol::kUdp, Forwarding::kNat,
+                               {backend("10.0.1.1", 5353, "02:00:00:00:02:01"),
+                                backend("10.0.1.2", 5353, "02:00:00:00:02:02")}));
+  c.services.push_back(service("api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
+                               {backend("10.0.2.1", 8443, "02:00:00:00:03:01"),
+                                backend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
+  c.services.push_back(service("api6", "2001:db8::20", 443, Protocol::kTcp, Forwarding::kNat,
+                               {backend("2001:db8:1::1", 8443, "02:00:00:00:04:01"),
+                                backend("2001:db8:1::2", 8443, "02:00:00:00:04:02")}));
+  c.services.push_back(service("dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
+                               {backend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
+                                backend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
+  c.services.push_back(service("web6", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
+                               {backend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
+                                backend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
+  c.services.push_back(service("drained", "192.0.2.30", 80, Protocol::kTcp, Forwarding::kDr,
+                               {backend("10.0.3.1", 80, "02:00:00:00:07:01", 0),
+                                backend("10.0.3.2", 80, "02:00:00:00:07:02", 0)}));
+  c.services.push_back(
+      service("empty", "192.0.2.31", 80, Protocol::kUdp, Forwarding::kNat, {}));
+  validateConfig(c, "test");
+  return c;
+}
+
+// One load balancer core: snapshot, pipeline, port.
+struct Lb {
+  explicit Lb(const Config& c, uint32_t flow_capacity = 1u << 16)
+      : snap(buildSnapshot(c, ids, 1)), pipe(flow_capacity, kMaxBackendIds) {
+    std::copy(kPortMac.bytes.begin(), kPortMac.bytes.end(), port.mac);
+  }
+  void reload(const Config& c) { snap = buildSnapshot(c, ids, snap->generation + 1); }
+
+  IdRegistry ids;
+  SnapshotPtr snap;
+  Pipeline pipe;
+  PortContext port;
+};
+
+// Run frames through a pipeline in bursts of at most kMaxBurst; the frames are rewritten in
+// place. Returns the transmit flags.
+std::vector<bool> run(Pipeline& pipe, const Snapshot& snap, PortContext& port,
+                      std::vector<Bytes>& frames, uint64_t now) {
+  std::vector<bool> out;
+  std::vector<PacketRef> refs;
+  for (size_t start = 0; start < frames.size(); start += Pipeline::kMaxBurst) {
+    const size_t n = std::min(Pipeline::kMaxBurst, frames.size() - start);
+    refs.assign(n, PacketRef{});
+    for (size_t i = 0; i < n; ++i) {
+      Bytes& f = frames[start + i];
+      refs[i].data = f.data();
+      refs[i].data_len = static_cast<uint32_t>(f.size());
+      refs[i].pkt_len = static_cast<uint32_t>(f.size());
+      refs[i].now_ns = now;
+      refs[i].transmit = !static_cast<bool>(i % 2);  // garbage in: process() must set it
+    }
+    pipe.process(std::span<PacketRef>(refs), snap, port);
+    for (const PacketRef& r : refs) {
+      out.push_back(r.transmit);
+    }
+  }
+  return out;
+}
+
+bool runOne(Pipeline& pipe, const Snapshot& snap, PortContext& port, Bytes& frame,
+            uint64_t now) {
+  std::vector<Bytes> frames = {frame};
+  const bool tx = run(pipe, snap, port, frames, now)[0];
+  frame = frames[0];
+  return tx;
+}
+
+bool runOne(Lb& lb, Bytes& frame, uint64_t now) {
+  return runOne(lb.pipe, *lb.snap, lb.port, frame, now);
+}
+
+// Client i of a flow to vip:vport; distinct 5-tuples for distinct i.
+PacketSpec clientSpec(uint32_t i, const char* vip, uint16_t vport, uint8_t proto,
+                      uint8_t flags = 0x10) {
+  PacketSpec s;
+  s.src_mac = kRouterMac;
+  s.dst_mac = kPortMac;
+  s.dst = ip(vip);
+  if (s.dst.isV4()) {
+    s.src = IpAddress::v4(0xc6330000u + (i / 50));  // 198.51.x.y
+  } else {
+    s.src = ip("2001:db8:ff::");
+    s.src.bytes[12] = static_cast<uint8_t>(i >> 24);
+    s.src.bytes[13] = static_cast<uint8_t>(i >> 16);
+    s.src.bytes[14] = static_cast<uint8_t>(i >> 8);
+    s.src.bytes[15] = static_cast<uint8_t>(i);
+  }
+  s.sport = static_cast<uint16_t>(20000 + (s.dst.isV4() ? i % 50 * 7 : 0));
+  s.dport = vport;
+  s.proto = proto;
+  s.tcp_flags = flags;
+  s.seq = 1000 + i;
+  s.payload.assign(i % 7 + (proto == LB_PROTO_UDP ? 20 : 0), static_cast<uint8_t>(i));
+  return s;
+}
+
+std::string macStr(const uint8_t* m) {
+  MacAddress a;
+  std::copy(m, m + 6, a.bytes.begin());
+  return a.str();
+}
+
+// Backend id of address:port in a snapshot (0 if none).
+uint32_t backendId(const Snapshot& snap, const IpAddress& addr, uint16_t port) {
+  for (uint32_t id = 1; id < snap.backends.size(); ++id) {
+    const BackendEntry& b = snap.backends[id];
+    if (b.present && b.address == addr && b.port == port) {
+      return id;
+    }
+  }
+  return 0;
+}
+
+uint32_t backendIdByMac(const Snapshot& snap, const uint8_t* m) {
+  for (uint32_t id = 1; id < snap.backends.size(); ++id) {
+    const BackendEntry& b = snap.backends[id];
+    if (b.present && std::memcmp(b.mac, m, 6) == 0) {
+      return id;
+    }
+  }
+  return 0;
+}
+
+uint64_t totalDrops(const WorkerCounters& c) {
+  uint64_t n = 0;
+  for (uint64_t d : c.drops) {
+    n += d;
+  }
+  return n;
+}
+
+TEST(PipelineConfig, SnapshotFromTomlText) {
+  // The same path as the daemon: TOML text -> Config -> Snapshot -> Pipeline.
+  const Config c = parseConfig(R"(
+[dataplane]
+gateway_mac = "02:00:00:00:00:fe"
+
+[timeouts]
+udp = 30
+
+[[service]]
+name = "dns"
+vip = "192.0.2.53"
+port = 53
+protocol = "udp"
+forwarding = "nat"
+
+[[service.backend]]
+address = "10.0.1.1"
+port = 5353
+mac = "02:00:00:00:02:01"
+)",
+                               "test");
+  Lb lb(c);
+  EXPECT_EQ(lb.snap->udp_timeout_ns, 30 * kSec);
+  const PacketSpec s = clientSpec(1, "192.0.2.53", 53, LB_PROTO_UDP);
+  Bytes f = pktgen::build(s);
+  ASSERT_TRUE(runOne(lb, f, kT0));
+  PacketSpec expected = s;
+  expected.dst = ip("10.0.1.1");
+  expected.dport = 5353;
+  expected.dst_mac = mac("02:00:00:00:02:01");
+  expected.src_mac = kPortMac;
+  EXPECT_EQ(f, pktgen::build(expected));
+  // The UDP timeout from the file applies.
+  f = pktgen::build(s);
+  ASSERT_TRUE(runOne(lb, f, kT0 + 30 * kSec));
+  EXPECT_EQ(lb.pipe.flows().stats().expired, 1u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DR.
+
+TEST(PipelineDr, OnlyTheMacsChange) {
+  Lb lb(baseConfig());
+  for (uint8_t flags : {uint8_t{0x02}, uint8_t{0x10}, uint8_t{0x18}}) {
+    for (uint32_t i = 0; i < 50; ++i) {
+      for (const char* vip : {"192.0.2.10", "2001:db8::10"}) {
+        PacketSpec s = clientSpec(i, vip, 80, LB_PROTO_TCP, flags);
+        if (i % 3 == 1) {
+          s.vlans = {100};
+        }
+        const Bytes in = pktgen::build(s);
+        Bytes out = in;
+        ASSERT_TRUE(runOne(lb, out, kT0));
+        ASSERT_EQ(out.size(), in.size());
+        EXPECT_TRUE(std::equal(out.begin() + 12, out.end(), in.begin() + 12)) << i;
+        EXPECT_EQ(macStr(out.data() + 6), kPortMac.str());
+        const uint32_t bid = backendIdByMac(*lb.snap, out.data());
+        ASSERT_NE(bid, 0u) << "dst MAC " << macStr(out.data()) << " is no backend's";
+        // The backend belongs to the service of the VIP.
+        const ServiceEntry& svc = lb.snap->services[lb.snap->backends[bid].service_id];
+        EXPECT_EQ(svc.vip, ip(vip));
+        // Byte-identical to a from-scratch frame with the new MACs.
+        PacketSpec expected = s;
+        std::copy(lb.snap->backends[bid].mac, lb.snap->backends[bid].mac + 6,
+                  expected.dst_mac.bytes.begin());
+        expected.src_mac = kPortMac;
+        EXPECT_EQ(out, pktgen::build(expected));
+      }
+    }
+  }
+  EXPECT_EQ(totalDrops(lb.pipe.counters()), 0u);
+  EXPECT_EQ(lb.pipe.counters().rx_packets, 3u * 50u * 2u);
+}
+
+TEST(PipelineDr, AllPacketsOfAFlowReachOneBackend) {
+  Lb lb(baseConfig());
+  std::map<uint32_t, uint32_t> chosen;  // flow -> backend id
+  uint64_t now = kT0;
+  // Ten rounds over 300 flows, interleaved, in bursts mixing flows.
+  for (int round = 0; round < 10; ++round) {
+    std::vector<Bytes> frames;
+    for (uint32_t i = 0; i < 300; ++i) {
+      frames.push_back(
+          pktgen::build(clientSpec(i, "192.0.2.10", 80, LB_PROTO_TCP, round == 0 ? 0x02 : 0x10)));
+    }
+    const std::vector<bool> tx = run(lb.pipe, *lb.snap, lb.port, frames, now);
+    for (uint32_t i = 0; i < 300; ++i) {
+      ASSERT_TRUE(tx[i]);
+      const uint32_t bid = backendIdByMac(*lb.snap, frames[i].data());
+      ASSERT_NE(bid, 0u);
+      auto [it, fresh] = chosen.emplace(i, bid);
+      EXPECT_EQ(it->second, bid) << "flow " << i << " round " << round;
+    }
+    now += kSec;
+  }
+  // One flow each in the counters, ten packets each.
+  uint64_t flows = 0;
+  uint64_t packets = 0;
+  for (uint32_t id = 1; id < lb.snap->backends.size(); ++id) {
+    flows += lb.pipe.backendCounters()[id].flows;
+    packets += lb.pipe.backendCounters()[id].packets;
+  }
+  EXPECT_EQ(flows, 300u);
+  EXPECT_EQ(packets, 3000u);
+  EXPECT_EQ(lb.pipe.flows().stats().active, 300u);
+}
+
+TEST(PipelineDr, ManyPacketsOfOneNewFlowInOneBurst) {
+  // Stage 1 hashes the whole burst before stage 2 inserts: the second packet of a new flow in
+  // the same burst must find the entry the first one created.
+  Lb lb(baseConfig());
+  std::vector<Bytes> frames;
+  for (uint32_t k = 0; k < 64; ++k) {
+    frames.push_back(pktgen::build(clientSpec(k % 4, "192.0.2.10", 80, LB_PROTO_TCP)));
+  }
+  const std::vector<bool> tx = run(lb.pipe, *lb.snap, lb.port, frames, kT0);
+  std::map<uint32_t, uint32_t> chosen;
+  for (uint32_t k = 0; k < 64; ++k) {
+    ASSERT_TRUE(tx[k]);
+    const uint32_t bid = backendIdByMac(*lb.snap, frames[k].data());
+    auto [it, fresh] = chosen.emplace(k % 4, bid);
+    EXPECT_EQ(it->second, bid);
+  }
+  uint64_t flows = 0;
+  for (uint32_t id = 1; id < lb.snap->backends.size(); ++id) {
+    flows += lb.pipe.backendCounters()[id].flows;
+  }
+  EXPECT_EQ(flows, 4u);
+  EXPECT_EQ(lb.pipe.flows().stats().inserted, 4u);
+}
+
+TEST(PipelineDr, WeightedSpread) {
+  Lb lb(baseConfig({webA(1), webB(1), webC(2)}), 1u << 18);
+  constexpr uint32_t kFlows = 20000;
+  std::map<uint32_t, uint32_t> count;
+  std::vector<Bytes> frames;
+  for (uint32_t i = 0; i < kFlows; ++i) {
+    PacketSpec s = clientSpec(0, "192.0.2.10", 80, LB_PROTO_TCP, 0x02);
+    s.src = IpAddress::v4(0x0a640000u + i * 13);  // 10.100.0.0 + 13 i
+    s.sport = static_cast<uint16_t>(1024 + (i * 7919) % 60000);
+    frames.push_back(pktgen::build(s));
+  }
+  const std::vector<bool> tx = run(lb.pipe, *lb.snap, lb.port, frames, kT0);
+  for (uint32_t i = 0; i < kFlows; ++i) {
+    ASSERT_TRUE(tx[i]);
+    ++count[backendIdByMac(*lb.snap, frames[i].data())];
+  }
+  const uint32_t a = backendId(*lb.snap, ip("10.0.0.11"), 80);
+  const uint32_t b = backendId(*lb.snap, ip("10.0.0.12"), 80);
+  const uint32_t c = backendId(*lb.snap, ip("10.0.0.13"), 80);
+  ASSERT_EQ(count.size(), 3u);
+  const double share_a = 100.0 * count[a] / kFlows;
+  const double share_b = 100.0 * count[b] / kFlows;
+  const double share_c = 100.0 * count[c] / kFlows;
+  EXPECT_NEAR(share_a, 25.0, 2.0);
+  EXPECT_NEAR(share_b, 25.0, 2.0);
+  EXPECT_NEAR(share_c, 50.0, 2.0);
+  // The per-backend counters tell the same story.
+  EXPECT_EQ(lb.pipe.backendCounters()[a].flows, count[a]);
+  EXPECT_EQ(lb.pipe.backendCounters()[b].flows, count[b]);
+  EXPECT_EQ(lb.pipe.backendCounters()[c].flows, count[c]);
+  EXPECT_EQ(lb.pipe.backendCounters()[c].packets, count[c]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// NAT.
+
+struct NatCase {
+  const char* vip;
+  uint16_t vport;
+  uint8_t proto;
+};
+
+class PipelineNatTest : public ::testing::TestWithParam<NatCase> {};
+
+TEST_P(PipelineNatTest, ForwardAndReplyOnAnotherCore) {
+  const NatCase& nc = GetParam();
+  const Config config = baseConfig();
+  Lb lb(config);
+  Pipeline core2(1u << 12, kMaxBackendIds);  // another core: its flow table is empty
+  std::set<uint32_t> backends_seen;
+  std::map<uint32_t, uint64_t> per_backend;
+  for (uint32_t i = 0; i < 60; ++i) {
+    const PacketSpec s = clientSpec(i, nc.vip, nc.vport, nc.proto, 0x18);
+    Bytes f = pktgen::build(s);
+    ASSERT_TRUE(runOne(lb, f, kT0));
+    const auto d = pktgen::decode(f);
+    ASSERT_TRUE(d.has_value());
+    EXPECT_TRUE(d->ip_checksum_ok);
+    EXPECT_TRUE(d->l4_checksum_ok);
+    const uint32_t bid = backendId(*lb.snap, d->dst, d->dport);
+    ASSERT_NE(bid, 0u) << d->dst.str() << ":" << d->dport << " is no backend";
+    const BackendEntry& be = lb.snap->backends[bid];
+    EXPECT_EQ(lb.snap->services[be.service_id].vip, ip(nc.vip));
+    backends_seen.insert(bid);
+    // Byte-identical to a from-scratch build toward the backend.
+    PacketSpec expected = s;
+    expected.dst = be.address;
+    expected.dport = be.port;
+    std::copy(be.mac, be.mac + 6, expected.dst_mac.bytes.begin());
+    expected.src_mac = kPortMac;
+    ASSERT_EQ(f, pktgen::build(expected)) << "flow " << i;
+
+    // The backend answers; the reply is handled by the other core.
+    PacketSpec reply;
+    reply.src_mac = mac("02:00:00:00:99:99");
+    reply.dst_mac = kPortMac;
+    reply.src = be.address;
+    reply.sport = be.port;
+    reply.dst = s.src;
+    reply.dport = s.sport;
+    reply.proto = nc.proto;
+    reply.tcp_flags = 0x12;
+    reply.payload.assign(i % 5 + 3, 0xab);
+    Bytes r = pktgen::build(reply);
+    ASSERT_TRUE(runOne(core2, *lb.snap, lb.port, r, kT0));
+    const auto rd = pktgen::decode(r);
+    ASSERT_TRUE(rd.has_value());
+    EXPECT_TRUE(rd->ip_checksum_ok);
+    EXPECT_TRUE(rd->l4_checksum_ok);
+    PacketSpec expected_reply = reply;
+    expected_reply.src = ip(nc.vip);
+    expected_reply.sport = nc.vport;
+    expected_reply.dst_mac = kGatewayMac;
+    expected_reply.src_mac = kPortMac;
+    ASSERT_EQ(r, pktgen::build(expected_reply)) << "reply of flow " << i;
+    ++per_backend[bid];
+  }
+  EXPECT_EQ(backends_seen.size(), 2u) << "60 flows should reach both backends";
+  // Counters: forward on core 1, replies on core 2; NAT replies create no flow state.
+  uint64_t fwd = 0;
+  uint64_t flows = 0;
+  uint64_t replies = 0;
+  uint64_t replies_core1 = 0;
+  for (uint32_t bid : backends_seen) {
+    fwd += lb.pipe.backendCounters()[bid].packets;
+    flows += lb.pipe.backendCounters()[bid].flows;
+    replies += core2.backendCounters()[bid].reply_packets;
+    replies_core1 += lb.pipe.backendCounters()[bid].reply_packets;
+    EXPECT_EQ(core2.backendCounters()[bid].packets, 0u);
+    EXPECT_EQ(core2.backendCounters()[bid].reply_packets, per_backend[bid]);
+    EXPECT_EQ(lb.pipe.backendCounters()[bid].packets, per_backend[bid]);
+    EXPECT_EQ(lb.pipe.backendCounters()[bid].flows, per_backend[bid]);
+    EXPECT_GT(core2.backendCounters()[bid].reply_bytes, 0u);
+  }
+  EXPECT_EQ(fwd, 60u);
+  EXPECT_EQ(flows, 60u);
+  EXPECT_EQ(replies, 60u);
+  EXPECT_EQ(replies_core1, 0u);
+  EXPECT_EQ(core2.flows().stats().inserted, 0u);
+  EXPECT_EQ(totalDrops(lb.pipe.counters()) + totalDrops(core2.counters()), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(PipelineAll, PipelineNatTest,
+                         ::testing::Values(NatCase{"192.0.2.53", 53, LB_PROTO_UDP},
+                                           NatCase{"192.0.2.20", 443, LB_PROTO_TCP},
+                                           NatCase{"2001:db8::20", 443, LB_PROTO_TCP},
+                                           NatCase{"2001:db8::53", 53, LB_PROTO_UDP}),
+                         [](const ::testing::TestParamInfo<NatCase>& info) {
+                           return std::string(ip(info.param.vip).isV6() ? "Ipv6" : "Ipv4") +
+                                  (info.param.proto == LB_PROTO_TCP ? "Tcp" : "Udp");
+                         });
+
+TEST(PipelineNat, ForwardWithVlanTagAndOddPayloads) {
+  Lb lb(baseConfig());
+  for (size_t payload : {0, 1, 2, 3, 255, 1001}) {
+    for (const char* vip : {"192.0.2.53", "2001:db8::53"}) {
+      PacketSpec s = clientSpec(7, vip, 53, LB_PROTO_UDP);
+      s.vlans = {10, 20};
+      s.payload.assign(payload, 0xc3);
+      Bytes f = pktgen::build(s);
+      ASSERT_TRUE(runOne(lb, f, kT0));
+      const auto d = pktgen::decode(f);
+      ASSERT_TRUE(d.has_value());
+      EXPECT_TRUE(d->l4_checksum_ok && d->ip_checksum_ok);
+      const uint32_t bid = backendId(*lb.snap, d->dst, d->dport);
+      ASSERT_NE(bid, 0u);
+      PacketSpec expected = s;
+      expected.dst = lb.snap->backends[bid].address;
+      expected.dport = lb.snap->backends[bid].port;
+      std::copy(lb.snap->backends[bid].mac, lb.snap->backends[bid].mac + 6,
+                expected.dst_mac.bytes.begin());
+      expected.src_mac = kPortMac;
+      EXPECT_EQ(f, pktgen::build(expected)) << payload;
+    }
+  }
+}
+
+TEST(PipelineNat, Ipv4UdpWithoutChecksumStaysWithout) {
+  Lb lb(baseConfig());
+  PacketSpec s = clientSpec(3, "192.0.2.53", 53, LB_PROTO_UDP);
+  s.udp_zero_checksum = true;
+  Bytes f = pktgen::build(s);
+  ASSERT_TRUE(runOne(lb, f, kT0));
+  const auto d = pktgen::decode(f);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_TRUE(d->udp_checksum_zero);
+  EXPECT_TRUE(d->ip_checksum_ok);
+}
+
+TEST(PipelineNat, ReplyWithoutGatewayUsesLearnedMac) {
+  const Config config = baseConfig({webA(), webB(), webC()}, /*gateway=*/false);
+  Lb lb(config);
+  ASSERT_FALSE(lb.snap->has_gateway_mac);
+  const uint32_t bid = backendId(*lb.snap, ip("10.0.1.1"), 5353);
+  ASSERT_NE(bid, 0u);
+  PacketSpec reply;
+  reply.src_mac = mac("02:00:00:00:02:01");
+  reply.dst_mac = kPortMac;
+  reply.src = ip("10.0.1.1");
+  reply.sport = 5353;
+  reply.dst = ip("198.51.0.1");
+  reply.dport = 20007;
+  reply.proto = LB_PROTO_UDP;
+  reply.payload.assign(30, 1);
+  // Nothing learned yet: no next hop.
+  Bytes r = pktgen::build(reply);
+  const Bytes r_in = r;
+  EXPECT_FALSE(runOne(lb, r, kT0));
+  EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NO_NEXT_HOP], 1u);
+  EXPECT_EQ(lb.pipe.backendCounters()[bid].reply_packets, 0u);
+
+  // A DR client packet teaches nothing (only NAT services learn the router).
+  Bytes dr = pktgen::build(clientSpec(1, "192.0.2.10", 80, LB_PROTO_TCP));
+  ASSERT_TRUE(runOne(lb, dr, kT0));
+  r = r_in;
+  EXPECT_FALSE(runOne(lb, r, kT0));
+  EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NO_NEXT_HOP], 2u);
+
+  // A NAT client packet from the router teaches its MAC.
+  const MacAddress router = mac("02:00:00:00:77:01");
+  PacketSpec c = clientSpec(1, "192.0.2.53", 53, LB_PROTO_UDP);
+  c.src_mac = router;
+  Bytes cf = pktgen::build(c);
+  ASSERT_TRUE(runOne(lb, cf, kT0));
+  r = r_in;
+  ASSERT_TRUE(runOne(lb, r, kT0 + 1));
+  PacketSpec expected = reply;
+  expected.src = ip("192.0.2.53");
+  expected.sport = 53;
+  expected.dst_mac = router;
+  expected.src_mac = kPortMac;
+  EXPECT_EQ(r, pktgen::build(expected));
+  EXPECT_EQ(lb.pipe.backendCounters()[bid].reply_packets, 1u);
+
+  // Another core of the same port sees it too; a newer router MAC replaces it.
+  Pipeline core2(1024, kMaxBackendIds);
+  r = r_in;
+  ASSERT_TRUE(runOne(core2, *lb.snap, lb.port, r, kT0 + 2));
+  EXPECT_EQ(macStr(r.data()), router.str());
+  const MacAddress router2 = mac("02:00:00:00:77:02");
+  c.src_mac = router2;
+  cf = pktgen::build(c);
+  ASSERT_TRUE(runOne(core2, *lb.snap, lb.port, cf, kT0 + 3));
+  r = r_in;
+  ASSERT_TRUE(runOne(lb, r, kT0 + 4));
+  EXPECT_EQ(macStr(r.data()), router2.str());
+
+  // A different port (PortContext) has learned nothing.
+  PortContext other;
+  std::copy(kPortMac.bytes.begin(), kPortMac.bytes.end(), other.mac);
+  r = r_in;
+  EXPECT_FALSE(runOne(lb.pipe, *lb.snap, other, r, kT0 + 5));
+  EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NO_NEXT_HOP], 3u);
+}
+
+TEST(PipelineNat, ReplyFromUnknownPortIsNoService) {
+  Lb lb(baseConfig());
+  PacketSpec reply;
+  reply.src = ip("10.0.1.1");
+  reply.sport = 5354;  // the backend listens on 5353
+  reply.dst = ip("198.51.0.1");
+  reply.dport = 20007;
+  reply.proto = LB_PROTO_UDP;
+  Bytes r = pktgen::build(reply);
+  const Bytes in = r;
+  EXPECT_FALSE(runOne(lb, r, kT0));
+  EXPECT_EQ(r, in);
+  // Right port, wrong protocol.
+  reply.sport = 5353;
+  reply.proto = LB_PROTO_TCP;
+  r = pktgen::build(reply);
+  EXPECT_FALSE(runOne(lb, r, kT0));
+  EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NO_SERVICE], 2u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drops and counters.
+
+TEST(PipelineDrops, CountedByReasonAndNotTransmitted) {
+  Lb lb(baseConfig());
+  std::vector<Bytes> frames;
+  std::vector<int> expected;
+  auto add = [&](Bytes f, int reason) {
+    frames.push_back(std::move(f));
+    expected.push_back(reason);
+  };
+  const Bytes good = pktgen::build(clientSpec(1, "192.0.2.10", 80, LB_PROTO_TCP));
+  // Parser drops.
+  add(Bytes(good.begin(), good.begin() + 10), LB_DROP_TRUNCATED);
+  add(Bytes(good.begin(), good.begin() + 30), LB_DROP_TRUNCATED);
+  {
+    Bytes f = good;
+    f[12] = 0x08;
+    f[13] = 0x06;
+    add(f, LB_DROP_NON_IP);
+  }
+  {
+    Bytes f = good;
+    f[14] = 0x44;  // IHL 4
+    add(f, LB_DROP_BAD_IP_HEADER);
+  }
+  add(Bytes(good.begin(), good.end() - 1), LB_DROP_BAD_IP_LENGTH);
+  {
+    Bytes f = good;
+    f[14 + 20 + 12] = 0x40;  // TCP data offset 4
+    add(f, LB_DROP_BAD_L4_HEADER);
+  }
+  {
+    PacketSpec s = clientSpec(1, "2001:db8::10", 80, LB_PROTO_TCP);
+    s.ipv6_ext.assign(7, 60);
+    add(pktgen::build(s), LB_DROP_IPV6_EXT_LIMIT);
+  }
+  // Pipeline drops.
+  add(pktgen::build(clientSpec(1, "192.0.2.99", 80, LB_PROTO_TCP)), LB_DROP_NO_SERVICE);
+  add(pktgen::build(clientSpec(1, "192.0.2.10", 81, LB_PROTO_TCP)), LB_DROP_NO_SERVICE);
+  add(pktgen::build(clientSpec(1, "192.0.2.10", 80, LB_PROTO_UDP)), LB_DROP_NO_SERVICE);
+  add(pktgen::build(clientSpec(1, "2001:db8::11", 80, LB_PROTO_TCP)), LB_DROP_NO_SERVICE);
+  {
+    PacketSpec s = clientSpec(1, "192.0.2.10", 80, LB_PROTO_TCP);
+    s.proto = 1;  // ICMP to a VIP
+    add(pktgen::build(s), LB_DROP_NO_SERVICE);
+  }
+  {
+    PacketSpec s = clientSpec(1, "192.0.2.10", 80, LB_PROTO_TCP);
+    s.more_fragments = true;
+    add(pktgen::build(s), LB_DROP_FRAGMENT);
+    s.more_fragments = false;
+    s.frag_offset = 100;
+    add(pktgen::build(s), LB_DROP_FRAGMENT);
+    s.dst = ip("192.0.2.99");
+    add(pktgen::build(s), LB_DROP_NO_SERVICE);
+  }
+  {
+    PacketSpec s = clientSpec(1, "2001:db8::53", 53, LB_PROTO_UDP);
+    s.ipv6_ext = {44};
+    s.more_fragments = true;
+    add(pktgen::build(s), LB_DROP_FRAGMENT);
+    s.dst = ip("2001:db8::54");
+    add(pktgen::build(s), LB_DROP_NO_SERVICE);
+  }
+  {
+    // A fragment to a VIP address on a port no service uses is still a fragment for a VIP.
+    PacketSpec s = clientSpec(1, "192.0.2.53", 9999, LB_PROTO_TCP);
+    s.frag_offset = 8;
+    add(pktgen::build(s), LB_DROP_FRAGMENT);
+  }
+  add(pktgen::build(clientSpec(1, "192.0.2.30", 80, LB_PROTO_TCP, 0x02)), LB_DROP_NO_BACKEND);
+  add(pktgen::build(clientSpec(2, "192.0.2.30", 80, LB_PROTO_TCP, 0x02)), LB_DROP_NO_BACKEND);
+  add(pktgen::build(clientSpec(1, "192.0.2.31", 80, LB_PROTO_UDP)), LB_DROP_NO_BACKEND);
+  // And some good ones in between.
+  add(good, -1);
+  add(pktgen::build(clientSpec(2, "192.0.2.53", 53, LB_PROTO_UDP)), -1);
+
+  std::vector<Bytes> copies = frames;
+  const std::vector<bool> tx = run(lb.pipe, *lb.snap, lb.port, copies, kT0);
+  uint64_t want[LB_DROP__COUNT] = {};
+  for (size_t i = 0; i < frames.size(); ++i) {
+    EXPECT_EQ(tx[i], expected[i] < 0) << "frame " << i;
+    if (expected[i] >= 0) {
+      ++want[expected[i]];
+      EXPECT_EQ(copies[i], frames[i]) << "a dropped frame was modified: " << i;
+    }
+  }
+  for (int r = 0; r < LB_DROP__COUNT; ++r) {
+    EXPECT_EQ(lb.pipe.counters().drops[r], want[r]) << lb_drop_reason_name(r);
+  }
+  EXPECT_EQ(lb.pipe.counters().rx_packets, frames.size());
+  // Dropped packets create no flow state and count toward no backend.
+  EXPECT_EQ(lb.pipe.flows().stats().inserted, 2u);
+  uint64_t packets = 0;
+  for (const BackendCounters& bc : lb.pipe.backendCounters()) {
+    packets += bc.packets;
+  }
+  EXPECT_EQ(packets, 2u);
+}
+
+TEST(PipelineCounters, PerBackend) {
+  Lb lb(baseConfig());
+  // 5 TCP flows x 4 packets to the DR service.
+  uint64_t bytes = 0;
+  for (int k = 0; k < 4; ++k) {
+    for (uint32_t i = 0; i < 5; ++i) {
+      Bytes f = pktgen::build(clientSpec(i, "192.0.2.10", 80, LB_PROTO_TCP, k == 0 ? 0x02 : 0x10));
+      bytes += f.size();
+      ASSERT_TRUE(runOne(lb, f, kT0 + k));
+    }
+  }
+  uint64_t flows = 0;
+  uint64_t packets = 0;
+  uint64_t counted_bytes = 0;
+  for (const char* addr : {"10.0.0.11", "10.0.0.12", "10.0.0.13"}) {
+    const BackendCounters& bc = lb.pipe.backendCounters()[backendId(*lb.snap, ip(addr), 80)];
+    flows += bc.flows;
+    packets += bc.packets;
+    counted_bytes += bc.bytes;
+    EXPECT_EQ(bc.packets, 4 * bc.flows) << addr;
+    EXPECT_EQ(bc.reply_packets, 0u);
+  }
+  EXPECT_EQ(flows, 5u);
+  EXPECT_EQ(packets, 20u);
+  EXPECT_EQ(counted_bytes, bytes);
+  EXPECT_EQ(lb.pipe.counters().rx_packets, 20u);
+  EXPECT_EQ(totalDrops(lb.pipe.counters()), 0u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow pinning across configuration changes.
+
+constexpr uint32_t kPinFlows = 1000;
+
+std::vector<uint32_t> sendWebFlows(Lb& lb, uint64_t now, uint8_t flags, uint32_t first = 0,
+                                   uint32_t count = kPinFlows) {
+  std::vector<Bytes> frames;
+  for (uint32_t i = first; i < first + count; ++i) {
+    frames.push_back(pktgen::build(clientSpec(i, "192.0.2.10", 80, LB_PROTO_TCP, flags)));
+  }
+  const std::vector<bool> tx = run(lb.pipe, *lb.snap, lb.port, frames, now);
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < frames.size(); ++i) {
+    EXPECT_TRUE(tx[i]) << i;
+    out.push_back(backendIdByMac(*lb.snap, frames[i].data()));
+  }
+  return out;
+}
+
+TEST(PipelinePinning, RemovedBackendFlowsMoveOthersStay) {
+  Lb lb(baseConfig({webA(), webB(), webC()}));
+  const uint32_t a = backendId(*lb.snap, ip("10.0.0.11"), 80);
+  const uint32_t b = backendId(*lb.snap, ip("10.0.0.12"), 80);
+  const uint32_t c = backendId(*lb.snap, ip("10.0.0.13"), 80);
+  const std::vector<uint32_t> before = sendWebFlows(lb, kT0, 0x02);
+  const auto on_c = static_cast<uint64_t>(std::count(before.begin(), before.end(), c));
+  ASSERT_GT(on_c, 200u);
+  ASSERT_LT(on_c, 470u);
+
+  // C removed and D added (same registry): ids of A and B stay.
+  lb.reload(baseConfig({webA(), webB(), webD()}));
+  ASSERT_EQ(backendId(*lb.snap, ip("10.0.0.11"), 80), a);
+  ASSERT_EQ(backendId(*lb.snap, ip("10.0.0.12"), 80), b);
+  const uint32_t d = backendId(*lb.snap, ip("10.0.0.14"), 80);
+  ASSERT_NE(d, c);
+  // Where a fresh core would send each flow now: some A and B flows would go to D, so the
+  // flow table is what keeps them.
+  Lb fresh(baseConfig({webA(), webB(), webC()}));
+  fresh.reload(baseConfig({webA(), webB(), webD()}));
+  const std::vector<uint32_t> fresh_choice = sendWebFlows(fresh, kT0, 0x10);
+
+  const uint64_t resched_before = lb.pipe.counters().flows_rescheduled;
+  const std::vector<uint32_t> after = sendWebFlows(lb, kT0 + kSec, 0x10);
+  uint64_t ab_that_fresh_would_move = 0;
+  for (uint32_t i = 0; i < kPinFlows; ++i) {
+    if (before[i] == c) {
+      EXPECT_NE(after[i], c) << i;
+      EXPECT_EQ(after[i], fresh_choice[i]) << "a moved flow goes where Maglev says: " << i;
+    } else {
+      EXPECT_EQ(after[i], before[i]) << "flow " << i << " lost its backend";
+      ab_that_fresh_would_move += fresh_choice[i] != before[i] ? 1 : 0;
+    }
+  }
+  EXPECT_GT(ab_that_fresh_would_move, 0u);
+  EXPECT_EQ(lb.pipe.counters().flows_rescheduled - resched_before, on_c);
+  // Once moved they stay; no further rescheduling.
+  const std::vector<uint32_t> again = sendWebFlows(lb, kT0 + 2 * kSec, 0x10);
+  EXPECT_EQ(again, after);
+  EXPECT_EQ(lb.pipe.counters().flows_rescheduled - resched_before, on_c);
+}
+
+TEST(PipelinePinning, RemovedOnlyNoNewBackend) {
+  // The brief's case exactly: C removed, nothing added.
+  Lb lb(baseConfig({webA(), webB(), webC()}));
+  const uint32_t c = backendId(*lb.snap, ip("10.0.0.13"), 80);
+  const std::vector<uint32_t> before = sendWebFlows(lb, kT0, 0x02);
+  const auto on_c = static_cast<uint64_t>(std::count(before.begin(), before.end(), c));
+  lb.reload(baseConfig({webA(), webB()}));
+  ASSERT_EQ(backendId(*lb.snap, ip("10.0.0.13"), 80), 0u);
+  const std::vector<uint32_t> after = sendWebFlows(lb, kT0 + kSec, 0x10);
+  for (uint32_t i = 0; i < kPinFlows; ++i) {
+    if (before[i] == c) {
+      EXPECT_NE(after[i], c);
+      EXPECT_NE(after[i], 0u);
+    } else {
+      EXPECT_EQ(after[i], before[i]) << i;
+    }
+  }
+  EXPECT_EQ(lb.pipe.counters().flows_rescheduled, on_c);
+  EXPECT_EQ(totalDrops(lb.pipe.counters()), 0u);
+}
+
+TEST(PipelinePinning, ReusedBackendIdDoesNotInheritFlows) {
+  // C removed (no packets in between), then D added: D gets C's old id with a new epoch. The
+  // flows pinned to C must be rescheduled, not silently handed to D.
+  Lb lb(baseConfig({webA(), webB(), webC()}));
+  const uint32_t c = backendId(*lb.snap, ip("10.0.0.13"), 80);
+  const std::vector<uint32_t> before = sendWebFlows(lb, kT0, 0x02);
+  const auto on_c = static_cast<uint64_t>(std::count(before.begin(), before.end(), c));
+  lb.reload(baseConfig({webA(), webB()}));
+  lb.reload(baseConfig({webA(), webB(), webD()}));
+  const uint32_t d = backendId(*lb.snap, ip("10.0.0.14"), 80);
+  ASSERT_EQ(d, c) << "the registry is expected to hand out the freed id again";
+  ASSERT_NE(lb.snap->backends[d].epoch, 1u);
+  const std::vector<uint32_t> after = sendWebFlows(lb, kT0 + kSec, 0x10);
+  EXPECT_EQ(lb.pipe.counters().flows_rescheduled, on_c);
+  // New flows on D count as new flows of D.
+  uint64_t c_flows_to_d = 0;
+  for (uint32_t i = 0; i < kPinFlows; ++i) {
+    if (before[i] != c) {
+      EXPECT_EQ(after[i], before[i]) << i;
+    } else {
+      c_flows_to_d += after[i] == d ? 1 : 0;
+    }
+  }
+  EXPECT_EQ(lb.pipe.backendCounters()[d].flows, on_c + c_flows_to_d);
+}
+
+TEST(PipelinePinning, DrainedBackendKeepsItsFlowsGetsNoNewOnes) {
+  Lb lb(baseConfig({webA(), webB(), webC()}));
+  const uint32_t c = backendId(*lb.snap, ip("10.0.0.13"), 80);
+  const std::vector<uint32_t> before = sendWebFlows(lb, kT0, 0x02);
+  const auto on_c = static_cast<uint64_t>(std::count(before.begin(), before.end(), c));
+  ASSERT_GT(on_c, 0u);
+  const uint64_t c_flows = lb.pipe.backendCounters()[c].flows;
+
+  lb.reload(baseConfig({webA(), webB(), webC(0)}));
+  ASSERT_EQ(backendId(*lb.snap, ip("10.0.0.13"), 80), c);
+  ASSERT_EQ(lb.snap->backends[c].weight, 0u);
+  const std::vector<uint32_t> after = sendWebFlows(lb, kT0 + kSec, 0x10);
+  EXPECT_EQ(after, before);  // every flow, C's included, keeps its backend
+  EXPECT_EQ(lb.pipe.counters().flows_rescheduled, 0u);
+  EXPECT_EQ(lb.pipe.backendCounters()[c].packets, 2 * on_c);
+
+  // New flows never reach C.
+  const std::vector<uint32_t> fresh = sendWebFlows(lb, kT0 + kSec, 0x02, kPinFlows, 3000);
+  EXPECT_EQ(std::count(fresh.begin(), fresh.end(), c), 0);
+  EXPECT_EQ(lb.pipe.backendCounters()[c].flows, c_flows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts and TCP state.
+
+uint64_t flowsOf(const Lb& lb) {
+  uint64_t n = 0;
+  for (const BackendCounters& bc : lb.pipe.backendCounters()) {
+    n += bc.flows;
+  }
+  return n;
+}
+
+TEST(PipelineTimeouts, FinLingerThenExpiry) {
+  for (uint8_t closer : {uint8_t{0x11}, uint8_t{0x04}, uint8_t{0x14}}) {  // FIN|ACK, RST, RST|ACK
+    Lb lb(baseConfig());
+    const uint64_t fin = 10 * kSec;
+    Bytes f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, 0x02));
+    ASSERT_TRUE(runOne(lb, f, kT0));
+    f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, 0x10));
+    ASSERT_TRUE(runOne(lb, f, kT0 + 100 * kSec));  // established: far below 900 s
+    EXPECT_EQ(flowsOf(lb), 1u);
+    const uint64_t t_fin = kT0 + 200 * kSec;
+    f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, closer));
+    ASSERT_TRUE(runOne(lb, f, t_fin));
+    EXPECT_EQ(flowsOf(lb), 1u);
+    // Lingering: the last ACK just inside the FIN timeout still belongs to the flow, and
+    // refreshes the linger from its own time.
+    f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, 0x10));
+    ASSERT_TRUE(runOne(lb, f, t_fin + fin - 1));
+    EXPECT_EQ(flowsOf(lb), 1u);
+    EXPECT_EQ(lb.pipe.flows().stats().expired, 0u);
+    // At last packet + FIN timeout it is gone: the next packet makes a new flow.
+    const uint64_t t_gone = t_fin + fin - 1 + fin;
+    f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, 0x10));
+    ASSERT_TRUE(runOne(lb, f, t_gone));
+    EXPECT_EQ(flowsOf(lb), 2u) << "closer flags " << int{closer};
+    EXPECT_EQ(lb.pipe.flows().stats().expired, 1u);
+  }
+}
+
+TEST(PipelineTimeouts, FinFlowIsSweptAfterLinger) {
+  Lb lb(baseConfig());
+  Bytes f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, 0x11));
+  ASSERT_TRUE(runOne(lb, f, kT0));
+  EXPECT_EQ(lb.pipe.flows().stats().active, 1u);
+  const uint32_t buckets = lb.pipe.flows().capacity() / FlowTable::kBucketEntries;
+  for (uint32_t i = 0; i < buckets; i += 8) {
+    lb.pipe.sweep(kT0 + 10 * kSec - 1, 8);
+  }
+  EXPECT_EQ(lb.pipe.flows().stats().active, 1u);
+  for (uint32_t i = 0; i < buckets; i += 8) {
+    lb.pipe.sweep(kT0 + 10 * kSec, 8);
+  }
+  EXPECT_EQ(lb.pipe.flows().stats().active, 0u);
+  EXPECT_EQ(lb.pipe.flows().stats().expired, 1u);
+}
+
+TEST(PipelineTimeouts, SynOnClosingFlowIsScheduledAfresh) {
+  // Flow pinned to C; C is then drained. Packets of the open or closing flow stay on C, but a new
+  // SYN reusing the ports of the closing flow is a new connection and is scheduled by Maglev,
+  // which no longer picks C.
+  Lb lb(baseConfig({webA(), webB(), webC()}));
+  const uint32_t c = backendId(*lb.snap, ip("10.0.0.13"), 80);
+  uint32_t flow = 0;
+  for (;; ++flow) {
+    ASSERT_LT(flow, 100u);
+    Bytes f = pktgen::build(clientSpec(flow, "192.0.2.10", 80, LB_PROTO_TCP, 0x02));
+    ASSERT_TRUE(runOne(lb, f, kT0));
+    if (backendIdByMac(*lb.snap, f.data()) == c) {
+      break;
+    }
+  }
+  lb.reload(baseConfig({webA(), webB(), webC(0)}));
+  auto send = [&](uint8_t flags, uint64_t t) {
+    Bytes f = pktgen::build(clientSpec(flow, "192.0.2.10", 80, LB_PROTO_TCP, flags));
+    EXPECT_TRUE(runOne(lb, f, t));
+    return backendIdByMac(*lb.snap, f.data());
+  };
+  const uint64_t flows0 = flowsOf(lb);
+  EXPECT_EQ(send(0x10, kT0 + kSec), c);
+  // A SYN on an established flow is a retransmission: same backend, no new flow.
+  EXPECT_EQ(send(0x02, kT0 + 2 * kSec), c);
+  EXPECT_EQ(flowsOf(lb), flows0);
+  EXPECT_EQ(send(0x11, kT0 + 3 * kSec), c);  // FIN: closing
+  EXPECT_EQ(send(0x10, kT0 + 4 * kSec), c);
+  // SYN|ACK is not a new connection.
+  EXPECT_EQ(send(0x12, kT0 + 5 * kSec), c);
+  EXPECT_EQ(flowsOf(lb), flows0);
+  // A plain SYN within the linger: scheduled afresh.
+  const uint32_t now_on = send(0x02, kT0 + 6 * kSec);
+  EXPECT_NE(now_on, c);
+  EXPECT_NE(now_on, 0u);
+  EXPECT_EQ(flowsOf(lb), flows0 + 1);
+  EXPECT_EQ(lb.pipe.counters().flows_rescheduled, 0u);
+  // The new connection is active again: the TCP idle timeout applies, not the FIN linger.
+  EXPECT_EQ(send(0x10, kT0 + 6 * kSec + 500 * kSec), now_on);
+  EXPECT_EQ(flowsOf(lb), flows0 + 1);
+}
+
+TEST(PipelineTimeouts, TcpIdleFlowIsRecreated) {
+  Lb lb(baseConfig());
+  const uint64_t tcp = 900 * kSec;
+  Bytes f = pktgen::build(clientSpec(9, "192.0.2.10", 80, LB_PROTO_TCP, 0x02));
+  ASSERT_TRUE(runOne(lb, f, kT0));
+  f = pktgen::build(clientSpec(9, "192.0.2.10", 80, LB_PROTO_TCP, 0x10));
+  ASSERT_TRUE(runOne(lb, f, kT0 + tcp - 1));
+  EXPECT_EQ(flowsOf(lb), 1u);
+  f = pktgen::build(clientSpec(9, "192.0.2.10", 80, LB_PROTO_TCP, 0x10));
+  ASSERT_TRUE(runOne(lb, f, kT0 + tcp - 1 + tcp));
+  EXPECT_EQ(flowsOf(lb), 2u);
+  EXPECT_EQ(lb.pipe.flows().stats().expired, 1u);
+  EXPECT_EQ(lb.pipe.flows().stats().active, 1u);
+}
+
+TEST(PipelineTimeouts, UdpIdleFlowExpires) {
+  Lb lb(baseConfig());
+  const uint64_t udp = 300 * kSec;
+  auto send = [&](uint64_t t) {
+    Bytes f = pktgen::build(clientSpec(4, "192.0.2.53", 53, LB_PROTO_UDP));
+    EXPECT_TRUE(runOne(lb, f, t));
+  };
+  send(kT0);
+  send(kT0 + udp - 1);
+  EXPECT_EQ(flowsOf(lb), 1u);
+  send(kT0 + udp - 1 + udp - 1);  // each packet refreshes
+  EXPECT_EQ(flowsOf(lb), 1u);
+  send(kT0 + udp - 1 + udp - 1 + udp);
+  EXPECT_EQ(flowsOf(lb), 2u);
+  EXPECT_EQ(lb.pipe.flows().stats().expired, 1u);
+}
+
+TEST(PipelineTimeouts, UdpNeverGetsTheTcpLinger) {
+  // A UDP datagram whose bytes where TCP keeps its flags look like FIN|RST: no linger applies.
+  Lb lb(baseConfig());
+  auto send = [&](uint64_t t) {
+    PacketSpec s = clientSpec(4, "192.0.2.53", 53, LB_PROTO_UDP);
+    s.payload.assign(40, 0x05);
+    Bytes f = pktgen::build(s);
+    EXPECT_TRUE(runOne(lb, f, t));
+  };
+  send(kT0);
+  send(kT0 + 20 * kSec);  // past the 10 s FIN linger
+  send(kT0 + 40 * kSec);
+  EXPECT_EQ(flowsOf(lb), 1u);
+  EXPECT_EQ(lb.pipe.flows().stats().expired, 0u);
+}
+
+TEST(PipelineTimeouts, IdleExpiryRepicksAfterDrain) {
+  // After the idle timeout the flow is new: a drained backend does not get it back.
+  Lb lb(baseConfig({webA(), webB(), webC()}));
+  const uint32_t c = backendId(*lb.snap, ip("10.0.0.13"), 80);
+  const std::vector<uint32_t> before = sendWebFlows(lb, kT0, 0x02, 0, 200);
+  lb.reload(baseConfig({webA(), webB(), webC(0)}));
+  const std::vector<uint32_t> later = sendWebFlows(lb, kT0 + 900 * kSec, 0x10, 0, 200);
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_NE(later[i], c) << i;
+    EXPECT_NE(later[i], 0u) << i;
+  }
+  EXPECT_GT(std::count(before.begin(), before.end(), c), 0);
+  EXPECT_EQ(lb.pipe.flows().stats().expired, 200u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Determinism.
+
+TEST(PipelineDeterminism, SameChoiceOnEveryCoreAndEveryBuild) {
+  const std::vector<BackendConfig> order1 = {webA(1), webB(1), webC(2), webD(3)};
+  const std::vector<BackendConfig> order2 = {webD(3), webC(2), webA(1), webB(1)};
+  Lb lb1(baseConfig(order1));
+  Lb lb2(baseConfig(order1));  // another core / host, same config
+  Lb lb3(baseConfig(order2));  // independent build, backends listed in another order
+  // The ids differ between lb1 and lb3; only the endpoints are the same.
+  ASSERT_NE(backendId(*lb1.snap, ip("10.0.0.11"), 80), backendId(*lb3.snap, ip("10.0.0.11"), 80));
+  constexpr uint32_t kFlows = 3000;
+  std::vector<Bytes> f1;
+  for (uint32_t i = 0; i < kFlows; ++i) {
+    PacketSpec s = clientSpec(i, "192.0.2.10", 80, LB_PROTO_TCP, 0x02);
+    s.src = IpAddress::v4(0x0a000000u + i * 101);
+    f1.push_back(pktgen::build(s));
+  }
+  std::vector<Bytes> f2 = f1;
+  std::vector<Bytes> f3 = f1;
+  run(lb1.pipe, *lb1.snap, lb1.port, f1, kT0);
+  run(lb2.pipe, *lb2.snap, lb2.port, f2, kT0 + 5 * kSec);
+  run(lb3.pipe, *lb3.snap, lb3.port, f3, kT0);
+  std::set<std::string> macs;
+  for (uint32_t i = 0; i < kFlows; ++i) {
+    ASSERT_EQ(macStr(f1[i].data()), macStr(f2[i].data())) << i;
+    ASSERT_EQ(macStr(f1[i].data()), macStr(f3[i].data())) << i;
+    macs.insert(macStr(f1[i].data()));
+  }
+  EXPECT_EQ(macs.size(), 4u);
+  // IPv6 NAT too: the same backend address.
+  Lb n1(baseConfig());
+  Config swapped = baseConfig();
+  std::reverse(swapped.services[3].backends.begin(), swapped.services[3].backends.end());
+  std::reverse(swapped.services.begin(), swapped.services.end());
+  Lb n2(swapped);
+  for (uint32_t i = 0; i < 500; ++i) {
+    Bytes a = pktgen::build(clientSpec(i, "2001:db8::20", 443, LB_PROTO_TCP, 0x02));
+    Bytes b = a;
+    ASSERT_TRUE(runOne(n1, a, kT0));
+    ASSERT_TRUE(runOne(n2, b, kT0));
+    ASSERT_EQ(a, b) << i;
+  }
+}
+
+TEST(PipelineDeterminism, PickIsTheMaglevSlotOfTheFlowHash) {
+  // The contract shared with other hosts and the XDP path: a new flow goes to
+  // maglev[lb_flow_hash(5-tuple) % M], the hash taken over the key as on the wire.
+  for (uint32_t table_size : {7u, 13u, 4099u, 65537u}) {
+    for (const char* vip : {"192.0.2.10", "2001:db8::10"}) {
+      Config c;
+      c.services.push_back(service("svc", vip, 80, Protocol::kTcp, Forwarding::kDr, {}));
+      for (int b = 0; b < 5; ++b) {
+        const std::string addr = ip(vip).isV4() ? "10.9.0." + std::to_string(b + 1)
+                                                : "2001:db8:9::" + std::to_string(b + 1);
+        const std::string m = "02:00:00:00:09:0" + std::to_string(b + 1);
+        c.services[0].backends.push_back(backend(addr.c_str(), 80, m.c_str(), 1 + b % 3));
+      }
+      c.services[0].table_size = table_size;
+      validateConfig(c, "test");
+      Lb lb(c);
+      const ServiceEntry& svc = lb.snap->services[lb.snap->service_map.find(makeEndpointKey(
+          ip(vip), 80, LB_PROTO_TCP))->service_id];
+      ASSERT_EQ(svc.maglev.size(), table_size);
+      for (uint32_t i = 0; i < 2000; ++i) {
+        PacketSpec s = clientSpec(i, vip, 80, LB_PROTO_TCP, 0x02);
+        s.sport = static_cast<uint16_t>(1024 + i * 31);
+        Bytes f = pktgen::build(s);
+        ASSERT_TRUE(runOne(lb, f, kT0));
+        lb_flow_key k;
+        std::memset(&k, 0, sizeof(k));
+        s.src.toWords(k.src);
+        s.dst.toWords(k.dst);
+        k.sport = htons(s.sport);
+        k.dport = htons(s.dport);
+        k.proto = LB_PROTO_TCP;
+        k.family = s.src.family;
+        const uint32_t h = lb_flow_hash(&k);
+        ASSERT_EQ(backendIdByMac(*lb.snap, f.data()), svc.maglev[h % table_size])
+            << "M " << table_size << " flow " << i << " hash " << h;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Robustness: mutated frames through the whole pipeline (run under ASan locally).
+
+TEST(PipelineFuzz, MutatedFramesAreHandledAndAccountedFor) {
+  Lb lb(baseConfig(), 1024);
+  std::vector<Bytes> seeds;
+  for (const auto& [vip, port, proto] :
+       std::vector<std::tuple<const char*, uint16_t, uint8_t>>{
+           {"192.0.2.10", 80, LB_PROTO_TCP},   {"192.0.2.53", 53, LB_PROTO_UDP},
+           {"192.0.2.20", 443, LB_PROTO_TCP},  {"2001:db8::20", 443, LB_PROTO_TCP},
+           {"2001:db8::53", 53, LB_PROTO_UDP}, {"2001:db8::10", 80, LB_PROTO_TCP}}) {
+    seeds.push_back(pktgen::build(clientSpec(1, vip, port, proto)));
+  }
+  {
+    PacketSpec reply;  // NAT replies
+    reply.src = ip("10.0.2.1");
+    reply.sport = 8443;
+    reply.dst = ip("198.51.0.1");
+    reply.dport = 20007;
+    seeds.push_back(pktgen::build(reply));
+    reply.src = ip("2001:db8:2::2");
+    reply.sport = 5300;
+    reply.dst = ip("2001:db8:ff::1");
+    reply.proto = LB_PROTO_UDP;
+    seeds.push_back(pktgen::build(reply));
+  }
+  std::mt19937_64 rng(99);
+  uint64_t transmitted = 0;
+  uint64_t total = 0;
+  for (int burst = 0; burst < 3000; ++burst) {
+    std::vector<Bytes> frames;
+    const size_t n = 1 + rng() % Pipeline::kMaxBurst;
+    for (size_t i = 0; i < n; ++i) {
+      Bytes f = seeds[rng() % seeds.size()];
+      const int mutations = static_cast<int>(rng() % 4);
+      for (int m = 0; m < mutations && !f.empty(); ++m) {
+        switch (rng() % 3) {
+          case 0:
+            f[rng() % std::min<size_t>(f.size(), 80)] = static_cast<uint8_t>(rng());
+            break;
+          case 1:
+            f.resize(rng() % (f.size() + 1));
+            break;
+          case 2:
+            f[rng() % f.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
+            break;
+        }
+      }
+      f.shrink_to_fit();
+      frames.push_back(std::move(f));
+    }
+    const std::vector<bool> tx = run(lb.pipe, *lb.snap, lb.port, frames, kT0 + burst * kSec);
+    transmitted += static_cast<uint64_t>(std::count(tx.begin(), tx.end(), true));
+    total += n;
+    if (burst % 16 == 0) {
+      lb.pipe.sweep(kT0 + burst * kSec, 64);
+    }
+  }
+  // Every packet is either transmitted or counted as exactly one drop.
+  EXPECT_EQ(lb.pipe.counters().rx_packets, total);
+  EXPECT_EQ(transmitted + totalDrops(lb.pipe.counters()), total);
+  EXPECT_GT(transmitted, total / 5);
+}
+
+}  // namespace
+}  // namespace sluice
