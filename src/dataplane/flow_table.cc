@@ -47,7 +47,7 @@ FlowEntry& FlowTable::insert(const lb_flow_key& key, uint32_t hash, uint64_t now
       if (sigs_[slot] != 0 && entries_[slot].expires_ns <= now_ns) {
         sigs_[slot] = 0;  // expired: reclaim it now
         ++stats_.expired;
-        --stats_.active;
+        removed(slot);
       }
       if (sigs_[slot] == 0) {
         if (free_slot[b] == UINT32_MAX) {
@@ -70,7 +70,7 @@ FlowEntry& FlowTable::insert(const lb_flow_key& key, uint32_t hash, uint64_t now
   } else {
     slot = victim;
     ++stats_.evicted;
-    --stats_.active;
+    removed(slot);
   }
   sigs_[slot] = signature(hash);
   ++stats_.inserted;
@@ -87,7 +87,7 @@ void FlowTable::sweep(uint32_t buckets, uint64_t now_ns) noexcept {
       if (sigs_[base + i] != 0 && entries_[base + i].expires_ns <= now_ns) {
         sigs_[base + i] = 0;
         ++stats_.expired;
-        --stats_.active;
+        removed(base + i);
       }
     }
     sweep_cursor_ = (sweep_cursor_ + 1) & mask_;
@@ -95,8 +95,12 @@ void FlowTable::sweep(uint32_t buckets, uint64_t now_ns) noexcept {
 }
 
 void FlowTable::clear() noexcept {
-  std::fill_n(sigs_.get(), capacity(), 0u);
-  stats_.active = 0;
+  for (uint32_t i = 0; i < capacity(); ++i) {
+    if (sigs_[i] != 0) {
+      sigs_[i] = 0;
+      removed(i);
+    }
+  }
 }
 
 }  // namespace sluice

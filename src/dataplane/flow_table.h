@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 
+#include "common/counter.h"
 #include "common/lb_abi.h"
 
 namespace sluice {
@@ -44,10 +45,10 @@ struct FlowEntry {
 static_assert(sizeof(FlowEntry) == 64, "one cache line per flow entry");
 
 struct FlowTableStats {
-  uint64_t inserted = 0;
-  uint64_t expired = 0;  // removed by expiry (lazily or by the sweep)
-  uint64_t evicted = 0;  // removed before expiry because the bucket was full
-  uint64_t active = 0;
+  Counter inserted;
+  Counter expired;  // removed by expiry (lazily or by the sweep)
+  Counter evicted;  // removed before expiry because both buckets were full
+  Counter active;
 };
 
 inline bool flowKeyEqual(const lb_flow_key& a, const lb_flow_key& b) noexcept {
@@ -102,7 +103,7 @@ class FlowTable {
         if (e.expires_ns <= now_ns) {
           sigs_[base + i] = 0;
           ++stats_.expired;
-          --stats_.active;
+          removed(base + i);
           return nullptr;
         }
         return &e;
@@ -124,6 +125,13 @@ class FlowTable {
   void clear() noexcept;
 
   const FlowTableStats& stats() const { return stats_; }
+
+  /**
+   * Per-backend active-flow counters (indexed by backend id, at least as many as ids): the table
+   * decrements the entry's backend whenever it removes an entry; the owner increments it when it
+   * sets an entry's backend.
+   */
+  void setBackendActive(Counter* by_backend) { backend_active_ = by_backend; }
 
   /** Visit every live entry (control plane / tests; not for the hot path). */
   template <typename F>
@@ -161,7 +169,16 @@ class FlowTable {
   };
   std::unique_ptr<uint32_t[], HugeFree> sigs_;
   std::unique_ptr<FlowEntry[], HugeFree> entries_;
+  /** Account for the removal of the entry in slot (the caller clears its signature). */
+  void removed(uint32_t slot) noexcept {
+    --stats_.active;
+    if (backend_active_ != nullptr) {
+      --backend_active_[entries_[slot].backend_id];
+    }
+  }
+
   FlowTableStats stats_;
+  Counter* backend_active_ = nullptr;
 };
 
 }  // namespace sluice

@@ -44,7 +44,9 @@ EndpointKey srcEndpoint(const lb_flow_key& k) noexcept {
 }  // namespace
 
 Pipeline::Pipeline(uint32_t flow_capacity, uint32_t max_backend_ids)
-    : flows_(flow_capacity), backend_counters_(max_backend_ids) {}
+    : flows_(flow_capacity), backend_counters_(max_backend_ids), active_(max_backend_ids) {
+  flows_.setBackendActive(active_.data());  // the table decrements on every removal
+}
 
 void Pipeline::process(std::span<PacketRef> burst, const Snapshot& snap,
                        PortContext& port) noexcept {
@@ -116,7 +118,10 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
     }
     if (e == nullptr) {
       e = &flows_.insert(k, p.hash, p.now_ns);
+    } else {
+      --active_[e->backend_id];  // re-pinned: it no longer counts for its old backend
     }
+    ++active_[bid];
     e->service_id = svc.id;
     e->backend_id = bid;
     e->backend_epoch = snap.backends[bid].epoch;

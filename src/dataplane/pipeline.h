@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "common/counter.h"
 #include "common/lb_abi.h"
 #include "dataplane/flow_table.h"
 #include "dataplane/packet.h"
@@ -18,19 +19,19 @@ namespace sluice {
 
 /** Per-backend counters of one worker. */
 struct BackendCounters {
-  uint64_t packets = 0;        // client -> backend
-  uint64_t bytes = 0;
-  uint64_t flows = 0;          // new flows scheduled to this backend
-  uint64_t reply_packets = 0;  // NAT backend -> client
-  uint64_t reply_bytes = 0;
+  Counter packets;        // client -> backend
+  Counter bytes;
+  Counter flows;          // new flows scheduled to this backend
+  Counter reply_packets;  // NAT backend -> client
+  Counter reply_bytes;
 };
 
-/** Per-worker counters: written only by the worker, plain increments. */
+/** Per-worker counters: written only by the worker. */
 struct WorkerCounters {
-  uint64_t rx_packets = 0;
-  uint64_t tx_packets = 0;
-  uint64_t drops[LB_DROP__COUNT] = {};
-  uint64_t flows_rescheduled = 0;  // a pinned backend was removed; the flow got a new one
+  Counter rx_packets;
+  Counter tx_packets;
+  Counter drops[LB_DROP__COUNT];
+  Counter flows_rescheduled;  // a pinned backend was removed; the flow got a new one
 };
 
 /** What a worker knows of the port a packet came in on (and goes out of: one-armed). */
@@ -78,7 +79,10 @@ class Pipeline {
 
   const WorkerCounters& counters() const { return counters_; }
   WorkerCounters& counters() { return counters_; }
+  /** Indexed by backend id. */
   const std::vector<BackendCounters>& backendCounters() const { return backend_counters_; }
+  /** Flows in this worker's table pinned to each backend, indexed by backend id. */
+  const std::vector<Counter>& backendActive() const { return active_; }
   const FlowTable& flows() const { return flows_; }
   FlowTable& flows() { return flows_; }
 
@@ -96,6 +100,7 @@ class Pipeline {
   FlowTable flows_;
   WorkerCounters counters_;
   std::vector<BackendCounters> backend_counters_;
+  std::vector<Counter> active_;
 };
 
 }  // namespace sluice

@@ -23,6 +23,7 @@
 #include "control/snapshot_builder.h"
 #include "dataplane/eal.h"
 #include "dataplane/packet.h"
+#include "dataplane/stats.h"
 #include "dataplane/worker.h"
 
 namespace sluice {
@@ -91,64 +92,28 @@ void checkWritable(const std::string& path, const std::string& in) {
   ::close(fd);
 }
 
-struct Totals {
-  WorkerCounters counters;
-  std::vector<BackendCounters> backends;
-  FlowTableStats flows;
-};
-
-Totals sumWorkers(const std::vector<std::unique_ptr<Worker>>& workers, size_t nbackends) {
-  Totals t;
-  t.backends.resize(nbackends);
-  for (const auto& w : workers) {
-    const WorkerCounters& c = w->pipeline().counters();
-    t.counters.rx_packets += c.rx_packets;
-    t.counters.tx_packets += c.tx_packets;
-    t.counters.flows_rescheduled += c.flows_rescheduled;
-    for (int r = 0; r < LB_DROP__COUNT; ++r) {
-      t.counters.drops[r] += c.drops[r];
-    }
-    const auto& bc = w->pipeline().backendCounters();
-    for (size_t i = 0; i < nbackends && i < bc.size(); ++i) {
-      t.backends[i].packets += bc[i].packets;
-      t.backends[i].bytes += bc[i].bytes;
-      t.backends[i].flows += bc[i].flows;
-      t.backends[i].reply_packets += bc[i].reply_packets;
-      t.backends[i].reply_bytes += bc[i].reply_bytes;
-    }
-    const FlowTableStats& fs = w->pipeline().flows().stats();
-    t.flows.inserted += fs.inserted;
-    t.flows.expired += fs.expired;
-    t.flows.evicted += fs.evicted;
-    t.flows.active += fs.active;
-  }
-  return t;
-}
-
 std::string keyEndpoint(const uint32_t* addr, uint16_t port_be, uint8_t family) {
   return formatEndpoint(IpAddress::fromWords(family, addr), ntohs(port_be));
 }
 
-nlohmann::json report(const Snapshot& snap, const Totals& t, uint64_t capture_packets,
+nlohmann::json report(const Snapshot& snap, const StatsTotals& t, uint64_t capture_packets,
                       const std::vector<std::unique_ptr<Worker>>& workers, bool list_flows) {
   using nlohmann::json;
   json j;
-  j["packets_in"] = t.counters.rx_packets;
-  j["packets_out"] = t.counters.tx_packets;
+  j["packets_in"] = t.all.rx_packets;
+  j["packets_out"] = t.all.tx_packets;
   j["capture_packets"] = capture_packets;
   json dropped = json::object();
-  uint64_t dropped_total = 0;
   for (int r = 0; r < LB_DROP__COUNT; ++r) {
-    dropped[lb_drop_reason_name(r)] = t.counters.drops[r];
-    dropped_total += t.counters.drops[r];
+    dropped[lb_drop_reason_name(r)] = t.all.drops[r];
   }
   j["dropped"] = dropped;
-  j["dropped_total"] = dropped_total;
-  j["flows"] = {{"created", t.flows.inserted},
-                {"expired", t.flows.expired},
-                {"evicted", t.flows.evicted},
-                {"active", t.flows.active},
-                {"rescheduled", t.counters.flows_rescheduled}};
+  j["dropped_total"] = t.all.dropped;
+  j["flows"] = {{"created", t.all.flows_created},
+                {"expired", t.all.flows_expired},
+                {"evicted", t.all.flows_evicted},
+                {"active", t.all.flows_active},
+                {"rescheduled", t.all.flows_rescheduled}};
   json services = json::array();
   json backends = json::array();
   for (const ServiceEntry& s : snap.services) {
@@ -160,7 +125,7 @@ nlohmann::json report(const Snapshot& snap, const Totals& t, uint64_t capture_pa
     uint64_t rp = 0;
     for (uint32_t bid : s.backend_ids) {
       const BackendEntry& b = snap.backends[bid];
-      const BackendCounters& c = t.backends[bid];
+      const BackendTotals& c = t.backends[bid];
       pk += c.packets;
       fl += c.flows;
       rp += c.reply_packets;
@@ -185,22 +150,13 @@ nlohmann::json report(const Snapshot& snap, const Totals& t, uint64_t capture_pa
   }
   j["services"] = services;
   json per_worker = json::array();
-  for (const auto& w : workers) {
-    const WorkerCounters& c = w->pipeline().counters();
-    uint64_t d = 0;
-    for (uint64_t x : c.drops) {
-      d += x;
-    }
-    uint64_t replies = 0;
-    for (const BackendCounters& b : w->pipeline().backendCounters()) {
-      replies += b.reply_packets;
-    }
-    per_worker.push_back({{"worker", w->index()},
-                          {"packets_in", c.rx_packets},
-                          {"packets_out", c.tx_packets},
-                          {"dropped", d},
-                          {"reply_packets", replies},
-                          {"flows_created", w->pipeline().flows().stats().inserted}});
+  for (const WorkerTotals& w : t.workers) {
+    per_worker.push_back({{"worker", w.worker},
+                          {"packets_in", w.rx_packets},
+                          {"packets_out", w.tx_packets},
+                          {"dropped", w.dropped},
+                          {"reply_packets", w.reply_packets},
+                          {"flows_created", w.flows_created}});
   }
   j["workers"] = per_worker;
   j["backends"] = backends;
@@ -485,7 +441,11 @@ int runReplay(const ReplayOptions& opts) {
       }
 
       const Snapshot& snap = *slot.current();
-      const Totals totals = sumWorkers(workers, snap.backends.size());
+      std::vector<const Pipeline*> pipelines;
+      for (const auto& w : workers) {
+        pipelines.push_back(&w->pipeline());
+      }
+      const StatsTotals totals = collectStats(pipelines, snap.backends.size());
       const nlohmann::json j = report(snap, totals, capture_packets, workers, opts.list_flows);
       if (opts.json) {
         std::printf("%s\n", j.dump(2).c_str());

@@ -805,6 +805,40 @@ TEST(PipelinePinning, RemovedBackendFlowsMoveOthersStay) {
   EXPECT_EQ(lb.pipe.counters().flows_rescheduled - resched_before, on_c);
 }
 
+TEST(PipelineCounters, ActiveFlowsPerBackendFollowInsertsMovesAndExpiry) {
+  // What `sluicectl list` shows as active flows: per backend, the flows pinned to it now.
+  Lb lb(baseConfig({webA(), webB(), webC()}));
+  const uint32_t a = backendId(*lb.snap, ip("10.0.0.11"), 80);
+  const uint32_t b = backendId(*lb.snap, ip("10.0.0.12"), 80);
+  const uint32_t c = backendId(*lb.snap, ip("10.0.0.13"), 80);
+  const std::vector<uint32_t> first = sendWebFlows(lb, kT0, 0x02);
+  auto active = [&](uint32_t id) { return lb.pipe.backendActive()[id].get(); };
+  auto count = [](const std::vector<uint32_t>& v, uint32_t id) {
+    return static_cast<uint64_t>(std::count(v.begin(), v.end(), id));
+  };
+  EXPECT_EQ(active(a), count(first, a));
+  EXPECT_EQ(active(b), count(first, b));
+  EXPECT_EQ(active(c), count(first, c));
+  EXPECT_EQ(active(a) + active(b) + active(c), lb.pipe.flows().stats().active.get());
+
+  // C removed: its flows move to A and B as their next packets arrive.
+  lb.reload(baseConfig({webA(), webB()}));
+  const std::vector<uint32_t> second = sendWebFlows(lb, kT0 + kSec, 0x10);
+  EXPECT_EQ(active(c), 0u);
+  EXPECT_EQ(active(a), count(second, a));
+  EXPECT_EQ(active(b), count(second, b));
+  EXPECT_EQ(active(a) + active(b), kPinFlows);
+
+  // Everything idles out: the sweep brings every backend back to zero.
+  const uint64_t later = kT0 + 2000 * kSec;
+  for (uint32_t i = 0; i <= lb.pipe.flows().capacity() / FlowTable::kBucketEntries; ++i) {
+    lb.pipe.sweep(later, 1);
+  }
+  EXPECT_EQ(lb.pipe.flows().stats().active.get(), 0u);
+  EXPECT_EQ(active(a), 0u);
+  EXPECT_EQ(active(b), 0u);
+}
+
 TEST(PipelinePinning, RemovedOnlyNoNewBackend) {
   // The brief's case exactly: C removed, nothing added.
   Lb lb(baseConfig({webA(), webB(), webC()}));

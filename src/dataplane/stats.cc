@@ -1,0 +1,59 @@
+#include "dataplane/stats.h"
+
+#include <algorithm>
+
+namespace sluice {
+
+StatsTotals collectStats(std::span<const Pipeline* const> pipelines, size_t nbackends) {
+  StatsTotals t;
+  t.backends.resize(nbackends);
+  uint32_t index = 0;
+  for (const Pipeline* p : pipelines) {
+    WorkerTotals w;
+    w.worker = index++;
+    const WorkerCounters& c = p->counters();
+    w.rx_packets = c.rx_packets;
+    w.tx_packets = c.tx_packets;
+    for (int r = 0; r < LB_DROP__COUNT; ++r) {
+      w.drops[r] = c.drops[r];
+      w.dropped += w.drops[r];
+    }
+    w.flows_rescheduled = c.flows_rescheduled;
+    const FlowTableStats& fs = p->flows().stats();
+    w.flows_created = fs.inserted;
+    w.flows_expired = fs.expired;
+    w.flows_evicted = fs.evicted;
+    w.flows_active = fs.active;
+    const auto& bc = p->backendCounters();
+    const auto& active = p->backendActive();
+    for (size_t i = 0; i < std::min(nbackends, bc.size()); ++i) {
+      BackendTotals& b = t.backends[i];
+      b.packets += bc[i].packets;
+      b.bytes += bc[i].bytes;
+      b.flows += bc[i].flows;
+      b.active += active[i];
+      b.reply_packets += bc[i].reply_packets;
+      b.reply_bytes += bc[i].reply_bytes;
+    }
+    for (const BackendCounters& b : bc) {
+      w.reply_packets += b.reply_packets;
+    }
+    WorkerTotals& a = t.all;
+    a.rx_packets += w.rx_packets;
+    a.tx_packets += w.tx_packets;
+    for (int r = 0; r < LB_DROP__COUNT; ++r) {
+      a.drops[r] += w.drops[r];
+    }
+    a.dropped += w.dropped;
+    a.reply_packets += w.reply_packets;
+    a.flows_created += w.flows_created;
+    a.flows_expired += w.flows_expired;
+    a.flows_evicted += w.flows_evicted;
+    a.flows_active += w.flows_active;
+    a.flows_rescheduled += w.flows_rescheduled;
+    t.workers.push_back(w);
+  }
+  return t;
+}
+
+}  // namespace sluice

@@ -1,0 +1,50 @@
+// Sums of the workers' counters, read while they run (relaxed loads, see common/counter.h) or
+// after they stopped. What replay reports and what the control socket serves.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "common/lb_abi.h"
+#include "dataplane/pipeline.h"
+
+namespace sluice {
+
+struct BackendTotals {
+  uint64_t packets = 0;
+  uint64_t bytes = 0;
+  uint64_t flows = 0;   // new flows scheduled to it
+  uint64_t active = 0;  // flows pinned to it now
+  uint64_t reply_packets = 0;
+  uint64_t reply_bytes = 0;
+};
+
+struct WorkerTotals {
+  uint32_t worker = 0;
+  uint64_t rx_packets = 0;
+  uint64_t tx_packets = 0;
+  uint64_t drops[LB_DROP__COUNT] = {};
+  uint64_t dropped = 0;  // sum of drops
+  uint64_t reply_packets = 0;
+  uint64_t flows_created = 0;
+  uint64_t flows_expired = 0;
+  uint64_t flows_evicted = 0;
+  uint64_t flows_active = 0;
+  uint64_t flows_rescheduled = 0;
+};
+
+struct StatsTotals {
+  WorkerTotals all;                    // every worker together
+  std::vector<WorkerTotals> workers;   // one per pipeline, in the order given
+  std::vector<BackendTotals> backends; // indexed by backend id
+};
+
+/**
+ * Add up the counters of several pipelines.
+ * @param pipelines the workers' pipelines; worker i is reported with index i
+ * @param nbackends how many backend ids to report (0..nbackends-1)
+ */
+StatsTotals collectStats(std::span<const Pipeline* const> pipelines, size_t nbackends);
+
+}  // namespace sluice
