@@ -85,7 +85,8 @@ IdRegistry::Assignment IdRegistry::assign(const Config& config) {
   return out;
 }
 
-SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation) {
+SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation,
+                          const Snapshot* previous) {
   const IdRegistry::Assignment assigned = ids.assign(config);
   auto snap = std::make_unique<Snapshot>();
   snap->generation = generation;
@@ -152,8 +153,26 @@ SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t genera
         snap->nat_reply_map.insert(bk, {sid, bid});
       }
     }
-    se.maglev = buildMaglevTable(mb, sc.table_size);
-    se.maglev_fastmod = UINT64_MAX / sc.table_size + 1;
+    // What the table depends on: each backend (id and epoch name its endpoint) with its weight,
+    // in id order, and the table size. Equal inputs, equal table.
+    std::vector<std::pair<uint64_t, uint64_t>> pairs;
+    for (const MaglevBackend& b : mb) {
+      pairs.emplace_back(uint64_t{b.id} << 32 | snap->backends[b.id].epoch, b.weight);
+    }
+    std::sort(pairs.begin(), pairs.end());
+    std::vector<uint64_t> inputs;
+    for (const auto& [id_epoch, weight] : pairs) {
+      inputs.push_back(id_epoch);
+      inputs.push_back(weight);
+    }
+    inputs.push_back(sc.table_size);
+    if (previous != nullptr && sid < previous->services.size() &&
+        previous->services[sid].present && previous->services[sid].maglev_inputs == inputs) {
+      se.maglev = previous->services[sid].maglev;  // unchanged: share, do not rebuild
+    } else {
+      se.maglev = MaglevSlots(buildMaglevTable(mb, sc.table_size));
+    }
+    se.maglev_inputs = std::move(inputs);
     se.backend_ids = assigned.backend_ids[i];
     snap->service_map.insert(se.key, {sid, 0});
     snap->vip_addresses.insert(makeEndpointKey(sc.vip, 0, 0), {sid, 0});

@@ -45,8 +45,11 @@ class IdRegistry {
 
 /**
  * Build the snapshot for config.
+ * @param previous the snapshot being replaced, if any: the Maglev tables of services whose
+ *        backends, weights and table size did not change are shared with it, not rebuilt
  * @throws ConfigError when the id space is exhausted
  */
-SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation);
+SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation,
+                          const Snapshot* previous = nullptr);
 
 }  // namespace sluice

@@ -88,6 +88,41 @@ class EndpointMap {
   size_t count_ = 0;
 };
 
+/**
+ * A built Maglev table, immutable and shared: a snapshot that changes one service shares the
+ * tables of all the others with its predecessor, so a publish costs O(changed services).
+ */
+class MaglevSlots {
+ public:
+  MaglevSlots() = default;
+  explicit MaglevSlots(std::vector<uint32_t> slots)
+      : table_(std::make_shared<const std::vector<uint32_t>>(std::move(slots))),
+        data_(table_->data()),
+        size_(static_cast<uint32_t>(table_->size())),
+        fastmod_(size_ == 0 ? 0 : UINT64_MAX / size_ + 1) {}
+
+  size_t size() const { return size_; }
+  uint32_t operator[](size_t i) const { return data_[i]; }
+  const uint32_t* begin() const { return data_; }
+  const uint32_t* end() const { return data_ + size_; }
+
+  /**
+   * slots[hash % M] without a division: Lemire, Kaser and Kurz, "Faster remainder by direct
+   * computation" (2019): with c = ceil(2^64 / M), hash % M = ((c * hash mod 2^64) * M) >> 64,
+   * exact for 32-bit hashes.
+   */
+  uint32_t pick(uint32_t hash) const noexcept {
+    const uint64_t low = fastmod_ * hash;
+    return data_[static_cast<uint32_t>((static_cast<unsigned __int128>(low) * size_) >> 64)];
+  }
+
+ private:
+  std::shared_ptr<const std::vector<uint32_t>> table_;
+  const uint32_t* data_ = nullptr;
+  uint32_t size_ = 0;
+  uint64_t fastmod_ = 0;
+};
+
 struct BackendEntry {
   bool present = false;    // false: the id is free; flows pinned to it are rescheduled
   uint32_t service_id = 0;
@@ -109,16 +144,11 @@ struct ServiceEntry {
   uint16_t port = 0;
   Protocol protocol = Protocol::kTcp;
   Forwarding forwarding = Forwarding::kDr;
-  std::vector<uint32_t> maglev;  // M slots of backend ids (LB_BACKEND_NONE when empty)
-  uint64_t maglev_fastmod = 0;   // ceil(2^64 / M): hash % M without a division (Lemire 2019)
+  MaglevSlots maglev;                  // M slots of backend ids (LB_BACKEND_NONE when empty)
+  std::vector<uint64_t> maglev_inputs;  // what the table was built from: (id, epoch, weight), M
 
   /** The backend id of the Maglev slot for a flow hash: maglev[hash % M]. */
-  uint32_t pick(uint32_t hash) const noexcept {
-    const uint64_t low = maglev_fastmod * hash;
-    const auto slot = static_cast<uint32_t>(
-        (static_cast<unsigned __int128>(low) * maglev.size()) >> 64);
-    return maglev[slot];
-  }
+  uint32_t pick(uint32_t hash) const noexcept { return maglev.pick(hash); }
   std::vector<uint32_t> backend_ids;  // this service's backends, in canonical order
 };
 

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "dataplane/replay.h"
+#include "sluiced/daemon.h"
 #include "sluice_config.h"
 
 int main(int argc, char** argv) {
@@ -26,6 +27,16 @@ int main(int argc, char** argv) {
   rp->add_option("--eal", replay.eal_args, "Extra DPDK EAL argument (repeatable)")
       ->allow_extra_args(false);
 
+  sluice::RunOptions run;
+  CLI::App* rn = app.add_subcommand(
+      "run", "Run the load balancer: workers on the DPDK ports, control socket for sluicectl");
+  rn->add_option("--config,-c", run.config_path, "Configuration file (TOML)")->required();
+  rn->add_option("--socket,-s", run.socket_path, "Control socket path")
+      ->capture_default_str();
+  rn->add_option("eal", run.eal_args,
+                 "DPDK EAL arguments after --, e.g. -- -l 0,1 -a 0000:03:00.0");
+  rn->footer("Example: sluiced run --config /etc/sluice/sluice.toml -- -l 0-2 -a 0000:03:00.0");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -33,6 +44,9 @@ int main(int argc, char** argv) {
   }
   if (rp->parsed()) {
     return sluice::runReplay(replay);
+  }
+  if (rn->parsed()) {
+    return sluice::runDaemon(run);
   }
   return 0;
 }

@@ -75,11 +75,11 @@ TEST(ServiceEntry, PickEqualsHashModuloTableSize) {
   std::mt19937 rng(7);
   for (uint32_t m : {7u, 13u, 251u, 16381u, 65537u, 1048573u}) {
     ServiceEntry se;
-    se.maglev.resize(m);
+    std::vector<uint32_t> identity(m);
     for (uint32_t i = 0; i < m; ++i) {
-      se.maglev[i] = i;
+      identity[i] = i;
     }
-    se.maglev_fastmod = UINT64_MAX / m + 1;
+    se.maglev = MaglevSlots(std::move(identity));
     for (uint32_t h : {0u, 1u, m - 1, m, m + 1, 0xffffffffu, 0xfffffffeu, 0x80000000u}) {
       ASSERT_EQ(se.pick(h), h % m) << "m=" << m << " h=" << h;
     }
@@ -170,6 +170,40 @@ TEST(SnapshotBuilder, BackendChoiceDoesNotDependOnIdsOrOrder) {
   for (uint32_t h = 0; h < 100000; h += 7) {
     ASSERT_EQ(s1->backends[w1.pick(h)].address, s2->backends[w2.pick(h)].address) << h;
   }
+}
+
+TEST(SnapshotBuilder, UnchangedServicesShareTheirMaglevTableWithThePreviousSnapshot) {
+  IdRegistry ids;
+  Config c = twoServices();
+  SnapshotPtr a = buildSnapshot(c, ids, 1);
+  // Change only the web service (a weight): v6's table is shared, web's is rebuilt.
+  c.services[0].backends[1].weight = 5;
+  SnapshotPtr b = buildSnapshot(c, ids, 2, a.get());
+  auto serviceOf = [](const Snapshot& s, const char* name) -> const ServiceEntry& {
+    for (const ServiceEntry& e : s.services) {
+      if (e.present && e.name == name) {
+        return e;
+      }
+    }
+    throw std::runtime_error("no service");
+  };
+  EXPECT_EQ(serviceOf(*a, "v6").maglev.begin(), serviceOf(*b, "v6").maglev.begin());
+  EXPECT_NE(serviceOf(*a, "web").maglev.begin(), serviceOf(*b, "web").maglev.begin());
+  // The shared table is the one a fresh build gives; so is the rebuilt one.
+  IdRegistry fresh_ids;
+  SnapshotPtr fresh = buildSnapshot(c, fresh_ids, 1);
+  for (const char* name : {"web", "v6"}) {
+    const ServiceEntry& got = serviceOf(*b, name);
+    const ServiceEntry& want = serviceOf(*fresh, name);
+    ASSERT_EQ(got.maglev.size(), want.maglev.size());
+    for (size_t i = 0; i < got.maglev.size(); ++i) {
+      ASSERT_EQ(b->backends[got.maglev[i]].address, fresh->backends[want.maglev[i]].address) << i;
+    }
+  }
+  // Removing a backend and adding another one that takes its id (new epoch) rebuilds the table.
+  c.services[1].backends[0].address = *IpAddress::parse("2001:db8:1::9");
+  SnapshotPtr d = buildSnapshot(c, ids, 3, b.get());
+  EXPECT_NE(serviceOf(*b, "v6").maglev.begin(), serviceOf(*d, "v6").maglev.begin());
 }
 
 }  // namespace

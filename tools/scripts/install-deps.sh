@@ -10,6 +10,7 @@ packages=(
   nlohmann-json3-dev                            # JSON output
   libcli11-dev                                  # command-line parsing
   libfmt-dev                                    # formatting
+  libspdlog-dev                                 # daemon logging
   libgtest-dev                                  # tests
 )
 missing=()

@@ -1,0 +1,480 @@
+#include "control/control_plane.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "dataplane/stats.h"
+#include "sluice_config.h"
+
+namespace sluice {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr std::string_view kRequestSource = "request";
+
+const json& member(const json& obj, const char* key) {
+  if (!obj.is_object() || !obj.contains(key)) {
+    throw RequestError(fmt::format("missing {:?}", key));
+  }
+  return obj.at(key);
+}
+
+std::string stringField(const json& obj, const char* key) {
+  const json& v = member(obj, key);
+  if (!v.is_string()) {
+    throw RequestError(fmt::format("{:?} must be a string", key));
+  }
+  return v.get<std::string>();
+}
+
+uint64_t uintField(const json& v, const char* key, uint64_t lo, uint64_t hi) {
+  if (!v.is_number_integer() || (v.is_number_integer() && !v.is_number_unsigned() &&
+                                 v.get<int64_t>() < 0)) {
+    throw RequestError(fmt::format("{:?} must be a whole number", key));
+  }
+  const uint64_t n = v.get<uint64_t>();
+  if (n < lo || n > hi) {
+    throw RequestError(fmt::format("{} {} is out of range {}..{}", key, n, lo, hi));
+  }
+  return n;
+}
+
+IpAddress addressField(const json& obj, const char* key) {
+  const std::string text = stringField(obj, key);
+  auto a = IpAddress::parse(text);
+  if (!a) {
+    throw RequestError(fmt::format("{} {:?} is not an IPv4 or IPv6 address", key, text));
+  }
+  return *a;
+}
+
+MacAddress macField(const json& obj, const char* key) {
+  const std::string text = stringField(obj, key);
+  auto m = MacAddress::parse(text);
+  if (!m) {
+    throw RequestError(
+        fmt::format("{} {:?} is not a MAC address (six hex pairs, e.g. 02:00:00:00:01:11)", key,
+                    text));
+  }
+  return *m;
+}
+
+Protocol protocolField(const json& obj, const char* key) {
+  const std::string text = stringField(obj, key);
+  auto p = parseProtocol(text);
+  if (!p) {
+    throw RequestError(fmt::format("{} {:?} is not tcp or udp", key, text));
+  }
+  return *p;
+}
+
+Forwarding forwardingField(const json& obj, const char* key) {
+  const std::string text = stringField(obj, key);
+  if (text == "dr") {
+    return Forwarding::kDr;
+  }
+  if (text == "nat") {
+    return Forwarding::kNat;
+  }
+  throw RequestError(fmt::format("{} {:?} is not dr or nat", key, text));
+}
+
+Scheduler schedulerField(const json& obj, const char* key) {
+  const std::string text = stringField(obj, key);
+  if (text == "maglev") {
+    return Scheduler::kMaglev;
+  }
+  throw RequestError(fmt::format("{} {:?} is not a known scheduler (maglev)", key, text));
+}
+
+void rejectUnknown(const json& obj, std::initializer_list<std::string_view> known,
+                   std::string_view where) {
+  if (!obj.is_object()) {
+    throw RequestError(fmt::format("{} must be an object", where));
+  }
+  for (const auto& [key, value] : obj.items()) {
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      throw RequestError(fmt::format("unknown field {:?} in {}", key, where));
+    }
+  }
+}
+
+ServiceConfig& findService(Config& c, const std::string& name) {
+  for (ServiceConfig& s : c.services) {
+    if (s.name == name) {
+      return s;
+    }
+  }
+  throw RequestError(fmt::format("no service named {:?}", name));
+}
+
+/** The backend of s at address (and port, if the request gives one). */
+size_t findBackend(const ServiceConfig& s, const json& req) {
+  const IpAddress addr = addressField(req, "address");
+  std::vector<size_t> matches;
+  const bool with_port = req.contains("port");
+  const uint16_t port = with_port ? static_cast<uint16_t>(uintField(req.at("port"), "port", 1, 65535)) : 0;
+  for (size_t i = 0; i < s.backends.size(); ++i) {
+    if (s.backends[i].address == addr && (!with_port || s.backends[i].port == port)) {
+      matches.push_back(i);
+    }
+  }
+  if (matches.empty()) {
+    throw RequestError(fmt::format("service {:?} has no backend {}", s.name,
+                                   with_port ? formatEndpoint(addr, port) : addr.str()));
+  }
+  if (matches.size() > 1) {
+    std::string ports;
+    for (size_t i : matches) {
+      ports += fmt::format("{}{}", ports.empty() ? "" : ", ", s.backends[i].port);
+    }
+    throw RequestError(fmt::format("service {:?} has several backends at {} (ports {}); say which port",
+                                   s.name, addr.str(), ports));
+  }
+  return matches[0];
+}
+
+BackendConfig backendFromRequest(const json& b, const ServiceConfig& s) {
+  rejectUnknown(b, {"address", "port", "mac", "weight"}, "backend");
+  BackendConfig out;
+  out.address = addressField(b, "address");
+  out.port = b.contains("port") ? static_cast<uint16_t>(uintField(b.at("port"), "port", 1, 65535))
+                                : s.port;
+  out.mac = macField(b, "mac");
+  out.weight = b.contains("weight")
+                   ? static_cast<uint32_t>(uintField(b.at("weight"), "weight", 0, kMaxWeight))
+                   : 1;
+  return out;
+}
+
+/** Apply the service fields of obj (all optional) to s. */
+void setServiceFields(ServiceConfig& s, const json& obj) {
+  const uint16_t old_port = s.port;
+  if (obj.contains("name")) {
+    s.name = stringField(obj, "name");
+  }
+  if (obj.contains("vip")) {
+    s.vip = addressField(obj, "vip");
+  }
+  if (obj.contains("port")) {
+    s.port = static_cast<uint16_t>(uintField(obj.at("port"), "port", 1, 65535));
+  }
+  if (obj.contains("protocol")) {
+    s.protocol = protocolField(obj, "protocol");
+  }
+  if (obj.contains("forwarding")) {
+    s.forwarding = forwardingField(obj, "forwarding");
+  }
+  if (obj.contains("scheduler")) {
+    s.scheduler = schedulerField(obj, "scheduler");
+  }
+  if (obj.contains("table_size")) {
+    s.table_size = static_cast<uint32_t>(
+        uintField(obj.at("table_size"), "table_size", 1, std::numeric_limits<uint32_t>::max()));
+  }
+  if (s.forwarding == Forwarding::kDr && s.port != old_port) {
+    // In DR a backend listens on the service port: it follows the service's port.
+    for (BackendConfig& b : s.backends) {
+      if (b.port == old_port) {
+        b.port = s.port;
+      }
+    }
+  }
+}
+
+json backendKeyJson(const BackendConfig& b) {
+  return {{"address", b.address.str()}, {"port", b.port}};
+}
+
+}  // namespace
+
+ControlPlane::ControlPlane(Config config, std::string config_path, SnapshotSlot& slot,
+                           std::vector<const Pipeline*> pipelines)
+    : config_(std::move(config)),
+      config_path_(std::move(config_path)),
+      slot_(slot),
+      pipelines_(std::move(pipelines)) {}
+
+void ControlPlane::start() {
+  const json r = apply(config_, "start");
+  if (!r.value("ok", false)) {
+    throw ConfigError(r.value("error", "cannot start"));
+  }
+}
+
+json ControlPlane::apply(Config next, const std::string& what) {
+  try {
+    validateConfig(next, kRequestSource);
+  } catch (const ConfigError& e) {
+    std::string msg = e.what();
+    const std::string prefix = std::string(kRequestSource) + ": ";
+    if (msg.rfind(prefix, 0) == 0) {
+      msg.erase(0, prefix.size());
+    }
+    return {{"ok", false}, {"error", msg}};
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  // The registry is only changed when the build succeeds: build on a copy, keep it on success.
+  IdRegistry ids = ids_;
+  SnapshotPtr snap;
+  try {
+    snap = buildSnapshot(next, ids, generation_ + 1, slot_.current());
+  } catch (const std::exception& e) {
+    return {{"ok", false}, {"error", e.what()}};
+  }
+  slot_.publish(std::move(snap));
+  const auto t1 = std::chrono::steady_clock::now();
+  ids_ = std::move(ids);
+  config_ = std::move(next);
+  ++generation_;
+  last_publish_us_ = std::chrono::duration<double, std::micro>(t1 - t0).count();
+  return {{"ok", true},
+          {"generation", generation_},
+          {"publish_us", last_publish_us_},
+          {"change", what}};
+}
+
+json ControlPlane::reload() noexcept {
+  try {
+    if (config_path_.empty()) {
+      return {{"ok", false}, {"error", "sluiced was started without a configuration file"}};
+    }
+    Config next;
+    try {
+      next = loadConfigFile(config_path_);
+    } catch (const ConfigError& e) {
+      return {{"ok", false},
+              {"error", fmt::format("reload rejected, running configuration kept: {}", e.what())}};
+    }
+    return apply(std::move(next), "reload " + config_path_);
+  } catch (const std::exception& e) {
+    return {{"ok", false}, {"error", e.what()}};
+  }
+}
+
+json ControlPlane::handle(const json& req) noexcept {
+  try {
+    const std::string cmd = stringField(req, "command");
+    if (cmd == "version") {
+      return {{"ok", true}, {"version", SLUICE_VERSION}, {"generation", generation_}};
+    }
+    if (cmd == "list") {
+      return list();
+    }
+    if (cmd == "stats") {
+      return stats();
+    }
+    if (cmd == "save") {
+      return {{"ok", true}, {"config", renderConfig(config_)}};
+    }
+    if (cmd == "reload") {
+      return reload();
+    }
+    Config next = config_;
+    if (cmd == "service.add") {
+      rejectUnknown(req, {"command", "service"}, "the request");
+      const json& s = member(req, "service");
+      rejectUnknown(s, {"name", "vip", "port", "protocol", "forwarding", "scheduler", "table_size",
+                        "backends"},
+                    "service");
+      ServiceConfig sc;
+      sc.name = stringField(s, "name");
+      for (const ServiceConfig& existing : next.services) {
+        if (existing.name == sc.name) {
+          throw RequestError(fmt::format("service {:?} exists already", sc.name));
+        }
+      }
+      sc.vip = addressField(s, "vip");
+      sc.port = static_cast<uint16_t>(uintField(member(s, "port"), "port", 1, 65535));
+      sc.protocol = protocolField(s, "protocol");
+      sc.forwarding = forwardingField(s, "forwarding");
+      setServiceFields(sc, s);
+      if (s.contains("backends")) {
+        for (const json& b : s.at("backends")) {
+          sc.backends.push_back(backendFromRequest(b, sc));
+        }
+      }
+      next.services.push_back(std::move(sc));
+      return apply(std::move(next), "service add " + s.at("name").get<std::string>());
+    }
+    if (cmd == "service.edit") {
+      rejectUnknown(req, {"command", "name", "set"}, "the request");
+      const std::string name = stringField(req, "name");
+      const json& set = member(req, "set");
+      rejectUnknown(set, {"name", "vip", "port", "protocol", "forwarding", "scheduler",
+                          "table_size"},
+                    "set");
+      setServiceFields(findService(next, name), set);
+      return apply(std::move(next), "service edit " + name);
+    }
+    if (cmd == "service.del") {
+      rejectUnknown(req, {"command", "name"}, "the request");
+      const std::string name = stringField(req, "name");
+      findService(next, name);
+      std::erase_if(next.services, [&](const ServiceConfig& s) { return s.name == name; });
+      return apply(std::move(next), "service del " + name);
+    }
+    if (cmd == "backend.add") {
+      rejectUnknown(req, {"command", "service", "backend"}, "the request");
+      const std::string name = stringField(req, "service");
+      ServiceConfig& s = findService(next, name);
+      BackendConfig b = backendFromRequest(member(req, "backend"), s);
+      for (const BackendConfig& existing : s.backends) {
+        if (existing.address == b.address && existing.port == b.port) {
+          throw RequestError(fmt::format("service {:?} has backend {} already", name,
+                                         formatEndpoint(b.address, b.port)));
+        }
+      }
+      const std::string what = fmt::format("backend add {} {}", name, formatEndpoint(b.address, b.port));
+      s.backends.push_back(std::move(b));
+      return apply(std::move(next), what);
+    }
+    if (cmd == "backend.edit" || cmd == "backend.drain" || cmd == "backend.del") {
+      if (cmd == "backend.edit") {
+        rejectUnknown(req, {"command", "service", "address", "port", "set"}, "the request");
+      } else {
+        rejectUnknown(req, {"command", "service", "address", "port"}, "the request");
+      }
+      const std::string name = stringField(req, "service");
+      ServiceConfig& s = findService(next, name);
+      const size_t i = findBackend(s, req);
+      BackendConfig& b = s.backends[i];
+      const std::string what =
+          fmt::format("{} {} {}", cmd, name, formatEndpoint(b.address, b.port));
+      if (cmd == "backend.del") {
+        s.backends.erase(s.backends.begin() + static_cast<std::ptrdiff_t>(i));
+      } else if (cmd == "backend.drain") {
+        b.weight = 0;
+      } else {
+        const json& set = member(req, "set");
+        rejectUnknown(set, {"mac", "weight"}, "set");
+        if (set.contains("mac")) {
+          b.mac = macField(set, "mac");
+        }
+        if (set.contains("weight")) {
+          b.weight = static_cast<uint32_t>(uintField(set.at("weight"), "weight", 0, kMaxWeight));
+        }
+      }
+      return apply(std::move(next), what);
+    }
+    throw RequestError(fmt::format("unknown command {:?}", cmd));
+  } catch (const RequestError& e) {
+    return {{"ok", false}, {"error", e.what()}};
+  } catch (const std::exception& e) {
+    return {{"ok", false}, {"error", fmt::format("internal error: {}", e.what())}};
+  }
+}
+
+json ControlPlane::list() const {
+  const Snapshot& snap = *slot_.current();
+  const StatsTotals t = collectStats(pipelines_, snap.backends.size());
+  json services = json::array();
+  for (const ServiceEntry& s : snap.services) {
+    if (!s.present) {
+      continue;
+    }
+    json backends = json::array();
+    uint64_t active = 0;
+    for (uint32_t id : s.backend_ids) {
+      const BackendEntry& b = snap.backends[id];
+      active += t.backends[id].active;
+      MacAddress m;
+      std::copy(b.mac, b.mac + 6, m.bytes.begin());
+      backends.push_back({{"address", b.address.str()},
+                          {"port", b.port},
+                          {"mac", m.str()},
+                          {"weight", b.weight},
+                          {"state", b.weight > 0 ? "active" : "draining"},
+                          {"active_flows", t.backends[id].active}});
+    }
+    services.push_back({{"name", s.name},
+                        {"vip", s.vip.str()},
+                        {"port", s.port},
+                        {"protocol", protocolName(s.protocol)},
+                        {"forwarding", forwardingName(s.forwarding)},
+                        {"scheduler", "maglev"},
+                        {"table_size", s.maglev.size()},
+                        {"active_flows", active},
+                        {"backends", backends}});
+  }
+  return {{"ok", true},
+          {"version", SLUICE_VERSION},
+          {"generation", generation_},
+          {"workers", pipelines_.size()},
+          {"services", services}};
+}
+
+json ControlPlane::stats() const {
+  const Snapshot& snap = *slot_.current();
+  const StatsTotals t = collectStats(pipelines_, snap.backends.size());
+  json services = json::array();
+  for (const ServiceEntry& s : snap.services) {
+    if (!s.present) {
+      continue;
+    }
+    BackendTotals sum;
+    json backends = json::array();
+    for (uint32_t id : s.backend_ids) {
+      const BackendEntry& b = snap.backends[id];
+      const BackendTotals& c = t.backends[id];
+      sum.packets += c.packets;
+      sum.bytes += c.bytes;
+      sum.flows += c.flows;
+      sum.active += c.active;
+      sum.reply_packets += c.reply_packets;
+      sum.reply_bytes += c.reply_bytes;
+      backends.push_back({{"address", b.address.str()},
+                          {"port", b.port},
+                          {"weight", b.weight},
+                          {"packets", c.packets},
+                          {"bytes", c.bytes},
+                          {"new_flows", c.flows},
+                          {"active_flows", c.active},
+                          {"reply_packets", c.reply_packets},
+                          {"reply_bytes", c.reply_bytes}});
+    }
+    services.push_back({{"name", s.name},
+                        {"vip", s.vip.str()},
+                        {"port", s.port},
+                        {"protocol", protocolName(s.protocol)},
+                        {"packets", sum.packets},
+                        {"bytes", sum.bytes},
+                        {"new_flows", sum.flows},
+                        {"active_flows", sum.active},
+                        {"reply_packets", sum.reply_packets},
+                        {"reply_bytes", sum.reply_bytes},
+                        {"backends", backends}});
+  }
+  auto workerJson = [](const WorkerTotals& w) {
+    json drops = json::object();
+    for (int r = 0; r < LB_DROP__COUNT; ++r) {
+      drops[lb_drop_reason_name(r)] = w.drops[r];
+    }
+    return json{{"packets_in", w.rx_packets},
+                {"packets_out", w.tx_packets},
+                {"dropped", w.dropped},
+                {"drops", drops},
+                {"flows_created", w.flows_created},
+                {"flows_expired", w.flows_expired},
+                {"flows_evicted", w.flows_evicted},
+                {"flows_active", w.flows_active},
+                {"flows_rescheduled", w.flows_rescheduled}};
+  };
+  json workers = json::array();
+  for (const WorkerTotals& w : t.workers) {
+    json j = workerJson(w);
+    j["worker"] = w.worker;
+    workers.push_back(j);
+  }
+  return {{"ok", true},
+          {"generation", generation_},
+          {"services", services},
+          {"workers", workers},
+          {"total", workerJson(t.all)}};
+}
+
+}  // namespace sluice

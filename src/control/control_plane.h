@@ -1,0 +1,71 @@
+// The control plane of a running sluiced: the running configuration, the commands that change it
+// (sluicectl's service/backend add, edit, del, drain; reload; save) and the ones that read it
+// (list, stats). Every change is made to a copy of the configuration, validated whole, built into
+// a new Snapshot off the hot path and published to the workers without stopping them; a change
+// that fails validation changes nothing.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "control/config.h"
+#include "control/snapshot_builder.h"
+#include "dataplane/pipeline.h"
+#include "dataplane/snapshot_slot.h"
+
+namespace sluice {
+
+class ControlPlane {
+ public:
+  /**
+   * @param config the validated configuration to start with
+   * @param config_path the file `reload` reads again ("" when there is none)
+   * @param slot where snapshots are published
+   * @param pipelines the workers' pipelines, read for list and stats
+   */
+  ControlPlane(Config config, std::string config_path, SnapshotSlot& slot,
+               std::vector<const Pipeline*> pipelines);
+
+  /** Build and publish the snapshot of the initial configuration. @throws ConfigError */
+  void start();
+
+  /**
+   * Carry out one request ({"command": ..., ...}) and return the response: {"ok": true, ...} or
+   * {"ok": false, "error": "one line"}. Never throws.
+   */
+  nlohmann::json handle(const nlohmann::json& request) noexcept;
+
+  /** Read the configuration file again and apply it (SIGHUP, `sluicectl reload`). */
+  nlohmann::json reload() noexcept;
+
+  const Config& config() const { return config_; }
+  uint64_t generation() const { return generation_; }
+  /** How long the last publish took (build + swap + grace period), in microseconds. */
+  double lastPublishMicros() const { return last_publish_us_; }
+
+ private:
+  /** Validate next, build and publish it; on success it becomes the running configuration. */
+  nlohmann::json apply(Config next, const std::string& what);
+  nlohmann::json list() const;
+  nlohmann::json stats() const;
+
+  Config config_;
+  std::string config_path_;
+  SnapshotSlot& slot_;
+  std::vector<const Pipeline*> pipelines_;
+  IdRegistry ids_;
+  uint64_t generation_ = 0;
+  double last_publish_us_ = 0;
+};
+
+/** A request could not be carried out; what() is the one-line reason for the client. */
+class RequestError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace sluice

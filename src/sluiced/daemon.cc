@@ -1,0 +1,209 @@
+#include "sluiced/daemon.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <rte_ethdev.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+
+#include <fmt/format.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "control/config.h"
+#include "control/control_plane.h"
+#include "control/control_socket.h"
+#include "dataplane/eal.h"
+#include "dataplane/worker.h"
+#include "sluice_config.h"
+
+namespace sluice {
+
+namespace {
+
+std::shared_ptr<spdlog::logger> makeLogger() {
+  auto log = spdlog::stderr_logger_st("sluiced");
+  // Plain and greppable: time, program[pid], level, message. No colours.
+  log->set_pattern("%Y-%m-%dT%H:%M:%S.%e%z sluiced[%P] %l: %v");
+  log->flush_on(spdlog::level::info);
+  return log;
+}
+
+std::string macString(const uint8_t* m) {
+  return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
+}
+
+}  // namespace
+
+int runDaemon(const RunOptions& opts) {
+  auto log = makeLogger();
+
+  Config config;
+  try {
+    config = loadConfigFile(opts.config_path);
+  } catch (const ConfigError& e) {
+    log->error("bad configuration: {}", e.what());
+    return 2;
+  }
+
+  // Signals are taken from a signalfd by the control loop. Block them before the EAL starts its
+  // threads, so that every thread inherits the mask and none is interrupted by them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const int sig_fd = signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sig_fd < 0) {
+    log->error("cannot create a signalfd: {}", std::strerror(errno));
+    return 1;
+  }
+
+  std::unique_ptr<ControlServer> server;
+  try {
+    server = std::make_unique<ControlServer>(opts.socket_path);
+  } catch (const ControlSocketError& e) {
+    log->error("{}", e.what());
+    return 1;
+  }
+
+  std::vector<std::string> eal = {"sluiced"};
+  eal.insert(eal.end(), opts.eal_args.begin(), opts.eal_args.end());
+  try {
+    Eal env(eal);
+    const uint16_t nports = rte_eth_dev_count_avail();
+    if (nports == 0) {
+      throw DpdkError("no ports: give DPDK a NIC (-a PCI address) or a virtual device (--vdev)");
+    }
+    const unsigned nworkers = rte_lcore_count() - 1;
+    if (nworkers == 0) {
+      throw DpdkError(
+          "no worker lcore: give DPDK at least two (e.g. -l 0,1): lcore 0 runs the control "
+          "plane, the others run workers");
+    }
+    // Enough mbufs to fill every RX and TX ring of every queue, plus what is in flight.
+    const uint32_t mbufs = std::max<uint32_t>(8191, nports * nworkers * (1024 + 1024 + 64) + 4095);
+    rte_mempool* pool = createMbufPool("sluiced_mbufs", mbufs, static_cast<int>(rte_socket_id()));
+
+    std::vector<uint16_t> ports;
+    std::vector<std::unique_ptr<PortContext>> port_ctx;
+    uint16_t port_id = 0;
+    RTE_ETH_FOREACH_DEV(port_id) {
+      PortConfig pc;
+      pc.port_id = port_id;
+      pc.queues = static_cast<uint16_t>(nworkers);
+      pc.pool = pool;
+      const PortInfo info = startPort(pc);
+      auto ctx = std::make_unique<PortContext>();
+      std::memcpy(ctx->mac, info.mac, 6);
+      log->info("port {} ({}): mac {}, {} queue pair(s), {}", port_id, info.name,
+                macString(info.mac), nworkers,
+                nworkers > 1 ? (info.rss ? "RSS on" : "no RSS: all traffic reaches queue 0")
+                             : "single queue");
+      ports.push_back(port_id);
+      port_ctx.push_back(std::move(ctx));
+    }
+
+    std::atomic<bool> stop{false};
+    SnapshotSlot slot(nworkers);
+    WorkerOptions wo;
+    wo.flow_capacity = config.dataplane.flow_table_size;
+    wo.max_backend_ids = kMaxBackendIds;
+    std::vector<std::unique_ptr<Worker>> workers;
+    std::vector<const Pipeline*> pipelines;
+    for (uint32_t w = 0; w < nworkers; ++w) {
+      std::vector<RxQueueRef> queues;
+      for (size_t p = 0; p < ports.size(); ++p) {
+        queues.push_back({ports[p], static_cast<uint16_t>(w), port_ctx[p].get()});
+      }
+      workers.push_back(std::make_unique<Worker>(w, wo, std::move(queues), slot, stop));
+      pipelines.push_back(&workers.back()->pipeline());
+    }
+
+    ControlPlane control(config, opts.config_path, slot, pipelines);
+    control.start();
+
+    unsigned lcore = rte_get_next_lcore(-1, 1, 0);
+    for (uint32_t w = 0; w < nworkers; ++w, lcore = rte_get_next_lcore(lcore, 1, 0)) {
+      if (rte_eal_remote_launch(Worker::launch, workers[w].get(), lcore) != 0) {
+        stop.store(true);
+        rte_eal_mp_wait_lcore();
+        throw DpdkError(fmt::format("cannot start worker {} on lcore {}", w, lcore));
+      }
+      log->info("worker {} on lcore {}", w, lcore);
+    }
+    log->info("sluiced {} running: {} service(s), {} port(s), {} worker(s), flow table {} "
+              "entries per worker, control socket {}",
+              SLUICE_VERSION, config.services.size(), ports.size(), nworkers,
+              wo.flow_capacity, server->path());
+
+    bool running = true;
+    while (running) {
+      pollfd fds[2] = {{sig_fd, POLLIN, 0}, {server->fd(), POLLIN, 0}};
+      const int n = ::poll(fds, 2, -1);
+      if (n < 0) {
+        if (errno == EINTR) {
+          continue;
+        }
+        log->error("poll: {}", std::strerror(errno));
+        break;
+      }
+      if (fds[0].revents & POLLIN) {
+        signalfd_siginfo si{};
+        while (::read(sig_fd, &si, sizeof(si)) == sizeof(si)) {
+          if (si.ssi_signo == SIGHUP) {
+            const nlohmann::json r = control.reload();
+            if (r.value("ok", false)) {
+              log->info("SIGHUP: configuration reloaded from {} (generation {}, published in {:.0f} us)",
+                        opts.config_path, control.generation(), control.lastPublishMicros());
+            } else {
+              log->error("SIGHUP: {}", r.value("error", std::string("reload failed")));
+            }
+          } else {
+            log->info("{}: shutting down", strsignal(static_cast<int>(si.ssi_signo)));
+            running = false;
+          }
+        }
+      }
+      if (running && (fds[1].revents & POLLIN)) {
+        const std::string summary =
+            server->serveOne([&](const nlohmann::json& req) { return control.handle(req); });
+        if (!summary.empty()) {
+          log->info("request {}", summary);
+        }
+      }
+    }
+
+    stop.store(true);
+    rte_eal_mp_wait_lcore();
+    for (uint16_t p : ports) {
+      stopPort(p);
+    }
+    const nlohmann::json s = control.handle({{"command", "stats"}});
+    const auto& total = s.at("total");
+    log->info("stopped: {} packets in, {} out, {} dropped", total.at("packets_in").get<uint64_t>(),
+              total.at("packets_out").get<uint64_t>(), total.at("dropped").get<uint64_t>());
+    workers.clear();
+    rte_mempool_free(pool);
+    server.reset();
+    ::close(sig_fd);
+    return 0;
+  } catch (const DpdkError& e) {
+    log->error("{}", e.what());
+    return 1;
+  } catch (const ConfigError& e) {
+    log->error("bad configuration: {}", e.what());
+    return 2;
+  }
+}
+
+}  // namespace sluice
