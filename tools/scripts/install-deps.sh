@@ -12,6 +12,7 @@ packages=(
   libfmt-dev                                    # formatting
   libspdlog-dev                                 # daemon logging
   libgtest-dev                                  # tests
+  iproute2                                      # tests: network namespaces and veth pairs
 )
 missing=()
 for p in "${packages[@]}"; do

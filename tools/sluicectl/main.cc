@@ -1,22 +1,395 @@
-// sluicectl: the Sluice control CLI. It talks to a running sluiced over its control socket;
-// for now it only reports its version (the socket arrives with the control-plane issue).
+// sluicectl: manage a running sluiced over its control socket, the way ipvsadm manages IPVS.
+//
+//   sluicectl list                       services and backends (like ipvsadm -Ln)
+//   sluicectl stats [--rate]             packets, bytes, flows per service and backend; per worker
+//   sluicectl service add|edit|del ...   virtual services
+//   sluicectl backend add|edit|del|drain backends of a service
+//   sluicectl reload | save | version
+//
+// Every read command takes --json. Exit status: 0 done, 1 the daemon refused or could not be
+// reached (one line on stderr), 2 bad arguments.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <thread>
 
+#include "control/control_socket.h"
 #include "sluice_config.h"
 
+namespace {
+
+using nlohmann::json;
+
+struct Failure {
+  std::string message;
+};
+
+std::string endpoint(const std::string& address, uint64_t port) {
+  return address.find(':') != std::string::npos ? fmt::format("[{}]:{}", address, port)
+                                                 : fmt::format("{}:{}", address, port);
+}
+
+std::string upper(std::string s) {
+  for (char& c : s) {
+    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  }
+  return s;
+}
+
+uint64_t u(const json& j, const char* key) { return j.at(key).get<uint64_t>(); }
+
+json call(const std::string& socket, const json& request) {
+  json r;
+  try {
+    r = sluice::controlRequest(socket, request);
+  } catch (const sluice::ControlSocketError& e) {
+    throw Failure{e.what()};
+  }
+  if (!r.value("ok", false)) {
+    throw Failure{r.value("error", std::string("sluiced refused the request"))};
+  }
+  return r;
+}
+
+void printList(const json& r) {
+  std::string out = fmt::format("Sluice {} (generation {}, {} worker{})\n",
+                                r.value("version", std::string("?")), u(r, "generation"),
+                                u(r, "workers"), u(r, "workers") == 1 ? "" : "s");
+  out += "Prot LocalAddress:Port Scheduler Forward Name\n";
+  out += fmt::format("  -> {:<40} {:>6} {:<9} {:>11}\n", "RemoteAddress:Port", "Weight", "State",
+                     "ActiveFlows");
+  for (const json& s : r.at("services")) {
+    out += fmt::format("{:<4} {} {} {} {}\n", upper(s.at("protocol").get<std::string>()),
+                       endpoint(s.at("vip").get<std::string>(), u(s, "port")),
+                       s.at("scheduler").get<std::string>(), s.at("forwarding").get<std::string>(),
+                       s.at("name").get<std::string>());
+    for (const json& b : s.at("backends")) {
+      out += fmt::format("  -> {:<40} {:>6} {:<9} {:>11}\n",
+                         endpoint(b.at("address").get<std::string>(), u(b, "port")),
+                         u(b, "weight"), b.at("state").get<std::string>(), u(b, "active_flows"));
+    }
+  }
+  std::fputs(out.c_str(), stdout);
+}
+
+std::string dropsText(const json& drops) {
+  std::string s;
+  for (const auto& [reason, n] : drops.items()) {
+    if (n.get<uint64_t>() != 0) {
+      s += fmt::format("{}{}={}", s.empty() ? "" : " ", reason, n.get<uint64_t>());
+    }
+  }
+  return s.empty() ? "-" : s;
+}
+
+void printStats(const json& r) {
+  std::string out = fmt::format("{:<44} {:>12} {:>14} {:>10} {:>10} {:>10}\n",
+                                "Prot LocalAddress:Port", "Packets", "Bytes", "NewFlows",
+                                "ActFlows", "Replies");
+  out += "  -> RemoteAddress:Port\n";
+  for (const json& s : r.at("services")) {
+    out += fmt::format("{:<44} {:>12} {:>14} {:>10} {:>10} {:>10}\n",
+                       fmt::format("{:<4} {}", upper(s.at("protocol").get<std::string>()),
+                                   endpoint(s.at("vip").get<std::string>(), u(s, "port"))),
+                       u(s, "packets"), u(s, "bytes"), u(s, "new_flows"), u(s, "active_flows"),
+                       u(s, "reply_packets"));
+    for (const json& b : s.at("backends")) {
+      out += fmt::format("  -> {:<40} {:>12} {:>14} {:>10} {:>10} {:>10}\n",
+                         endpoint(b.at("address").get<std::string>(), u(b, "port")),
+                         u(b, "packets"), u(b, "bytes"), u(b, "new_flows"), u(b, "active_flows"),
+                         u(b, "reply_packets"));
+    }
+  }
+  out += fmt::format("\n{:<8} {:>12} {:>12} {:>10}  {}\n", "Worker", "PacketsIn", "PacketsOut",
+                     "Dropped", "Drops by reason");
+  auto row = [&](const std::string& name, const json& w) {
+    out += fmt::format("{:<8} {:>12} {:>12} {:>10}  {}\n", name, u(w, "packets_in"),
+                       u(w, "packets_out"), u(w, "dropped"), dropsText(w.at("drops")));
+  };
+  for (const json& w : r.at("workers")) {
+    row(std::to_string(u(w, "worker")), w);
+  }
+  row("total", r.at("total"));
+  std::fputs(out.c_str(), stdout);
+}
+
+/** Per-second rates between two stats samples taken `seconds` apart. */
+json rates(const json& a, const json& b, double seconds) {
+  auto rate = [&](const json& x, const json& y, const char* key) {
+    const uint64_t before = x.contains(key) ? u(x, key) : 0;
+    const uint64_t after = u(y, key);
+    return after >= before ? static_cast<double>(after - before) / seconds : 0.0;
+  };
+  json out = {{"ok", true}, {"interval_s", seconds}};
+  json services = json::array();
+  for (const json& sb : b.at("services")) {
+    json sa = json::object();
+    for (const json& x : a.at("services")) {
+      if (x.at("name") == sb.at("name")) {
+        sa = x;
+      }
+    }
+    json backends = json::array();
+    for (const json& bb : sb.at("backends")) {
+      json ba = json::object();
+      if (sa.contains("backends")) {
+        for (const json& x : sa.at("backends")) {
+          if (x.at("address") == bb.at("address") && x.at("port") == bb.at("port")) {
+            ba = x;
+          }
+        }
+      }
+      backends.push_back({{"address", bb.at("address")},
+                          {"port", bb.at("port")},
+                          {"packets_per_s", rate(ba, bb, "packets")},
+                          {"bytes_per_s", rate(ba, bb, "bytes")},
+                          {"new_flows_per_s", rate(ba, bb, "new_flows")},
+                          {"active_flows", bb.at("active_flows")},
+                          {"replies_per_s", rate(ba, bb, "reply_packets")}});
+    }
+    services.push_back({{"name", sb.at("name")},
+                        {"vip", sb.at("vip")},
+                        {"port", sb.at("port")},
+                        {"protocol", sb.at("protocol")},
+                        {"packets_per_s", rate(sa, sb, "packets")},
+                        {"bytes_per_s", rate(sa, sb, "bytes")},
+                        {"new_flows_per_s", rate(sa, sb, "new_flows")},
+                        {"active_flows", sb.at("active_flows")},
+                        {"replies_per_s", rate(sa, sb, "reply_packets")},
+                        {"backends", backends}});
+  }
+  out["services"] = services;
+  json workers = json::array();
+  const json& wa = a.at("workers");
+  const json& wb = b.at("workers");
+  for (size_t i = 0; i < wb.size(); ++i) {
+    const json& x = i < wa.size() ? wa[i] : json::object();
+    workers.push_back({{"worker", wb[i].at("worker")},
+                       {"packets_in_per_s", rate(x, wb[i], "packets_in")},
+                       {"packets_out_per_s", rate(x, wb[i], "packets_out")},
+                       {"dropped_per_s", rate(x, wb[i], "dropped")}});
+  }
+  out["workers"] = workers;
+  return out;
+}
+
+void printRates(const json& r) {
+  std::string out = fmt::format("rates over {:.1f} s\n", r.at("interval_s").get<double>());
+  out += fmt::format("{:<44} {:>12} {:>14} {:>10} {:>10} {:>10}\n", "Prot LocalAddress:Port",
+                     "Pkts/s", "Bytes/s", "Flows/s", "ActFlows", "Replies/s");
+  out += "  -> RemoteAddress:Port\n";
+  for (const json& s : r.at("services")) {
+    out += fmt::format("{:<44} {:>12.0f} {:>14.0f} {:>10.0f} {:>10} {:>10.0f}\n",
+                       fmt::format("{:<4} {}", upper(s.at("protocol").get<std::string>()),
+                                   endpoint(s.at("vip").get<std::string>(), u(s, "port"))),
+                       s.at("packets_per_s").get<double>(), s.at("bytes_per_s").get<double>(),
+                       s.at("new_flows_per_s").get<double>(), u(s, "active_flows"),
+                       s.at("replies_per_s").get<double>());
+    for (const json& b : s.at("backends")) {
+      out += fmt::format("  -> {:<40} {:>12.0f} {:>14.0f} {:>10.0f} {:>10} {:>10.0f}\n",
+                         endpoint(b.at("address").get<std::string>(), u(b, "port")),
+                         b.at("packets_per_s").get<double>(), b.at("bytes_per_s").get<double>(),
+                         b.at("new_flows_per_s").get<double>(), u(b, "active_flows"),
+                         b.at("replies_per_s").get<double>());
+    }
+  }
+  out += fmt::format("\n{:<8} {:>14} {:>14} {:>12}\n", "Worker", "PktsIn/s", "PktsOut/s",
+                     "Dropped/s");
+  for (const json& w : r.at("workers")) {
+    out += fmt::format("{:<8} {:>14.0f} {:>14.0f} {:>12.0f}\n", u(w, "worker"),
+                       w.at("packets_in_per_s").get<double>(),
+                       w.at("packets_out_per_s").get<double>(), w.at("dropped_per_s").get<double>());
+  }
+  std::fputs(out.c_str(), stdout);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  CLI::App app{"sluicectl: manage Sluice services and backends"};
+  CLI::App app{"sluicectl: manage the services and backends of a running sluiced"};
   app.set_version_flag("--version", std::string("sluicectl ") + SLUICE_VERSION);
-  CLI::App* version = app.add_subcommand("version", "Print the version");
+  app.require_subcommand(1);
+  std::string socket = sluice::kDefaultControlSocket;
+  if (const char* env = std::getenv("SLUICE_SOCKET"); env != nullptr && *env != '\0') {
+    socket = env;
+  }
+  bool as_json = false;
+  app.add_option("--socket,-s", socket, "Control socket of sluiced (or $SLUICE_SOCKET)")
+      ->capture_default_str();
+  app.add_flag("--json", as_json, "Print the daemon's answer as JSON (read commands)");
+
+  // list / stats
+  CLI::App* list = app.add_subcommand("list", "Services and backends, like ipvsadm -Ln");
+  list->add_flag("--json", as_json, "JSON output");
+  CLI::App* stats = app.add_subcommand("stats", "Packets, bytes and flows per service, backend, worker");
+  bool rate = false;
+  double interval = 1.0;
+  stats->add_flag("--rate", rate, "Per-second rates measured over --interval");
+  stats->add_option("--interval", interval, "Seconds between the two samples of --rate")
+      ->check(CLI::Range(0.1, 60.0));
+  stats->add_flag("--json", as_json, "JSON output");
+
+  // service add|edit|del
+  CLI::App* service = app.add_subcommand("service", "Add, edit or delete a virtual service");
+  service->require_subcommand(1);
+  struct ServiceArgs {
+    std::string name, vip, protocol, forwarding, scheduler, new_name;
+    std::optional<uint16_t> port;
+    std::optional<uint32_t> table_size;
+  } sa;
+  auto serviceFields = [&sa](CLI::App* c, bool required) {
+    c->add_option("NAME", sa.name, "Service name")->required();
+    auto* vip = c->add_option("--vip", sa.vip, "Virtual IP address (IPv4 or IPv6)");
+    auto* port = c->add_option("--port", sa.port, "Virtual port")->check(CLI::Range(1, 65535));
+    auto* proto = c->add_option("--protocol", sa.protocol, "tcp or udp")
+                      ->check(CLI::IsMember({"tcp", "udp"}));
+    auto* fwd = c->add_option("--forwarding", sa.forwarding, "dr or nat")
+                    ->check(CLI::IsMember({"dr", "nat"}));
+    c->add_option("--scheduler", sa.scheduler, "maglev")->check(CLI::IsMember({"maglev"}));
+    c->add_option("--table-size", sa.table_size, "Maglev table size (prime)");
+    if (required) {
+      vip->required();
+      port->required();
+      proto->required();
+      fwd->required();
+    }
+  };
+  CLI::App* service_add = service->add_subcommand("add", "Add a service (ipvsadm -A)");
+  serviceFields(service_add, true);
+  CLI::App* service_edit = service->add_subcommand("edit", "Change a service (ipvsadm -E)");
+  serviceFields(service_edit, false);
+  service_edit->add_option("--name", sa.new_name, "Rename the service");
+  CLI::App* service_del = service->add_subcommand("del", "Delete a service and its backends (ipvsadm -D)");
+  service_del->add_option("NAME", sa.name, "Service name")->required();
+
+  // backend add|edit|del|drain
+  CLI::App* backend = app.add_subcommand("backend", "Add, edit, delete or drain a backend");
+  backend->require_subcommand(1);
+  struct BackendArgs {
+    std::string service, address, mac;
+    std::optional<uint16_t> port;
+    std::optional<uint32_t> weight;
+  } ba;
+  auto backendKey = [&ba](CLI::App* c) {
+    c->add_option("SERVICE", ba.service, "Service name")->required();
+    c->add_option("ADDRESS", ba.address, "Backend address")->required();
+    c->add_option("--port", ba.port, "Backend port (NAT; default: the service port)")
+        ->check(CLI::Range(1, 65535));
+  };
+  CLI::App* backend_add = backend->add_subcommand("add", "Add a backend (ipvsadm -a)");
+  backendKey(backend_add);
+  backend_add->add_option("--mac", ba.mac, "Next-hop MAC of the backend")->required();
+  backend_add->add_option("--weight", ba.weight, "Weight 0..65535 (default 1)");
+  CLI::App* backend_edit = backend->add_subcommand("edit", "Change a backend (ipvsadm -e)");
+  backendKey(backend_edit);
+  backend_edit->add_option("--mac", ba.mac, "New next-hop MAC");
+  backend_edit->add_option("--weight", ba.weight, "New weight 0..65535");
+  CLI::App* backend_del = backend->add_subcommand("del", "Delete a backend (ipvsadm -d)");
+  backendKey(backend_del);
+  CLI::App* backend_drain = backend->add_subcommand(
+      "drain", "Weight 0: no new flows, existing flows stay until they end");
+  backendKey(backend_drain);
+
+  CLI::App* reload = app.add_subcommand("reload", "Re-read the configuration file (as SIGHUP)");
+  CLI::App* save = app.add_subcommand("save", "Print the running configuration as a config file");
+  CLI::App* version = app.add_subcommand("version", "Print the versions of sluicectl and sluiced");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  if (version->parsed() || argc == 1) {
-    std::printf("sluicectl %s\n", SLUICE_VERSION);
+
+  try {
+    if (list->parsed()) {
+      const json r = call(socket, {{"command", "list"}});
+      as_json ? std::puts(r.dump(2).c_str()) : (printList(r), 0);
+    } else if (stats->parsed()) {
+      json r = call(socket, {{"command", "stats"}});
+      if (rate) {
+        const auto t0 = std::chrono::steady_clock::now();
+        std::this_thread::sleep_for(std::chrono::duration<double>(interval));
+        const json r2 = call(socket, {{"command", "stats"}});
+        const double secs =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        r = rates(r, r2, secs);
+        as_json ? std::puts(r.dump(2).c_str()) : (printRates(r), 0);
+      } else {
+        as_json ? std::puts(r.dump(2).c_str()) : (printStats(r), 0);
+      }
+    } else if (service_add->parsed() || service_edit->parsed()) {
+      json fields = json::object();
+      if (!sa.vip.empty()) fields["vip"] = sa.vip;
+      if (sa.port) fields["port"] = *sa.port;
+      if (!sa.protocol.empty()) fields["protocol"] = sa.protocol;
+      if (!sa.forwarding.empty()) fields["forwarding"] = sa.forwarding;
+      if (!sa.scheduler.empty()) fields["scheduler"] = sa.scheduler;
+      if (sa.table_size) fields["table_size"] = *sa.table_size;
+      json r;
+      if (service_add->parsed()) {
+        fields["name"] = sa.name;
+        r = call(socket, {{"command", "service.add"}, {"service", fields}});
+      } else {
+        if (!sa.new_name.empty()) fields["name"] = sa.new_name;
+        if (fields.empty()) {
+          throw Failure{"service edit: nothing to change (give --vip, --port, --protocol, "
+                        "--forwarding, --scheduler, --table-size or --name)"};
+        }
+        r = call(socket, {{"command", "service.edit"}, {"name", sa.name}, {"set", fields}});
+      }
+      if (as_json) std::puts(r.dump(2).c_str());
+    } else if (service_del->parsed()) {
+      const json r = call(socket, {{"command", "service.del"}, {"name", sa.name}});
+      if (as_json) std::puts(r.dump(2).c_str());
+    } else if (backend_add->parsed()) {
+      json b = {{"address", ba.address}, {"mac", ba.mac}};
+      if (ba.port) b["port"] = *ba.port;
+      if (ba.weight) b["weight"] = *ba.weight;
+      const json r = call(socket, {{"command", "backend.add"}, {"service", ba.service}, {"backend", b}});
+      if (as_json) std::puts(r.dump(2).c_str());
+    } else if (backend_edit->parsed() || backend_del->parsed() || backend_drain->parsed()) {
+      json req = {{"service", ba.service}, {"address", ba.address}};
+      if (ba.port) req["port"] = *ba.port;
+      if (backend_edit->parsed()) {
+        json set = json::object();
+        if (!ba.mac.empty()) set["mac"] = ba.mac;
+        if (ba.weight) set["weight"] = *ba.weight;
+        if (set.empty()) {
+          throw Failure{"backend edit: nothing to change (give --mac or --weight)"};
+        }
+        req["command"] = "backend.edit";
+        req["set"] = set;
+      } else {
+        req["command"] = backend_del->parsed() ? "backend.del" : "backend.drain";
+      }
+      const json r = call(socket, req);
+      if (as_json) std::puts(r.dump(2).c_str());
+    } else if (reload->parsed()) {
+      const json r = call(socket, {{"command", "reload"}});
+      if (as_json) std::puts(r.dump(2).c_str());
+    } else if (save->parsed()) {
+      const json r = call(socket, {{"command", "save"}});
+      std::fputs(r.at("config").get<std::string>().c_str(), stdout);
+    } else if (version->parsed()) {
+      std::printf("sluicectl %s\n", SLUICE_VERSION);
+      const json r = call(socket, {{"command", "version"}});
+      std::printf("sluiced %s (generation %llu)\n", r.at("version").get<std::string>().c_str(),
+                  static_cast<unsigned long long>(u(r, "generation")));
+    }
+  } catch (const Failure& f) {
+    std::fprintf(stderr, "sluicectl: %s\n", f.message.c_str());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sluicectl: unexpected answer from sluiced: %s\n", e.what());
+    return 1;
   }
   return 0;
 }
