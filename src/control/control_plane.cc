@@ -226,8 +226,10 @@ json ControlPlane::apply(Config next, const std::string& what) {
   } catch (const std::exception& e) {
     return {{"ok", false}, {"error", e.what()}};
   }
+  const auto built = std::chrono::steady_clock::now();
   slot_.publish(std::move(snap));
   const auto t1 = std::chrono::steady_clock::now();
+  last_build_us_ = std::chrono::duration<double, std::micro>(built - t0).count();
   ids_ = std::move(ids);
   config_ = std::move(next);
   ++generation_;
@@ -235,6 +237,7 @@ json ControlPlane::apply(Config next, const std::string& what) {
   return {{"ok", true},
           {"generation", generation_},
           {"publish_us", last_publish_us_},
+          {"build_us", last_build_us_},
           {"change", what}};
 }
 

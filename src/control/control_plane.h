@@ -46,6 +46,8 @@ class ControlPlane {
   uint64_t generation() const { return generation_; }
   /** How long the last publish took (build + swap + grace period), in microseconds. */
   double lastPublishMicros() const { return last_publish_us_; }
+  /** Of that, building the snapshot (validation, Maglev tables, maps), in microseconds. */
+  double lastBuildMicros() const { return last_build_us_; }
 
  private:
   /** Validate next, build and publish it; on success it becomes the running configuration. */
@@ -60,6 +62,7 @@ class ControlPlane {
   IdRegistry ids_;
   uint64_t generation_ = 0;
   double last_publish_us_ = 0;
+  double last_build_us_ = 0;
 };
 
 /** A request could not be carried out; what() is the one-line reason for the client. */

@@ -27,6 +27,7 @@
 #include <thread>
 
 #include "control/config.h"
+#include "control/control_plane.h"
 #include "control/snapshot_builder.h"
 #include "dataplane/eal.h"
 #include "dataplane/worker.h"
@@ -128,6 +129,13 @@ int main(int argc, char** argv) {
   app.add_option("--frame", frame, "Frame size in bytes, without FCS (>= 60 for IPv4 UDP)")
       ->check(CLI::Range(60, 1500));
   app.add_flag("--ipv6", ipv6, "IPv6 flows instead of IPv4");
+  bool publish = false;
+  uint32_t changes = 50;
+  app.add_flag("--publish", publish,
+               "Instead: time table publishes (backend weight edits through the control plane) "
+               "for services of 10, 100 and 1000 backends while the worker forwards traffic");
+  app.add_option("--changes", changes, "Publishes timed per backend count (--publish)")
+      ->check(CLI::Range(1, 100000));
   uint32_t flow_table = 1u << 20;
   app.add_option("--flow-table", flow_table, "Flow table entries of the worker (as [dataplane] flow_table_size)");
   CLI11_PARSE(app, argc, argv);
@@ -202,6 +210,45 @@ int main(int argc, char** argv) {
                    [&](unsigned l) { rte_eal_remote_launch(Worker::launch, &worker, l); },
                    [&] { return worker.pipeline().counters().rx_packets; });
     };
+
+    if (publish) {
+      std::printf("sluice-bench --publish: one service, a backend's weight edited %u times per "
+                  "row; each publish = validate + build snapshot (the edited service's Maglev "
+                  "table, M = 65537) + swap + RCU grace period, with the worker forwarding on "
+                  "lcore %u\n\n%-10s %30s %30s\n",
+                  changes, worker_lcore, "backends", "publish us min / median / max",
+                  "of which build us");
+      for (uint32_t n : {10u, 100u, 1000u}) {
+        ControlPlane control(parseConfig(configText("dr", n, vip), "bench"), "", slot,
+                             {&worker.pipeline()});
+        control.start();
+        stop.store(false);
+        rte_eal_remote_launch(Worker::launch, &worker, worker_lcore);
+        Figures us;
+        Figures build;
+        for (uint32_t i = 0; i < changes; ++i) {
+          const IpAddress addr = *IpAddress::parse(vip.find(':') != std::string::npos
+                                                       ? fmt::format("2001:db8:1::{:x}", i % n + 1)
+                                                       : fmt::format("10.1.{}.{}", (i % n) / 250,
+                                                                     (i % n) % 250 + 1));
+          const nlohmann::json r = control.handle({{"command", "backend.edit"},
+                                                   {"service", "bench"},
+                                                   {"address", addr.str()},
+                                                   {"set", {{"weight", (i / n) % 2 == 0 ? 50 : 100}}}});
+          if (!r.value("ok", false)) {
+            throw DpdkError("publish failed: " + r.dump());
+          }
+          us.mpps.push_back(control.lastPublishMicros());
+          build.mpps.push_back(control.lastBuildMicros());
+        }
+        stop.store(true);
+        rte_eal_wait_lcore(worker_lcore);
+        std::printf("%-10u %10.0f / %8.0f / %8.0f %10.0f / %8.0f / %8.0f\n", n, us.min(),
+                    us.median(), us.max(), build.min(), build.median(), build.max());
+      }
+      stopPort(port);
+      return 0;
+    }
 
     std::printf("sluice-bench: %u established %s UDP flows, %u-byte frames, %u backends, "
                 "1 worker (lcore %u), %u runs x %.1f s, TSC %.2f GHz\n",
