@@ -376,23 +376,18 @@ json ControlPlane::list() const {
   const Snapshot& snap = *slot_.current();
   const StatsTotals t = collectStats(pipelines_, snap.backends.size());
   json services = json::array();
-  for (const ServiceEntry& s : snap.services) {
-    if (!s.present) {
-      continue;
-    }
+  for (const ServiceStats& ss : perService(snap, t)) {
+    const ServiceEntry& s = *ss.service;
     json backends = json::array();
-    uint64_t active = 0;
-    for (uint32_t id : s.backend_ids) {
-      const BackendEntry& b = snap.backends[id];
-      active += t.backends[id].active;
+    for (const auto& [b, c] : ss.backends) {
       MacAddress m;
-      std::copy(b.mac, b.mac + 6, m.bytes.begin());
-      backends.push_back({{"address", b.address.str()},
-                          {"port", b.port},
+      std::copy(b->mac, b->mac + 6, m.bytes.begin());
+      backends.push_back({{"address", b->address.str()},
+                          {"port", b->port},
                           {"mac", m.str()},
-                          {"weight", b.weight},
-                          {"state", b.weight > 0 ? "active" : "draining"},
-                          {"active_flows", t.backends[id].active}});
+                          {"weight", b->weight},
+                          {"state", b->weight > 0 ? "active" : "draining"},
+                          {"active_flows", c.active}});
     }
     services.push_back({{"name", s.name},
                         {"vip", s.vip.str()},
@@ -401,7 +396,7 @@ json ControlPlane::list() const {
                         {"forwarding", forwardingName(s.forwarding)},
                         {"scheduler", "maglev"},
                         {"table_size", s.maglev.size()},
-                        {"active_flows", active},
+                        {"active_flows", ss.total.active},
                         {"backends", backends}});
   }
   return {{"ok", true},
@@ -414,43 +409,30 @@ json ControlPlane::list() const {
 json ControlPlane::stats() const {
   const Snapshot& snap = *slot_.current();
   const StatsTotals t = collectStats(pipelines_, snap.backends.size());
+  auto counts = [](json j, const BackendTotals& c) {
+    j["packets"] = c.packets;
+    j["bytes"] = c.bytes;
+    j["new_flows"] = c.flows;
+    j["active_flows"] = c.active;
+    j["reply_packets"] = c.reply_packets;
+    j["reply_bytes"] = c.reply_bytes;
+    return j;
+  };
   json services = json::array();
-  for (const ServiceEntry& s : snap.services) {
-    if (!s.present) {
-      continue;
-    }
-    BackendTotals sum;
+  for (const ServiceStats& ss : perService(snap, t)) {
+    const ServiceEntry& s = *ss.service;
     json backends = json::array();
-    for (uint32_t id : s.backend_ids) {
-      const BackendEntry& b = snap.backends[id];
-      const BackendTotals& c = t.backends[id];
-      sum.packets += c.packets;
-      sum.bytes += c.bytes;
-      sum.flows += c.flows;
-      sum.active += c.active;
-      sum.reply_packets += c.reply_packets;
-      sum.reply_bytes += c.reply_bytes;
-      backends.push_back({{"address", b.address.str()},
-                          {"port", b.port},
-                          {"weight", b.weight},
-                          {"packets", c.packets},
-                          {"bytes", c.bytes},
-                          {"new_flows", c.flows},
-                          {"active_flows", c.active},
-                          {"reply_packets", c.reply_packets},
-                          {"reply_bytes", c.reply_bytes}});
+    for (const auto& [b, c] : ss.backends) {
+      backends.push_back(
+          counts({{"address", b->address.str()}, {"port", b->port}, {"weight", b->weight}}, c));
     }
-    services.push_back({{"name", s.name},
-                        {"vip", s.vip.str()},
-                        {"port", s.port},
-                        {"protocol", protocolName(s.protocol)},
-                        {"packets", sum.packets},
-                        {"bytes", sum.bytes},
-                        {"new_flows", sum.flows},
-                        {"active_flows", sum.active},
-                        {"reply_packets", sum.reply_packets},
-                        {"reply_bytes", sum.reply_bytes},
-                        {"backends", backends}});
+    json sj = counts({{"name", s.name},
+                      {"vip", s.vip.str()},
+                      {"port", s.port},
+                      {"protocol", protocolName(s.protocol)}},
+                     ss.total);
+    sj["backends"] = backends;
+    services.push_back(sj);
   }
   auto workerJson = [](const WorkerTotals& w) {
     json drops = json::object();

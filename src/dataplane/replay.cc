@@ -116,23 +116,13 @@ nlohmann::json report(const Snapshot& snap, const StatsTotals& t, uint64_t captu
                 {"rescheduled", t.all.flows_rescheduled}};
   json services = json::array();
   json backends = json::array();
-  for (const ServiceEntry& s : snap.services) {
-    if (!s.present) {
-      continue;
-    }
-    uint64_t pk = 0;
-    uint64_t fl = 0;
-    uint64_t rp = 0;
-    for (uint32_t bid : s.backend_ids) {
-      const BackendEntry& b = snap.backends[bid];
-      const BackendTotals& c = t.backends[bid];
-      pk += c.packets;
-      fl += c.flows;
-      rp += c.reply_packets;
+  for (const ServiceStats& ss : perService(snap, t)) {
+    const ServiceEntry& s = *ss.service;
+    for (const auto& [b, c] : ss.backends) {
       backends.push_back({{"service", s.name},
-                          {"address", b.address.str()},
-                          {"port", b.port},
-                          {"weight", b.weight},
+                          {"address", b->address.str()},
+                          {"port", b->port},
+                          {"weight", b->weight},
                           {"packets", c.packets},
                           {"bytes", c.bytes},
                           {"flows", c.flows},
@@ -144,9 +134,9 @@ nlohmann::json report(const Snapshot& snap, const StatsTotals& t, uint64_t captu
                         {"port", s.port},
                         {"protocol", protocolName(s.protocol)},
                         {"forwarding", forwardingName(s.forwarding)},
-                        {"packets", pk},
-                        {"flows", fl},
-                        {"reply_packets", rp}});
+                        {"packets", ss.total.packets},
+                        {"flows", ss.total.flows},
+                        {"reply_packets", ss.total.reply_packets}});
   }
   j["services"] = services;
   json per_worker = json::array();

@@ -56,4 +56,27 @@ StatsTotals collectStats(std::span<const Pipeline* const> pipelines, size_t nbac
   return t;
 }
 
+std::vector<ServiceStats> perService(const Snapshot& snap, const StatsTotals& totals) {
+  std::vector<ServiceStats> out;
+  for (const ServiceEntry& s : snap.services) {
+    if (!s.present) {
+      continue;
+    }
+    ServiceStats ss;
+    ss.service = &s;
+    for (uint32_t id : s.backend_ids) {
+      const BackendTotals& c = id < totals.backends.size() ? totals.backends[id] : BackendTotals{};
+      ss.total.packets += c.packets;
+      ss.total.bytes += c.bytes;
+      ss.total.flows += c.flows;
+      ss.total.active += c.active;
+      ss.total.reply_packets += c.reply_packets;
+      ss.total.reply_bytes += c.reply_bytes;
+      ss.backends.emplace_back(&snap.backends[id], c);
+    }
+    out.push_back(std::move(ss));
+  }
+  return out;
+}
+
 }  // namespace sluice

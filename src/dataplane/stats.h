@@ -8,6 +8,7 @@
 
 #include "common/lb_abi.h"
 #include "dataplane/pipeline.h"
+#include "dataplane/snapshot.h"
 
 namespace sluice {
 
@@ -39,6 +40,16 @@ struct StatsTotals {
   std::vector<WorkerTotals> workers;   // one per pipeline, in the order given
   std::vector<BackendTotals> backends; // indexed by backend id
 };
+
+/** One service's backends with their totals, and the service's sum over them. */
+struct ServiceStats {
+  const ServiceEntry* service = nullptr;
+  BackendTotals total;
+  std::vector<std::pair<const BackendEntry*, BackendTotals>> backends;  // canonical order
+};
+
+/** Group backend totals by the snapshot's services (present services only, by id). */
+std::vector<ServiceStats> perService(const Snapshot& snap, const StatsTotals& totals);
 
 /**
  * Add up the counters of several pipelines.

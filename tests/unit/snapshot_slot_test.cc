@@ -33,11 +33,13 @@ TEST(SnapshotSlot, ReadersNeverSeeAFreedSnapshot) {
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> reads{0};
   std::atomic<uint64_t> violations{0};
+  std::atomic<uint32_t> online{0};
   std::vector<std::thread> readers;
   for (uint32_t r = 0; r < kReaders; ++r) {
     readers.emplace_back([&, r] {
       rte_rcu_qsbr_thread_register(slot.qsbr(), r);
       rte_rcu_qsbr_thread_online(slot.qsbr(), r);
+      online.fetch_add(1);
       uint64_t last = 0;
       uint64_t n = 0;
       while (!stop.load(std::memory_order_relaxed)) {
@@ -60,6 +62,9 @@ TEST(SnapshotSlot, ReadersNeverSeeAFreedSnapshot) {
       rte_rcu_qsbr_thread_unregister(slot.qsbr(), r);
       reads.fetch_add(n);
     });
+  }
+  while (online.load() < kReaders) {
+    std::this_thread::yield();  // every reader holds snapshots before the first publish
   }
   for (uint64_t g = 2; g <= kPublishes; ++g) {
     slot.publish(makeSnapshot(g));  // returns after generation g-1 was deleted
