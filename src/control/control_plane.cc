@@ -232,6 +232,14 @@ json ControlPlane::apply(Config next, const std::string& what) {
   last_build_us_ = std::chrono::duration<double, std::micro>(built - t0).count();
   ids_ = std::move(ids);
   config_ = std::move(next);
+  // Once running, the configuration is no longer the file's: later messages must not cite lines
+  // of a file that may have changed since.
+  for (ServiceConfig& s : config_.services) {
+    s.line = 0;
+    for (BackendConfig& b : s.backends) {
+      b.line = 0;
+    }
+  }
   ++generation_;
   last_publish_us_ = std::chrono::duration<double, std::micro>(t1 - t0).count();
   return {{"ok", true},
@@ -374,7 +382,7 @@ json ControlPlane::handle(const json& req) noexcept {
 
 json ControlPlane::list() const {
   const Snapshot& snap = *slot_.current();
-  const StatsTotals t = collectStats(pipelines_, snap.backends.size());
+  const StatsTotals t = collectStats(pipelines_, snap);
   json services = json::array();
   for (const ServiceStats& ss : perService(snap, t)) {
     const ServiceEntry& s = *ss.service;
@@ -408,7 +416,7 @@ json ControlPlane::list() const {
 
 json ControlPlane::stats() const {
   const Snapshot& snap = *slot_.current();
-  const StatsTotals t = collectStats(pipelines_, snap.backends.size());
+  const StatsTotals t = collectStats(pipelines_, snap);
   auto counts = [](json j, const BackendTotals& c) {
     j["packets"] = c.packets;
     j["bytes"] = c.bytes;

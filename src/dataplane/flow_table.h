@@ -14,6 +14,7 @@
 #include <memory>
 
 #include "common/counter.h"
+#include "dataplane/backend_counters.h"
 #include "common/lb_abi.h"
 
 namespace sluice {
@@ -127,11 +128,21 @@ class FlowTable {
   const FlowTableStats& stats() const { return stats_; }
 
   /**
-   * Per-backend active-flow counters (indexed by backend id, at least as many as ids): the table
-   * decrements the entry's backend whenever it removes an entry; the owner increments it when it
-   * sets an entry's backend.
+   * Per-backend counters (indexed by backend id, at least as many as ids): whenever the table
+   * removes an entry it decrements the active count of the entry's backend, if the counters are
+   * still those of the entry's backend epoch. The owner increments it when it pins an entry.
    */
-  void setBackendActive(Counter* by_backend) { backend_active_ = by_backend; }
+  void setBackendCounters(BackendCounters* by_backend) { backend_counters_ = by_backend; }
+
+  /** The entry no longer counts as an active flow of its backend (removed or re-pinned). */
+  void unpin(const FlowEntry& e) noexcept {
+    if (backend_counters_ != nullptr) {
+      BackendCounters& c = backend_counters_[e.backend_id];
+      if (c.epoch.get() == e.backend_epoch) {
+        --c.active;
+      }
+    }
+  }
 
   /** Visit every live entry (control plane / tests; not for the hot path). */
   template <typename F>
@@ -172,13 +183,11 @@ class FlowTable {
   /** Account for the removal of the entry in slot (the caller clears its signature). */
   void removed(uint32_t slot) noexcept {
     --stats_.active;
-    if (backend_active_ != nullptr) {
-      --backend_active_[entries_[slot].backend_id];
-    }
+    unpin(entries_[slot]);
   }
 
   FlowTableStats stats_;
-  Counter* backend_active_ = nullptr;
+  BackendCounters* backend_counters_ = nullptr;
 };
 
 }  // namespace sluice

@@ -44,8 +44,8 @@ EndpointKey srcEndpoint(const lb_flow_key& k) noexcept {
 }  // namespace
 
 Pipeline::Pipeline(uint32_t flow_capacity, uint32_t max_backend_ids)
-    : flows_(flow_capacity), backend_counters_(max_backend_ids), active_(max_backend_ids) {
-  flows_.setBackendActive(active_.data());  // the table decrements on every removal
+    : flows_(flow_capacity), backend_counters_(max_backend_ids) {
+  flows_.setBackendCounters(backend_counters_.data());  // the table unpins on every removal
 }
 
 void Pipeline::process(std::span<PacketRef> burst, const Snapshot& snap,
@@ -119,14 +119,16 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
     if (e == nullptr) {
       e = &flows_.insert(k, p.hash, p.now_ns);
     } else {
-      --active_[e->backend_id];  // re-pinned: it no longer counts for its old backend
+      flows_.unpin(*e);  // re-pinned: it no longer counts for its old backend
     }
-    ++active_[bid];
     e->service_id = svc.id;
     e->backend_id = bid;
     e->backend_epoch = snap.backends[bid].epoch;
     e->state = FlowState::kActive;
-    ++backend_counters_[bid].flows;
+    BackendCounters& nc = backend_counters_[bid];
+    nc.claim(e->backend_epoch);
+    ++nc.flows;
+    ++nc.active;
   }
   uint64_t timeout = snap.udp_timeout_ns;
   if (tcp) {
@@ -150,6 +152,7 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
   }
   rewriteMacs(p.data, b.mac, port.mac);
   BackendCounters& bc = backend_counters_[e->backend_id];
+  bc.claim(b.epoch);
   ++bc.packets;
   bc.bytes += p.pkt_len;
   return true;
@@ -171,6 +174,7 @@ bool Pipeline::natReply(PacketRef& p, const Snapshot& snap, const EndpointMap::V
   rewriteL3L4(p.data, p.parsed, false, svc.key.addr, svc.key.port_be);
   rewriteMacs(p.data, next_hop, port.mac);
   BackendCounters& bc = backend_counters_[v.backend_id];
+  bc.claim(snap.backends[v.backend_id].epoch);
   ++bc.reply_packets;
   bc.reply_bytes += p.pkt_len;
   return true;

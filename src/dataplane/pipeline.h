@@ -11,20 +11,12 @@
 
 #include "common/counter.h"
 #include "common/lb_abi.h"
+#include "dataplane/backend_counters.h"
 #include "dataplane/flow_table.h"
 #include "dataplane/packet.h"
 #include "dataplane/snapshot.h"
 
 namespace sluice {
-
-/** Per-backend counters of one worker. */
-struct BackendCounters {
-  Counter packets;        // client -> backend
-  Counter bytes;
-  Counter flows;          // new flows scheduled to this backend
-  Counter reply_packets;  // NAT backend -> client
-  Counter reply_bytes;
-};
 
 /** Per-worker counters: written only by the worker. */
 struct WorkerCounters {
@@ -79,10 +71,8 @@ class Pipeline {
 
   const WorkerCounters& counters() const { return counters_; }
   WorkerCounters& counters() { return counters_; }
-  /** Indexed by backend id. */
+  /** Indexed by backend id; valid for a backend when their epoch is the backend's. */
   const std::vector<BackendCounters>& backendCounters() const { return backend_counters_; }
-  /** Flows in this worker's table pinned to each backend, indexed by backend id. */
-  const std::vector<Counter>& backendActive() const { return active_; }
   const FlowTable& flows() const { return flows_; }
   FlowTable& flows() { return flows_; }
 
@@ -100,7 +90,6 @@ class Pipeline {
   FlowTable flows_;
   WorkerCounters counters_;
   std::vector<BackendCounters> backend_counters_;
-  std::vector<Counter> active_;
 };
 
 }  // namespace sluice

@@ -435,7 +435,7 @@ int runReplay(const ReplayOptions& opts) {
       for (const auto& w : workers) {
         pipelines.push_back(&w->pipeline());
       }
-      const StatsTotals totals = collectStats(pipelines, snap.backends.size());
+      const StatsTotals totals = collectStats(pipelines, snap);
       const nlohmann::json j = report(snap, totals, capture_packets, workers, opts.list_flows);
       if (opts.json) {
         std::printf("%s\n", j.dump(2).c_str());

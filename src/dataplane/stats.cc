@@ -4,7 +4,8 @@
 
 namespace sluice {
 
-StatsTotals collectStats(std::span<const Pipeline* const> pipelines, size_t nbackends) {
+StatsTotals collectStats(std::span<const Pipeline* const> pipelines, const Snapshot& snap) {
+  const size_t nbackends = snap.backends.size();
   StatsTotals t;
   t.backends.resize(nbackends);
   uint32_t index = 0;
@@ -25,13 +26,15 @@ StatsTotals collectStats(std::span<const Pipeline* const> pipelines, size_t nbac
     w.flows_evicted = fs.evicted;
     w.flows_active = fs.active;
     const auto& bc = p->backendCounters();
-    const auto& active = p->backendActive();
     for (size_t i = 0; i < std::min(nbackends, bc.size()); ++i) {
+      if (!snap.backends[i].present || bc[i].epoch.get() != snap.backends[i].epoch) {
+        continue;  // another (earlier) backend's counters, or none yet for this one
+      }
       BackendTotals& b = t.backends[i];
       b.packets += bc[i].packets;
       b.bytes += bc[i].bytes;
       b.flows += bc[i].flows;
-      b.active += active[i];
+      b.active += bc[i].active;
       b.reply_packets += bc[i].reply_packets;
       b.reply_bytes += bc[i].reply_bytes;
     }

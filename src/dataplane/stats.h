@@ -54,8 +54,9 @@ std::vector<ServiceStats> perService(const Snapshot& snap, const StatsTotals& to
 /**
  * Add up the counters of several pipelines.
  * @param pipelines the workers' pipelines; worker i is reported with index i
- * @param nbackends how many backend ids to report (0..nbackends-1)
+ * @param snap the snapshot whose backends are reported: a worker's counters for an id count only
+ *        when they are for the backend that has the id in this snapshot (same epoch)
  */
-StatsTotals collectStats(std::span<const Pipeline* const> pipelines, size_t nbackends);
+StatsTotals collectStats(std::span<const Pipeline* const> pipelines, const Snapshot& snap);
 
 }  // namespace sluice

@@ -812,7 +812,7 @@ TEST(PipelineCounters, ActiveFlowsPerBackendFollowInsertsMovesAndExpiry) {
   const uint32_t b = backendId(*lb.snap, ip("10.0.0.12"), 80);
   const uint32_t c = backendId(*lb.snap, ip("10.0.0.13"), 80);
   const std::vector<uint32_t> first = sendWebFlows(lb, kT0, 0x02);
-  auto active = [&](uint32_t id) { return lb.pipe.backendActive()[id].get(); };
+  auto active = [&](uint32_t id) { return lb.pipe.backendCounters()[id].active.get(); };
   auto count = [](const std::vector<uint32_t>& v, uint32_t id) {
     return static_cast<uint64_t>(std::count(v.begin(), v.end(), id));
   };
@@ -874,7 +874,8 @@ TEST(PipelinePinning, ReusedBackendIdDoesNotInheritFlows) {
   ASSERT_NE(lb.snap->backends[d].epoch, 1u);
   const std::vector<uint32_t> after = sendWebFlows(lb, kT0 + kSec, 0x10);
   EXPECT_EQ(lb.pipe.counters().flows_rescheduled, on_c);
-  // New flows on D count as new flows of D.
+  // D's counters start from zero (they are claimed for D's epoch): C's flows rescheduled onto D
+  // count as new flows of D, C's old counts do not.
   uint64_t c_flows_to_d = 0;
   for (uint32_t i = 0; i < kPinFlows; ++i) {
     if (before[i] != c) {
@@ -883,7 +884,9 @@ TEST(PipelinePinning, ReusedBackendIdDoesNotInheritFlows) {
       c_flows_to_d += after[i] == d ? 1 : 0;
     }
   }
-  EXPECT_EQ(lb.pipe.backendCounters()[d].flows, on_c + c_flows_to_d);
+  EXPECT_EQ(lb.pipe.backendCounters()[d].epoch.get(), lb.snap->backends[d].epoch);
+  EXPECT_EQ(lb.pipe.backendCounters()[d].flows, c_flows_to_d);
+  EXPECT_EQ(lb.pipe.backendCounters()[d].active, c_flows_to_d);
 }
 
 TEST(PipelinePinning, DrainedBackendKeepsItsFlowsGetsNoNewOnes) {

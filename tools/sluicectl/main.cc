@@ -216,7 +216,6 @@ void printRates(const json& r) {
 int main(int argc, char** argv) {
   CLI::App app{"sluicectl: manage the services and backends of a running sluiced"};
   app.set_version_flag("--version", std::string("sluicectl ") + SLUICE_VERSION);
-  app.require_subcommand(1);
   std::string socket = sluice::kDefaultControlSocket;
   if (const char* env = std::getenv("SLUICE_SOCKET"); env != nullptr && *env != '\0') {
     socket = env;
@@ -239,7 +238,6 @@ int main(int argc, char** argv) {
 
   // service add|edit|del
   CLI::App* service = app.add_subcommand("service", "Add, edit or delete a virtual service");
-  service->require_subcommand(1);
   struct ServiceArgs {
     std::string name, vip, protocol, forwarding, scheduler, new_name;
     std::optional<uint16_t> port;
@@ -272,7 +270,6 @@ int main(int argc, char** argv) {
 
   // backend add|edit|del|drain
   CLI::App* backend = app.add_subcommand("backend", "Add, edit, delete or drain a backend");
-  backend->require_subcommand(1);
   struct BackendArgs {
     std::string service, address, mac;
     std::optional<uint16_t> port;
@@ -302,10 +299,25 @@ int main(int argc, char** argv) {
   CLI::App* save = app.add_subcommand("save", "Print the running configuration as a config file");
   CLI::App* version = app.add_subcommand("version", "Print the versions of sluicectl and sluiced");
 
+  for (CLI::App* leaf : {service_add, service_edit, service_del, backend_add, backend_edit,
+                         backend_del, backend_drain, reload, save, version}) {
+    leaf->add_flag("--json", as_json, "Print the daemon's answer as JSON");
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
+  }
+  // A command group without its command: say what is missing (CLI11 names stray words itself).
+  for (CLI::App* group : {&app, service, backend}) {
+    if ((group == &app || group->parsed()) && group->get_subcommands().empty()) {
+      std::fprintf(stderr, "sluicectl: %s\n%s",
+                   group == &app ? "a command is required" :
+                   (std::string("a ") + group->get_name() + " command is required").c_str(),
+                   group->help().c_str());
+      return 2;
+    }
   }
 
   try {
@@ -377,9 +389,17 @@ int main(int argc, char** argv) {
       if (as_json) std::puts(r.dump(2).c_str());
     } else if (save->parsed()) {
       const json r = call(socket, {{"command", "save"}});
-      std::fputs(r.at("config").get<std::string>().c_str(), stdout);
+      as_json ? std::puts(r.dump(2).c_str())
+              : std::fputs(r.at("config").get<std::string>().c_str(), stdout);
     } else if (version->parsed()) {
-      std::printf("sluicectl %s\n", SLUICE_VERSION);
+      if (as_json) {
+        json out = call(socket, {{"command", "version"}});
+        out["sluicectl"] = SLUICE_VERSION;
+        std::puts(out.dump(2).c_str());
+        return 0;
+      }
+      std::printf("sluicectl %s\n", SLUICE_VERSION);  // even when the daemon is unreachable
+      std::fflush(stdout);
       const json r = call(socket, {{"command", "version"}});
       std::printf("sluiced %s (generation %llu)\n", r.at("version").get<std::string>().c_str(),
                   static_cast<unsigned long long>(u(r, "generation")));

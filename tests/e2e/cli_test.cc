@@ -1,0 +1,2077 @@
+// End-to-end tests of sluicectl against a running sluiced, as an operator uses them.
+//
+// Each fixture starts the real `sluiced run` (DPDK EAL, one net_pcap virtual port, no hugepages,
+// no PCI) with its own configuration, control socket and --file-prefix in a fresh temporary
+// directory. The port reads a capture this file generates (tools/pktgen) once, through the real
+// pipeline, so `list` and `stats` report real flows and counters; the port's transmit side is
+// written to a capture as well, and the tests check the daemon's counters against what it sent.
+// Every command of the real sluicectl binary is then run with fork/exec, and its exit status,
+// stdout (text and --json) and stderr are checked, together with the daemon's state before and
+// after (`list --json`), so that refused requests are seen to change nothing.
+//
+// The daemons are children of this process and are stopped with SIGTERM (or SIGINT) at the end;
+// only those pids are ever signalled. Set SLUICE_KEEP_TEST_DIRS=1 to keep the temporary
+// directories (configurations, captures, daemon logs) for inspection.
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/lb_abi.h"
+#include "common/net.h"
+#include "tools/pktgen/packet_builder.h"
+#include "tools/pktgen/pcap_io.h"
+#include "tools/pktgen/traffic.h"
+
+#ifndef SLUICED_PATH
+#error "SLUICED_PATH must name the sluiced binary under test"
+#endif
+#ifndef SLUICECTL_PATH
+#error "SLUICECTL_PATH must name the sluicectl binary under test"
+#endif
+#ifndef SOURCE_ROOT
+#error "SOURCE_ROOT must name the repository root"
+#endif
+
+namespace {
+
+using json = nlohmann::json;
+using pktgen::PcapRecord;
+using sluice::IpAddress;
+using sluice::MacAddress;
+
+constexpr uint64_t kSecondUs = 1'000'000;
+constexpr uint64_t kStartUs = 1700000000ull * kSecondUs;
+constexpr uid_t kNobody = 65534;
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+IpAddress ip(std::string_view text) {
+  auto a = IpAddress::parse(text);
+  if (!a) {
+    throw std::invalid_argument("bad IP address in test: " + std::string(text));
+  }
+  return *a;
+}
+
+MacAddress mac(std::string_view text) {
+  auto m = MacAddress::parse(text);
+  if (!m) {
+    throw std::invalid_argument("bad MAC in test: " + std::string(text));
+  }
+  return *m;
+}
+
+/** "10.0.0.1:80" or "[2001:db8::1]:80", as sluicectl prints endpoints. */
+std::string endpoint(const std::string& address, uint64_t port) {
+  return address.find(':') != std::string::npos ? fmt::format("[{}]:{}", address, port)
+                                                 : fmt::format("{}:{}", address, port);
+}
+
+std::string endpoint(const json& address, const json& port) {
+  return endpoint(address.get<std::string>(), port.get<uint64_t>());
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void writeFile(const std::string& path, std::string_view text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(text.data(), static_cast<std::streamsize>(text.size()));
+  if (!f) {
+    throw std::runtime_error("cannot write " + path);
+  }
+}
+
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  std::string line;
+  while (std::getline(ss, line)) {
+    out.push_back(line);
+  }
+  return out;
+}
+
+size_t lineCount(std::string_view text) {
+  return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
+}
+
+bool contains(const std::string& haystack, std::string_view needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+bool keepDirs() {
+  const char* keep = std::getenv("SLUICE_KEEP_TEST_DIRS");
+  return keep != nullptr && *keep != '\0' && std::string_view(keep) != "0";
+}
+
+/** A fresh directory under /tmp, removed with everything in it at the end. */
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/sluice-cli-test-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) {
+      throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
+    }
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    if (keepDirs()) {
+      std::fprintf(stderr, "keeping %s\n", path_.c_str());
+      return;
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string file(std::string_view name) const { return path_ + "/" + std::string(name); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Running programs
+
+struct RunResult {
+  int status = -1;  // exit status; 128 + signal when killed; -1 when it could not be run
+  bool timed_out = false;
+  std::string out;
+  std::string err;
+  std::string command;
+
+  std::string describe() const {
+    return fmt::format("command: {}\nexit status: {}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                       command, status, timed_out ? " (timed out, killed)" : "",
+                       out.substr(0, 6000), err.substr(0, 6000));
+  }
+};
+
+struct RunOptions {
+  std::optional<uid_t> as_user;                            // setgid/setuid before exec
+  std::vector<std::pair<std::string, std::string>> env;  // set in the child
+  int timeout_s = 60;
+};
+
+int statusOf(int wstatus) {
+  if (WIFEXITED(wstatus)) {
+    return WEXITSTATUS(wstatus);
+  }
+  if (WIFSIGNALED(wstatus)) {
+    return 128 + WTERMSIG(wstatus);
+  }
+  return -1;
+}
+
+/**
+ * Wait for pid (a child of this process) to exit, at most timeout_s; kill it (that pid only)
+ * when it does not. Returns the exit status, or -1 when waitpid failed.
+ */
+int waitChild(pid_t pid, int timeout_s, bool* timed_out = nullptr) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  int wstatus = 0;
+  for (;;) {
+    const pid_t w = ::waitpid(pid, &wstatus, WNOHANG);
+    if (w == pid) {
+      return statusOf(wstatus);
+    }
+    if (w < 0 && errno != EINTR) {
+      return -1;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &wstatus, 0);
+      if (timed_out != nullptr) {
+        *timed_out = true;
+      }
+      return statusOf(wstatus);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+/** fork + exec with stdout and stderr in files of dir, which are read back. */
+RunResult runProgram(const std::string& exe, const std::vector<std::string>& args,
+                     const std::string& dir, const RunOptions& opts = {}) {
+  static int counter = 0;
+  ++counter;
+  RunResult r;
+  r.command = exe;
+  for (const std::string& a : args) {
+    r.command += " " + a;
+  }
+  const std::string out_path = fmt::format("{}/cmd{}.stdout", dir, counter);
+  const std::string err_path = fmt::format("{}/cmd{}.stderr", dir, counter);
+  const int out_fd = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int err_fd = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out_fd < 0 || err_fd < 0) {
+    r.err = std::string("cannot create output files: ") + std::strerror(errno);
+    return r;
+  }
+  std::vector<std::string> argv_store;
+  argv_store.push_back(exe);
+  argv_store.insert(argv_store.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_store) {
+    argv.push_back(a.data());
+  }
+  argv.push_back(nullptr);
+
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(out_fd, STDOUT_FILENO);
+    ::dup2(err_fd, STDERR_FILENO);
+    ::unsetenv("SLUICE_SOCKET");  // only what the test says
+    for (const auto& [k, v] : opts.env) {
+      ::setenv(k.c_str(), v.c_str(), 1);
+    }
+    if (opts.as_user) {
+      const gid_t gid = *opts.as_user;
+      if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(*opts.as_user) != 0) {
+        std::fprintf(stderr, "cannot become uid %u: %s\n", *opts.as_user, std::strerror(errno));
+        ::_exit(126);
+      }
+    }
+    ::execv(exe.c_str(), argv.data());
+    std::fprintf(stderr, "exec %s: %s\n", exe.c_str(), std::strerror(errno));
+    ::_exit(127);
+  }
+  ::close(out_fd);
+  ::close(err_fd);
+  if (pid < 0) {
+    r.err = std::string("fork: ") + std::strerror(errno);
+    return r;
+  }
+  r.status = waitChild(pid, opts.timeout_s, &r.timed_out);
+  r.out = readFile(out_path);
+  r.err = readFile(err_path);
+  std::error_code ec;
+  std::filesystem::remove(out_path, ec);
+  std::filesystem::remove(err_path, ec);
+  return r;
+}
+
+/** sluicectl --socket SOCKET args... */
+RunResult ctl(const std::string& socket, const std::vector<std::string>& args,
+              const std::string& dir, const RunOptions& opts = {}) {
+  std::vector<std::string> all = {"--socket", socket};
+  all.insert(all.end(), args.begin(), args.end());
+  return runProgram(SLUICECTL_PATH, all, dir, opts);
+}
+
+/** Throws (the test fails with the whole story) unless the command exited 0. */
+const RunResult& expectOk(const RunResult& r) {
+  if (r.status != 0) {
+    throw std::runtime_error("expected exit status 0\n" + r.describe());
+  }
+  return r;
+}
+
+json parseJson(const RunResult& r) {
+  try {
+    return json::parse(r.out);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("stdout is not JSON ({})\n{}", e.what(), r.describe()));
+  }
+}
+
+/** A listening-less Unix socket file at path: bound, then closed without unlinking. */
+void makeStaleSocket(const std::string& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(path.size(), sizeof(addr.sun_path));
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0)
+      << std::strerror(errno);
+  ::close(fd);
+  struct stat st {};
+  ASSERT_EQ(::lstat(path.c_str(), &st), 0);
+  ASSERT_TRUE(S_ISSOCK(st.st_mode));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The configuration and the capture
+
+// Three services: DR/TCP/IPv4, NAT/UDP/IPv4, NAT/TCP/IPv6. The timeouts are long so that every
+// flow of the capture stays active for the whole test (TCP flows end with a FIN).
+constexpr std::string_view kBaseConfig = R"(# sluicectl end-to-end test configuration
+[dataplane]
+flow_table_size = 65536
+gateway_mac = "02:00:00:00:00:fe"
+
+[timeouts]
+tcp = 3600
+tcp_fin = 3600
+udp = 3600
+
+[[service]]
+name = "web"
+vip = "192.0.2.10"
+port = 80
+protocol = "tcp"
+forwarding = "dr"
+
+[[service.backend]]
+address = "10.0.0.11"
+mac = "02:00:00:00:01:11"
+weight = 100
+
+[[service.backend]]
+address = "10.0.0.12"
+mac = "02:00:00:00:01:12"
+weight = 100
+
+[[service.backend]]
+address = "10.0.0.13"
+mac = "02:00:00:00:01:13"
+weight = 200
+
+[[service]]
+name = "dns"
+vip = "192.0.2.53"
+port = 53
+protocol = "udp"
+forwarding = "nat"
+table_size = 251
+
+[[service.backend]]
+address = "10.0.1.21"
+port = 5353
+mac = "02:00:00:00:02:21"
+
+[[service.backend]]
+address = "10.0.1.22"
+port = 5353
+mac = "02:00:00:00:02:22"
+
+[[service]]
+name = "web6"
+vip = "2001:db8::10"
+port = 443
+protocol = "tcp"
+forwarding = "nat"
+table_size = 1009
+
+[[service.backend]]
+address = "2001:db8:1::11"
+port = 8443
+mac = "02:00:00:00:03:11"
+
+[[service.backend]]
+address = "2001:db8:1::12"
+port = 8443
+mac = "02:00:00:00:03:12"
+)";
+
+// What the capture holds.
+constexpr uint32_t kDnsFlows = 200, kDnsPacketsPerFlow = 3;   // UDP -> dns (NAT)
+constexpr uint32_t kWebFlows = 100, kWebPacketsPerFlow = 4;   // TCP -> web (DR)
+constexpr uint32_t kWeb6Flows = 50, kWeb6PacketsPerFlow = 3;  // TCP -> web6 (NAT, IPv6)
+constexpr uint32_t kRepliesFrom21 = 5, kRepliesFrom22 = 3;    // NAT replies dns backends -> clients
+constexpr uint32_t kNoise = 7;                                // UDP to no service: dropped
+
+struct Capture {
+  std::vector<PcapRecord> records;
+  size_t size() const { return records.size(); }
+};
+
+Capture makeCapture() {
+  Capture c;
+  auto append = [&](const std::vector<PcapRecord>& r) {
+    c.records.insert(c.records.end(), r.begin(), r.end());
+  };
+  pktgen::TrafficSpec dns;
+  dns.vip = ip("192.0.2.53");
+  dns.vport = 53;
+  dns.proto = LB_PROTO_UDP;
+  dns.flows = kDnsFlows;
+  dns.packets_per_flow = kDnsPacketsPerFlow;
+  dns.client_base = ip("198.51.100.1");
+  dns.start_us = kStartUs;
+  append(pktgen::makeTraffic(dns));
+
+  pktgen::TrafficSpec web;
+  web.vip = ip("192.0.2.10");
+  web.vport = 80;
+  web.proto = LB_PROTO_TCP;
+  web.flows = kWebFlows;
+  web.packets_per_flow = kWebPacketsPerFlow;
+  web.client_base = ip("198.51.101.1");
+  web.start_us = kStartUs + kSecondUs;
+  append(pktgen::makeTraffic(web));
+
+  pktgen::TrafficSpec web6;
+  web6.vip = ip("2001:db8::10");
+  web6.vport = 443;
+  web6.proto = LB_PROTO_TCP;
+  web6.flows = kWeb6Flows;
+  web6.packets_per_flow = kWeb6PacketsPerFlow;
+  web6.client_base = ip("2001:db8:ff::1");
+  web6.start_us = kStartUs + 2 * kSecondUs;
+  append(pktgen::makeTraffic(web6));
+
+  uint64_t ts = kStartUs + 3 * kSecondUs;
+  auto reply = [&](std::string_view backend, std::string_view backend_mac, uint32_t n) {
+    for (uint32_t i = 0; i < n; ++i) {
+      pktgen::PacketSpec p;
+      p.src_mac = mac(backend_mac);
+      p.dst_mac = mac("02:00:00:00:00:bb");
+      p.src = ip(backend);
+      p.dst = ip("198.51.100.1");
+      p.proto = LB_PROTO_UDP;
+      p.sport = 5353;
+      p.dport = 10000;
+      p.payload = pktgen::Bytes(48, 0x5a);
+      c.records.push_back({ts, pktgen::build(p)});
+      ts += 10;
+    }
+  };
+  reply("10.0.1.21", "02:00:00:00:02:21", kRepliesFrom21);
+  reply("10.0.1.22", "02:00:00:00:02:22", kRepliesFrom22);
+  for (uint32_t i = 0; i < kNoise; ++i) {
+    pktgen::PacketSpec p;
+    p.src = ip("198.51.102.1");
+    p.dst = ip("192.0.2.99");
+    p.proto = LB_PROTO_UDP;
+    p.sport = static_cast<uint16_t>(20000 + i);
+    p.dport = 9999;
+    p.payload = pktgen::Bytes(16, 1);
+    c.records.push_back({ts, pktgen::build(p)});
+    ts += 10;
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+
+/** One `sluiced run`, a child of this process. Stopped (SIGKILL at worst) when destroyed. */
+class Daemon {
+ public:
+  Daemon() = default;
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+  ~Daemon() {
+    if (pid_ > 0) {
+      stop(SIGTERM, 20);
+    }
+  }
+
+  /**
+   * Start sluiced on config with its control socket at socket; the port reads in_pcap once and
+   * writes to out_pcap. Waits until it logs that it runs. Returns "" or what went wrong.
+   */
+  std::string start(const std::string& dir, const std::string& tag, const std::string& config,
+                    const std::string& socket, const std::string& in_pcap) {
+    static int counter = 0;
+    prefix_ = fmt::format("sluice-e2e-cli-{}-{}", ::getpid(), ++counter);
+    socket_ = socket;
+    config_ = config;
+    out_pcap_ = fmt::format("{}/{}-out.pcap", dir, tag);
+    log_path_ = fmt::format("{}/{}-sluiced.log", dir, tag);
+    const std::vector<std::string> args = {
+        "run", "--config", config, "--socket", socket, "--", "-l", "0,1", "--no-huge",
+        "--no-pci", "--no-shconf", "--file-prefix=" + prefix_, "-m", "512", "--log-level",
+        "*:error", "--vdev", fmt::format("net_pcap0,rx_pcap={},tx_pcap={}", in_pcap, out_pcap_)};
+    command_ = SLUICED_PATH;
+    for (const std::string& a : args) {
+      command_ += " " + a;
+    }
+    std::vector<std::string> argv_store = {SLUICED_PATH};
+    argv_store.insert(argv_store.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& a : argv_store) {
+      argv.push_back(a.data());
+    }
+    argv.push_back(nullptr);
+    const int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (log_fd < 0 || null_fd < 0) {
+      return std::string("cannot open the log: ") + std::strerror(errno);
+    }
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::dup2(null_fd, STDOUT_FILENO);
+      ::dup2(log_fd, STDERR_FILENO);
+      ::execv(SLUICED_PATH, argv.data());
+      std::fprintf(stderr, "exec %s: %s\n", SLUICED_PATH, std::strerror(errno));
+      ::_exit(127);
+    }
+    ::close(log_fd);
+    ::close(null_fd);
+    if (pid < 0) {
+      return std::string("fork: ") + std::strerror(errno);
+    }
+    pid_ = pid;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
+      int wstatus = 0;
+      if (::waitpid(pid_, &wstatus, WNOHANG) == pid_) {
+        pid_ = -1;
+        exit_status_ = statusOf(wstatus);
+        cleanupEal();
+        return fmt::format("sluiced exited with status {} before it ran\ncommand: {}\n{}",
+                           exit_status_, command_, log());
+      }
+      if (contains(log(), " running: ") && std::filesystem::exists(socket_)) {
+        return "";
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return "sluiced did not log that it runs within 60 s\ncommand: " + command_ + "\n" + log();
+  }
+
+  /** Send sig to the daemon (only this child) and wait for it; returns its exit status. */
+  int stop(int sig = SIGTERM, int timeout_s = 30) {
+    if (pid_ <= 0) {
+      return exit_status_;
+    }
+    ::kill(pid_, sig);
+    bool timed_out = false;
+    exit_status_ = waitChild(pid_, timeout_s, &timed_out);
+    pid_ = -1;
+    cleanupEal();
+    if (timed_out) {
+      ADD_FAILURE() << "sluiced did not stop within " << timeout_s << " s of signal " << sig
+                    << "; killed\n" << log();
+    }
+    return exit_status_;
+  }
+
+  /** Send a signal that does not stop it (SIGHUP). */
+  void signal(int sig) const {
+    if (pid_ > 0) {
+      ::kill(pid_, sig);
+    }
+  }
+
+  bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+  std::string log() const { return readFile(log_path_); }
+  const std::string& socket() const { return socket_; }
+  const std::string& config() const { return config_; }
+  const std::string& outPcap() const { return out_pcap_; }
+
+ private:
+  // The EAL leaves an empty runtime directory named after the unique file prefix.
+  void cleanupEal() {
+    if (!prefix_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all("/var/run/dpdk/" + prefix_, ec);
+    }
+  }
+
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+  std::string prefix_, socket_, config_, out_pcap_, log_path_, command_;
+};
+
+/** stats --json, via sluicectl. */
+json statsJson(const std::string& socket, const std::string& dir) {
+  return parseJson(expectOk(ctl(socket, {"--json", "stats"}, dir)));
+}
+
+json listJson(const std::string& socket, const std::string& dir) {
+  return parseJson(expectOk(ctl(socket, {"list", "--json"}, dir)));
+}
+
+/** Wait until the daemon has taken all `packets` of its capture. "" or what went wrong. */
+std::string waitForReplay(const std::string& socket, const std::string& dir, size_t packets) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  json last;
+  while (std::chrono::steady_clock::now() < deadline) {
+    last = statsJson(socket, dir);
+    const json& t = last.at("total");
+    if (t.at("packets_in").get<size_t>() >= packets &&
+        t.at("packets_out").get<size_t>() + t.at("dropped").get<size_t>() >=
+            t.at("packets_in").get<size_t>()) {
+      return "";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return fmt::format("the daemon did not take the {} packets of its capture within 30 s; last "
+                     "stats: {}",
+                     packets, last.dump());
+}
+
+/** The services of a list --json answer, keyed by name. */
+std::map<std::string, json> servicesByName(const json& list) {
+  std::map<std::string, json> out;
+  for (const json& s : list.at("services")) {
+    out[s.at("name").get<std::string>()] = s;
+  }
+  return out;
+}
+
+/** The backend of service `service` at address:port in a list/stats answer, or null. */
+json findBackend(const json& answer, const std::string& service, const std::string& address,
+                 uint64_t port) {
+  for (const json& s : answer.at("services")) {
+    if (s.at("name") != service) {
+      continue;
+    }
+    for (const json& b : s.at("backends")) {
+      if (b.at("address") == address && b.at("port") == port) {
+        return b;
+      }
+    }
+  }
+  return nullptr;
+}
+
+/**
+ * The configuration part of a list answer: services sorted by name, without the counters, the
+ * generation and the version. What a save/reload round trip must keep.
+ */
+json configOf(const json& list) {
+  json services = json::array();
+  for (auto& [name, s] : servicesByName(list)) {
+    json c = s;
+    c.erase("active_flows");
+    for (json& b : c.at("backends")) {
+      b.erase("active_flows");
+    }
+    services.push_back(c);
+  }
+  return services;
+}
+
+/** Config text with one more service appended; its first line number is returned in first_line. */
+std::string withExtraService(std::string_view base, std::string_view extra, size_t* first_line) {
+  std::string text(base);
+  if (first_line != nullptr) {
+    *first_line = lineCount(text) + 1;
+  }
+  text += extra;
+  return text;
+}
+
+// The service appended to the base configuration by the reload tests.
+constexpr std::string_view kExtraService = R"([[service]]
+name = "extra"
+vip = "192.0.2.77"
+port = 7
+protocol = "udp"
+forwarding = "nat"
+table_size = 13
+
+[[service.backend]]
+address = "10.0.3.1"
+port = 7007
+mac = "02:00:00:00:04:01"
+weight = 3
+)";
+
+// Broken on line 7 of this text (table_size not prime); the rest is valid.
+constexpr std::string_view kBrokenService = R"([[service]]
+name = "broken"
+vip = "192.0.2.78"
+port = 7
+protocol = "udp"
+forwarding = "nat"
+table_size = 100
+)";
+constexpr size_t kBrokenServiceBadLine = 7;
+
+// ---------------------------------------------------------------------------------------------
+// Base fixture: one daemon per suite, on the base configuration and the capture.
+
+class DaemonSuite : public ::testing::Test {
+ protected:
+  struct State {
+    std::unique_ptr<TempDir> dir;
+    std::unique_ptr<Daemon> daemon;
+    Capture capture;
+    std::string error;  // why the daemon is not usable, or ""
+  };
+
+  static void startSuite(State& st, const std::string& tag) {
+    st.dir = std::make_unique<TempDir>();
+    st.daemon = std::make_unique<Daemon>();
+    try {
+      st.capture = makeCapture();
+      const std::string in = st.dir->file(tag + "-in.pcap");
+      pktgen::writePcap(in, st.capture.records);
+      const std::string config = st.dir->file(tag + ".toml");
+      writeFile(config, kBaseConfig);
+      st.error = st.daemon->start(st.dir->path(), tag, config, st.dir->file("s.sock"), in);
+      if (st.error.empty()) {
+        st.error = waitForReplay(st.daemon->socket(), st.dir->path(), st.capture.size());
+      }
+    } catch (const std::exception& e) {
+      st.error = e.what();
+    }
+  }
+
+  static void stopSuite(State& st) {
+    if (st.daemon && st.daemon->running()) {
+      const int status = st.daemon->stop(SIGTERM);
+      EXPECT_EQ(status, 0) << st.daemon->log();
+    }
+    st.daemon.reset();
+    st.dir.reset();
+  }
+
+  virtual State& state() const = 0;
+
+  void SetUp() override { ASSERT_TRUE(state().error.empty()) << state().error; }
+
+  Daemon& daemon() const { return *state().daemon; }
+  const std::string& dir() const { return state().dir->path(); }
+  std::string file(std::string_view name) const { return state().dir->file(name); }
+  const std::string& sock() const { return daemon().socket(); }
+
+  RunResult run(const std::vector<std::string>& args, const RunOptions& opts = {}) const {
+    return ctl(sock(), args, dir(), opts);
+  }
+  json list() const { return listJson(sock(), dir()); }
+  json stats() const { return statsJson(sock(), dir()); }
+  uint64_t generation() const { return list().at("generation").get<uint64_t>(); }
+
+  /** Run a command that must succeed; returns its stdout. */
+  std::string ok(const std::vector<std::string>& args) const {
+    return expectOk(run(args)).out;
+  }
+
+  /**
+   * Run a command that the CLI or the daemon must refuse with `status`, with `needle` in its
+   * message, and check that nothing changed (list --json, generation included, is the same).
+   */
+  void expectRejected(const std::vector<std::string>& args, int status,
+                      const std::string& needle) const {
+    std::string what;
+    for (const std::string& a : args) {
+      what += " " + a;
+    }
+    SCOPED_TRACE("sluicectl" + what);
+    const json before = list();
+    const RunResult r = run(args);
+    EXPECT_EQ(r.status, status) << r.describe();
+    EXPECT_TRUE(contains(r.err, needle)) << "expected \"" << needle << "\" in the message\n"
+                                         << r.describe();
+    EXPECT_TRUE(r.out.empty()) << r.describe();
+    if (status == 1) {
+      // One line: "sluicectl: what went wrong".
+      EXPECT_EQ(r.err.rfind("sluicectl: ", 0), 0u) << r.describe();
+      EXPECT_EQ(lineCount(r.err), 1u) << r.describe();
+    } else {
+      EXPECT_FALSE(r.err.empty()) << r.describe();
+    }
+    EXPECT_EQ(list(), before) << "a refused command changed the running configuration";
+  }
+
+  /** Write the base configuration to the daemon's file and reload it. */
+  void restore() const {
+    writeFile(daemon().config(), kBaseConfig);
+    ok({"reload"});
+  }
+};
+
+// =============================================================================================
+// Read-only commands on a daemon that replayed a known capture
+
+class ReadOnlyCli : public DaemonSuite {
+ protected:
+  static State& suite() {
+    static State s;
+    return s;
+  }
+  State& state() const override { return suite(); }
+  static void SetUpTestSuite() { startSuite(suite(), "ro"); }
+  static void TearDownTestSuite() { stopSuite(suite()); }
+};
+
+struct Observed {
+  std::set<std::string> flows;  // client address:port
+  uint64_t packets = 0;
+  uint64_t bytes = 0;
+};
+
+TEST_F(ReadOnlyCli, ListAndStatsJsonMatchTheCapture) {
+  const size_t capture = state().capture.size();
+  const json s = stats();
+  const json l = list();
+
+  // What the daemon sent, from its transmit capture: which backend every client flow went to.
+  const std::vector<PcapRecord> out = pktgen::readPcap(daemon().outPcap());
+  const std::map<std::string, std::string> dr_macs = {{"02:00:00:00:01:11", "10.0.0.11"},
+                                                      {"02:00:00:00:01:12", "10.0.0.12"},
+                                                      {"02:00:00:00:01:13", "10.0.0.13"}};
+  std::map<std::pair<std::string, uint64_t>, Observed> seen;  // backend -> what it got
+  std::map<std::string, std::set<std::string>> flow_backends;   // client flow -> backends
+  size_t dns_replies = 0;
+  for (const PcapRecord& r : out) {
+    const auto d = pktgen::decode(r.data);
+    ASSERT_TRUE(d.has_value()) << "an output frame does not decode";
+    if (d->src == ip("192.0.2.53") && d->sport == 53) {
+      ++dns_replies;  // a NAT reply, rewritten to come from the VIP
+      EXPECT_EQ(d->dst_mac, mac("02:00:00:00:00:fe")) << "NAT replies go to the gateway MAC";
+      continue;
+    }
+    std::pair<std::string, uint64_t> backend;
+    if (d->dst == ip("192.0.2.10")) {  // DR: the VIP stays, the MAC names the backend
+      const auto it = dr_macs.find(d->dst_mac.str());
+      ASSERT_NE(it, dr_macs.end()) << "DR frame to unknown MAC " << d->dst_mac.str();
+      backend = {it->second, d->dport};
+    } else {
+      backend = {d->dst.str(), d->dport};
+    }
+    const std::string client = endpoint(d->src.str(), d->sport);
+    Observed& o = seen[backend];
+    o.flows.insert(client);
+    ++o.packets;
+    o.bytes += r.data.size();
+    flow_backends[client].insert(endpoint(backend.first, backend.second));
+  }
+  EXPECT_EQ(flow_backends.size(), size_t{kDnsFlows + kWebFlows + kWeb6Flows})
+      << "every client flow of the capture was forwarded";
+  for (const auto& [client, backends] : flow_backends) {
+    EXPECT_EQ(backends.size(), 1u) << "flow " << client << " went to several backends";
+  }
+  EXPECT_EQ(dns_replies, size_t{kRepliesFrom21 + kRepliesFrom22});
+
+  // Totals: every packet of the capture came in once; what was not sent was dropped.
+  const json& total = s.at("total");
+  EXPECT_EQ(total.at("packets_in").get<size_t>(), capture);
+  EXPECT_EQ(total.at("packets_out").get<size_t>(), out.size());
+  EXPECT_EQ(total.at("dropped").get<size_t>(), size_t{kNoise});
+  EXPECT_EQ(total.at("drops").at("no_service").get<size_t>(), size_t{kNoise});
+  EXPECT_EQ(total.at("flows_created").get<size_t>(), size_t{kDnsFlows + kWebFlows + kWeb6Flows});
+  EXPECT_EQ(total.at("flows_active").get<size_t>(), size_t{kDnsFlows + kWebFlows + kWeb6Flows});
+  ASSERT_EQ(s.at("workers").size(), 1u) << "-l 0,1 gives one worker";
+  EXPECT_EQ(s.at("workers")[0].at("packets_in"), total.at("packets_in"));
+  EXPECT_EQ(s.at("workers")[0].at("worker"), 0);
+
+  // Per backend, stats and list agree with the transmit capture.
+  const std::map<std::string, uint64_t> flows_per_service = {
+      {"web", kWebFlows}, {"dns", kDnsFlows}, {"web6", kWeb6Flows}};
+  const std::map<std::string, uint64_t> packets_per_service = {
+      {"web", uint64_t{kWebFlows} * kWebPacketsPerFlow},
+      {"dns", uint64_t{kDnsFlows} * kDnsPacketsPerFlow},
+      {"web6", uint64_t{kWeb6Flows} * kWeb6PacketsPerFlow}};
+  ASSERT_EQ(s.at("services").size(), 3u) << s.dump(2);
+  ASSERT_EQ(l.at("services").size(), 3u) << l.dump(2);
+  uint64_t all_backend_packets = 0;
+  uint64_t all_replies = 0;
+  for (const json& svc : s.at("services")) {
+    const std::string name = svc.at("name").get<std::string>();
+    SCOPED_TRACE("service " + name);
+    uint64_t flows = 0, packets = 0, bytes = 0, replies = 0;
+    for (const json& b : svc.at("backends")) {
+      const std::string addr = b.at("address").get<std::string>();
+      const uint64_t port = b.at("port").get<uint64_t>();
+      SCOPED_TRACE("backend " + endpoint(addr, port));
+      const Observed& o = seen[{addr, port}];
+      EXPECT_EQ(b.at("packets").get<uint64_t>(), o.packets);
+      EXPECT_EQ(b.at("bytes").get<uint64_t>(), o.bytes);
+      EXPECT_EQ(b.at("new_flows").get<uint64_t>(), o.flows.size());
+      EXPECT_EQ(b.at("active_flows").get<uint64_t>(), o.flows.size());
+      const json lb = findBackend(l, name, addr, port);
+      ASSERT_FALSE(lb.is_null());
+      EXPECT_EQ(lb.at("active_flows").get<uint64_t>(), o.flows.size()) << "list --json";
+      flows += b.at("new_flows").get<uint64_t>();
+      packets += b.at("packets").get<uint64_t>();
+      bytes += b.at("bytes").get<uint64_t>();
+      replies += b.at("reply_packets").get<uint64_t>();
+      const uint64_t expected_replies = addr == "10.0.1.21"   ? kRepliesFrom21
+                                        : addr == "10.0.1.22" ? kRepliesFrom22
+                                                              : 0;
+      EXPECT_EQ(b.at("reply_packets").get<uint64_t>(), expected_replies);
+    }
+    EXPECT_EQ(flows, flows_per_service.at(name));
+    EXPECT_EQ(packets, packets_per_service.at(name));
+    EXPECT_EQ(svc.at("new_flows").get<uint64_t>(), flows);
+    EXPECT_EQ(svc.at("active_flows").get<uint64_t>(), flows);
+    EXPECT_EQ(svc.at("packets").get<uint64_t>(), packets);
+    EXPECT_EQ(svc.at("bytes").get<uint64_t>(), bytes);
+    EXPECT_EQ(svc.at("reply_packets").get<uint64_t>(), replies);
+    const auto ls = servicesByName(l).at(name);
+    EXPECT_EQ(ls.at("active_flows").get<uint64_t>(), flows) << "list --json";
+    all_backend_packets += packets;
+    all_replies += replies;
+  }
+  EXPECT_EQ(all_backend_packets + all_replies, total.at("packets_out").get<uint64_t>());
+
+  // The configuration part of list --json is the configuration file.
+  EXPECT_EQ(l.at("ok"), true);
+  EXPECT_EQ(l.at("generation"), 1) << "no change since the start";
+  EXPECT_EQ(l.at("workers"), 1);
+  const auto services = servicesByName(l);
+  ASSERT_TRUE(services.contains("web") && services.contains("dns") && services.contains("web6"));
+  const json& web = services.at("web");
+  EXPECT_EQ(web.at("vip"), "192.0.2.10");
+  EXPECT_EQ(web.at("port"), 80);
+  EXPECT_EQ(web.at("protocol"), "tcp");
+  EXPECT_EQ(web.at("forwarding"), "dr");
+  EXPECT_EQ(web.at("scheduler"), "maglev");
+  EXPECT_EQ(web.at("table_size"), 65537) << "the default";
+  ASSERT_EQ(web.at("backends").size(), 3u);
+  EXPECT_EQ(web.at("backends")[2].at("address"), "10.0.0.13");
+  EXPECT_EQ(web.at("backends")[2].at("port"), 80) << "DR backends take the service port";
+  EXPECT_EQ(web.at("backends")[2].at("mac"), "02:00:00:00:01:13");
+  EXPECT_EQ(web.at("backends")[2].at("weight"), 200);
+  EXPECT_EQ(web.at("backends")[2].at("state"), "active");
+  const json& dns = services.at("dns");
+  EXPECT_EQ(dns.at("protocol"), "udp");
+  EXPECT_EQ(dns.at("forwarding"), "nat");
+  EXPECT_EQ(dns.at("table_size"), 251);
+  ASSERT_EQ(dns.at("backends").size(), 2u);
+  EXPECT_EQ(dns.at("backends")[0].at("port"), 5353);
+  EXPECT_EQ(dns.at("backends")[0].at("weight"), 1) << "the default weight";
+  const json& web6 = services.at("web6");
+  EXPECT_EQ(web6.at("vip"), "2001:db8::10");
+  EXPECT_EQ(web6.at("table_size"), 1009);
+  ASSERT_EQ(web6.at("backends").size(), 2u);
+  EXPECT_EQ(web6.at("backends")[1].at("address"), "2001:db8:1::12");
+  EXPECT_EQ(web6.at("backends")[1].at("port"), 8443);
+}
+
+TEST_F(ReadOnlyCli, ListTextMatchesJson) {
+  const json j = list();
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"list"},
+                                               std::vector<std::string>{"--json", "list"}}) {
+    const RunResult r = run(args);
+    ASSERT_EQ(r.status, 0) << r.describe();
+    EXPECT_TRUE(r.err.empty()) << r.describe();
+    if (args.size() == 2) {
+      // --json before the subcommand works as well as after it.
+      EXPECT_EQ(parseJson(r), j);
+      continue;
+    }
+    const std::vector<std::string> ls = lines(r.out);
+    ASSERT_GE(ls.size(), 3u) << r.out;
+    EXPECT_EQ(ls[0], fmt::format("Sluice {} (generation {}, 1 worker)",
+                                 j.at("version").get<std::string>(),
+                                 j.at("generation").get<uint64_t>()));
+    EXPECT_EQ(ls[1], "Prot LocalAddress:Port Scheduler Forward Name");
+    EXPECT_TRUE(std::regex_match(
+        ls[2], std::regex(R"(  -> RemoteAddress:Port\s+Weight State\s+ActiveFlows)")))
+        << ls[2];
+    const std::regex service_re(R"((TCP|UDP)\s+(\S+) (\S+) (dr|nat) (\S+))");
+    const std::regex backend_re(R"(  -> (\S+)\s+(\d+) (active|draining)\s+(\d+))");
+    size_t at = 3;
+    for (const json& s : j.at("services")) {
+      ASSERT_LT(at, ls.size()) << r.out;
+      std::smatch m;
+      ASSERT_TRUE(std::regex_match(ls[at], m, service_re)) << ls[at];
+      std::string proto = s.at("protocol").get<std::string>();
+      std::transform(proto.begin(), proto.end(), proto.begin(), ::toupper);
+      EXPECT_EQ(m[1], proto);
+      EXPECT_EQ(m[2], endpoint(s.at("vip"), s.at("port")));
+      EXPECT_EQ(m[3], "maglev");
+      EXPECT_EQ(m[4], s.at("forwarding").get<std::string>());
+      EXPECT_EQ(m[5], s.at("name").get<std::string>());
+      ++at;
+      for (const json& b : s.at("backends")) {
+        ASSERT_LT(at, ls.size()) << r.out;
+        ASSERT_TRUE(std::regex_match(ls[at], m, backend_re)) << ls[at];
+        EXPECT_EQ(m[1], endpoint(b.at("address"), b.at("port")));
+        EXPECT_EQ(std::stoull(m[2]), b.at("weight").get<uint64_t>());
+        EXPECT_EQ(m[3], b.at("state").get<std::string>());
+        EXPECT_EQ(std::stoull(m[4]), b.at("active_flows").get<uint64_t>());
+        ++at;
+      }
+    }
+    EXPECT_EQ(at, ls.size()) << "nothing after the last backend\n" << r.out;
+    EXPECT_TRUE(contains(r.out, "UDP  192.0.2.53:53 maglev nat dns\n")) << r.out;
+    EXPECT_TRUE(contains(r.out, "TCP  [2001:db8::10]:443 maglev nat web6\n")) << r.out;
+  }
+}
+
+TEST_F(ReadOnlyCli, StatsTextMatchesJson) {
+  const json j = stats();
+  const json j2 = parseJson(expectOk(run({"stats", "--json"})));
+  EXPECT_EQ(j2, j) << "stats --json and --json stats; nothing moves on an idle daemon";
+
+  const RunResult r = run({"stats"});
+  ASSERT_EQ(r.status, 0) << r.describe();
+  EXPECT_TRUE(r.err.empty());
+  const std::vector<std::string> ls = lines(r.out);
+  ASSERT_GE(ls.size(), 2u);
+  EXPECT_TRUE(std::regex_match(
+      ls[0], std::regex(R"(Prot LocalAddress:Port\s+Packets\s+Bytes\s+NewFlows\s+ActFlows\s+Replies)")))
+      << ls[0];
+  EXPECT_EQ(ls[1], "  -> RemoteAddress:Port");
+  const std::regex service_re(R"((TCP|UDP)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+))");
+  const std::regex backend_re(R"(  -> (\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+))");
+  size_t at = 2;
+  auto check = [](const std::smatch& m, const json& x) {
+    EXPECT_EQ(std::stoull(m[3]), x.at("packets").get<uint64_t>());
+    EXPECT_EQ(std::stoull(m[4]), x.at("bytes").get<uint64_t>());
+    EXPECT_EQ(std::stoull(m[5]), x.at("new_flows").get<uint64_t>());
+    EXPECT_EQ(std::stoull(m[6]), x.at("active_flows").get<uint64_t>());
+    EXPECT_EQ(std::stoull(m[7]), x.at("reply_packets").get<uint64_t>());
+  };
+  for (const json& s : j.at("services")) {
+    ASSERT_LT(at, ls.size());
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(ls[at], m, service_re)) << ls[at];
+    EXPECT_EQ(m[2], endpoint(s.at("vip"), s.at("port")));
+    check(m, s);
+    ++at;
+    for (const json& b : s.at("backends")) {
+      ASSERT_LT(at, ls.size());
+      std::smatch bm;
+      ASSERT_TRUE(std::regex_match(ls[at], bm, backend_re)) << ls[at];
+      EXPECT_EQ(bm[1], endpoint(b.at("address"), b.at("port")));
+      EXPECT_EQ(std::stoull(bm[2]), b.at("packets").get<uint64_t>());
+      EXPECT_EQ(std::stoull(bm[3]), b.at("bytes").get<uint64_t>());
+      EXPECT_EQ(std::stoull(bm[4]), b.at("new_flows").get<uint64_t>());
+      EXPECT_EQ(std::stoull(bm[5]), b.at("active_flows").get<uint64_t>());
+      EXPECT_EQ(std::stoull(bm[6]), b.at("reply_packets").get<uint64_t>());
+      ++at;
+    }
+  }
+  ASSERT_LT(at + 3, ls.size()) << r.out;
+  EXPECT_EQ(ls[at], "") << "a blank line before the workers";
+  EXPECT_TRUE(std::regex_match(
+      ls[at + 1], std::regex(R"(Worker\s+PacketsIn\s+PacketsOut\s+Dropped\s+Drops by reason)")))
+      << ls[at + 1];
+  const std::regex worker_re(R"((\d+|total)\s+(\d+)\s+(\d+)\s+(\d+)  (.+))");
+  std::smatch w;
+  ASSERT_TRUE(std::regex_match(ls[at + 2], w, worker_re)) << ls[at + 2];
+  EXPECT_EQ(w[1], "0");
+  ASSERT_TRUE(std::regex_match(ls[at + 3], w, worker_re)) << ls[at + 3];
+  EXPECT_EQ(w[1], "total");
+  const json& t = j.at("total");
+  EXPECT_EQ(std::stoull(w[2]), t.at("packets_in").get<uint64_t>());
+  EXPECT_EQ(std::stoull(w[2]), state().capture.size());
+  EXPECT_EQ(std::stoull(w[3]), t.at("packets_out").get<uint64_t>());
+  EXPECT_EQ(std::stoull(w[4]), uint64_t{kNoise});
+  EXPECT_EQ(w[5], fmt::format("no_service={}", kNoise)) << "only the non-zero reasons";
+  EXPECT_EQ(at + 4, ls.size()) << r.out;
+}
+
+TEST_F(ReadOnlyCli, StatsRateIsZeroWhenIdle) {
+  const json s = stats();
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    const RunResult r = run({"--json", "stats", "--rate", "--interval", "0.2"});
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_EQ(r.status, 0) << r.describe();
+    EXPECT_GE(took, 0.2) << "it waits the interval";
+    const json j = parseJson(r);
+    EXPECT_EQ(j.at("ok"), true);
+    EXPECT_GE(j.at("interval_s").get<double>(), 0.2);
+    EXPECT_LT(j.at("interval_s").get<double>(), 5.0);
+    ASSERT_EQ(j.at("services").size(), s.at("services").size());
+    for (size_t i = 0; i < j.at("services").size(); ++i) {
+      const json& rs = j.at("services")[i];
+      const json& ss = s.at("services")[i];
+      EXPECT_EQ(rs.at("name"), ss.at("name"));
+      for (const char* k : {"packets_per_s", "bytes_per_s", "new_flows_per_s", "replies_per_s"}) {
+        EXPECT_EQ(rs.at(k).get<double>(), 0.0) << rs.at("name") << " " << k;
+      }
+      EXPECT_EQ(rs.at("active_flows"), ss.at("active_flows")) << "active flows, not a rate";
+      ASSERT_EQ(rs.at("backends").size(), ss.at("backends").size());
+      for (size_t b = 0; b < rs.at("backends").size(); ++b) {
+        const json& rb = rs.at("backends")[b];
+        for (const char* k : {"packets_per_s", "bytes_per_s", "new_flows_per_s", "replies_per_s"}) {
+          EXPECT_EQ(rb.at(k).get<double>(), 0.0) << rb.dump();
+        }
+        EXPECT_EQ(rb.at("active_flows"), ss.at("backends")[b].at("active_flows"));
+      }
+    }
+    ASSERT_EQ(j.at("workers").size(), 1u);
+    for (const char* k : {"packets_in_per_s", "packets_out_per_s", "dropped_per_s"}) {
+      EXPECT_EQ(j.at("workers")[0].at(k).get<double>(), 0.0) << k;
+    }
+  }
+  {
+    const RunResult r = run({"stats", "--rate", "--interval", "0.2"});
+    ASSERT_EQ(r.status, 0) << r.describe();
+    const std::vector<std::string> ls = lines(r.out);
+    ASSERT_GE(ls.size(), 3u) << r.out;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(ls[0], m, std::regex(R"(rates over (\d+\.\d) s)"))) << ls[0];
+    EXPECT_GE(std::stod(m[1]), 0.2) << ls[0];
+    const std::regex row(R"((TCP|UDP)\s+\S+\s+0\s+0\s+0\s+(\d+)\s+0)");
+    const std::regex brow(R"(  -> \S+\s+0\s+0\s+0\s+(\d+)\s+0)");
+    const std::regex wrow(R"(0\s+0\s+0\s+0)");
+    size_t rows = 0, brows = 0, wrows = 0;
+    for (const std::string& l : ls) {
+      rows += std::regex_match(l, row) ? 1 : 0;
+      brows += std::regex_match(l, brow) ? 1 : 0;
+      wrows += std::regex_match(l, wrow) ? 1 : 0;
+    }
+    EXPECT_EQ(rows, 3u) << r.out;
+    EXPECT_EQ(brows, 7u) << r.out;
+    EXPECT_EQ(wrows, 1u) << r.out;
+  }
+  // --interval is 0.1..60 s.
+  for (const char* bad : {"0.01", "61", "x"}) {
+    const RunResult r = run({"stats", "--rate", "--interval", bad});
+    EXPECT_EQ(r.status, 2) << r.describe();
+    EXPECT_TRUE(contains(r.err, "--interval")) << r.describe();
+    EXPECT_TRUE(r.out.empty());
+  }
+}
+
+TEST_F(ReadOnlyCli, VersionHelpAndSocketFromEnvironment) {
+  const RunResult v = run({"version"});
+  ASSERT_EQ(v.status, 0) << v.describe();
+  EXPECT_TRUE(std::regex_match(
+      v.out, std::regex(R"(sluicectl (\d+\.\d+\.\d+)\nsluiced \1 \(generation 1\)\n)")))
+      << v.out;
+  const RunResult ver = runProgram(SLUICECTL_PATH, {"--version"}, dir());
+  EXPECT_EQ(ver.status, 0) << ver.describe();
+  EXPECT_TRUE(contains(ver.out, "sluicectl ")) << ver.describe();
+  const RunResult help = runProgram(SLUICECTL_PATH, {"--help"}, dir());
+  EXPECT_EQ(help.status, 0) << help.describe();
+  for (const char* cmd : {"list", "stats", "service", "backend", "reload", "save", "version"}) {
+    EXPECT_TRUE(contains(help.out, cmd)) << cmd << "\n" << help.out;
+  }
+
+  // $SLUICE_SOCKET instead of --socket; --socket wins over it.
+  RunOptions env;
+  env.env = {{"SLUICE_SOCKET", sock()}};
+  const RunResult e = runProgram(SLUICECTL_PATH, {"--json", "list"}, dir(), env);
+  ASSERT_EQ(e.status, 0) << e.describe();
+  EXPECT_EQ(parseJson(e), list());
+  env.env = {{"SLUICE_SOCKET", file("nowhere.sock")}};
+  const RunResult both = runProgram(SLUICECTL_PATH, {"--socket", sock(), "version"}, dir(), env);
+  EXPECT_EQ(both.status, 0) << both.describe();
+  const RunResult wrong = runProgram(SLUICECTL_PATH, {"version"}, dir(), env);
+  EXPECT_EQ(wrong.status, 1) << wrong.describe();
+  EXPECT_TRUE(contains(wrong.err, file("nowhere.sock"))) << wrong.describe();
+}
+
+TEST_F(ReadOnlyCli, SocketIsRootOnly) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root to run sluicectl as nobody";
+  }
+  struct stat st {};
+  ASSERT_EQ(::lstat(sock().c_str(), &st), 0) << std::strerror(errno);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0600u) << std::oct << (st.st_mode & 07777);
+  EXPECT_EQ(st.st_uid, 0u);
+
+  // Let nobody through the (0700) temporary directory, so that only the socket's own mode can
+  // refuse it.
+  ASSERT_EQ(::chmod(dir().c_str(), 0711), 0);
+  RunOptions as_nobody;
+  as_nobody.as_user = kNobody;
+  const json before = list();
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"list"}, std::vector<std::string>{"--json", "stats"},
+        std::vector<std::string>{"backend", "drain", "dns", "10.0.1.21", "--port", "5353"},
+        std::vector<std::string>{"service", "del", "web"}}) {
+    const RunResult r = run(args, as_nobody);
+    EXPECT_EQ(r.status, 1) << r.describe();
+    EXPECT_TRUE(contains(r.err, "permission denied")) << r.describe();
+    EXPECT_EQ(r.err.rfind("sluicectl: ", 0), 0u) << r.describe();
+    EXPECT_EQ(lineCount(r.err), 1u) << r.describe();
+    EXPECT_TRUE(r.out.empty()) << r.describe();
+  }
+  ::chmod(dir().c_str(), 0700);
+  EXPECT_EQ(list(), before) << "nobody changed nothing";
+  // Root still can.
+  EXPECT_EQ(run({"version"}).status, 0);
+}
+
+TEST_F(ReadOnlyCli, SecondDaemonOnTheSameSocketIsRefused) {
+  const std::string in = file("second-in.pcap");
+  pktgen::writePcap(in, state().capture.records);
+  Daemon second;
+  const std::string err = second.start(dir(), "second", daemon().config(), sock(), in);
+  EXPECT_FALSE(err.empty()) << "a second sluiced started on a socket in use";
+  EXPECT_NE(err.find("exited with status 1"), std::string::npos) << err;
+  EXPECT_NE(err.find("already serving"), std::string::npos) << err;
+  EXPECT_NE(err.find(sock()), std::string::npos) << err;
+
+  // The first one is untouched: same socket file, still answering.
+  struct stat st {};
+  ASSERT_EQ(::lstat(sock().c_str(), &st), 0) << "the refused daemon removed the live socket";
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  ASSERT_TRUE(daemon().running());
+  const RunResult v = run({"version"});
+  EXPECT_EQ(v.status, 0) << v.describe();
+  EXPECT_EQ(stats().at("total").at("packets_in").get<size_t>(), state().capture.size());
+}
+
+TEST_F(ReadOnlyCli, UsageErrorsExit2AndChangeNothing) {
+  const std::string mac_ok = "02:00:00:00:09:01";
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{}, "a command is required"},
+      // An unknown command is named.
+      {{"frob"}, "not expected: frob"},
+      {{"service"}, "a service command is required"},
+      {{"backend"}, "a backend command is required"},
+      {{"service", "frob"}, "not expected: frob"},
+      {{"backend", "frob", "web"}, "not expected"},
+      {{"service", "add"}, "NAME"},
+      {{"service", "add", "x", "--vip", "192.0.2.99", "--port", "80", "--protocol", "tcp"},
+       "--forwarding"},
+      {{"service", "add", "x", "--port", "80", "--protocol", "tcp", "--forwarding", "dr"},
+       "--vip"},
+      {{"service", "add", "x", "--vip", "192.0.2.99", "--port", "80", "--protocol", "sctp",
+        "--forwarding", "dr"},
+       "sctp"},
+      {{"service", "add", "x", "--vip", "192.0.2.99", "--port", "80", "--protocol", "tcp",
+        "--forwarding", "tun"},
+       "tun"},
+      {{"service", "add", "x", "--vip", "192.0.2.99", "--port", "70000", "--protocol", "tcp",
+        "--forwarding", "dr"},
+       "--port"},
+      {{"service", "add", "x", "--vip", "192.0.2.99", "--port", "0", "--protocol", "tcp",
+        "--forwarding", "dr"},
+       "--port"},
+      {{"service", "add", "x", "--vip", "192.0.2.99", "--port", "80", "--protocol", "tcp",
+        "--forwarding", "dr", "--scheduler", "rr"},
+       "rr"},
+      {{"service", "edit", "web", "--port", "http"}, "--port"},
+      {{"service", "del"}, "NAME"},
+      {{"backend", "add", "web"}, "ADDRESS"},
+      {{"backend", "add", "web", "10.0.0.14"}, "--mac"},
+      {{"backend", "add", "web", "10.0.0.14", "--mac", mac_ok, "--weight", "heavy"}, "--weight"},
+      {{"backend", "add", "web", "10.0.0.14", "--mac", mac_ok, "--port", "70000"}, "--port"},
+      {{"backend", "add", "web", "10.0.0.14", "--mac", mac_ok, "--weight", "-1"}, "--weight"},
+      {{"backend", "add", "web", "10.0.0.14", "--mac", mac_ok, "--weight", "4294967296"},
+       "--weight"},
+      {{"backend", "del", "web"}, "ADDRESS"},
+      {{"backend", "drain"}, "SERVICE"},
+      {{"backend", "edit", "web", "10.0.0.11", "--bogus", "1"}, "--bogus"},
+      {{"list", "--bogus"}, "--bogus"},
+      {{"stats", "--interval"}, "--interval"},
+      {{"reload", "now"}, "now"},
+      {{"--socket"}, "--socket"},
+  };
+  for (const auto& [args, needle] : cases) {
+    expectRejected(args, 2, needle);
+  }
+}
+
+// =============================================================================================
+// Commands that change the configuration
+
+class EditCli : public DaemonSuite {
+ protected:
+  static State& suite() {
+    static State s;
+    return s;
+  }
+  State& state() const override { return suite(); }
+  static void SetUpTestSuite() { startSuite(suite(), "edit"); }
+  static void TearDownTestSuite() { stopSuite(suite()); }
+
+  void SetUp() override {
+    DaemonSuite::SetUp();
+    restore();
+  }
+};
+
+TEST_F(EditCli, ServiceAddEditDel) {
+  uint64_t gen = generation();
+
+  // add, --json: the daemon's answer.
+  json r = parseJson(expectOk(run({"--json", "service", "add", "api", "--vip", "192.0.2.20",
+                                    "--port", "8080", "--protocol", "tcp", "--forwarding", "nat",
+                                    "--table-size", "251"})));
+  EXPECT_EQ(r.at("ok"), true);
+  EXPECT_EQ(r.at("change"), "service add api");
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  EXPECT_TRUE(r.at("publish_us").is_number());
+  json l = list();
+  EXPECT_EQ(l.at("generation").get<uint64_t>(), gen);
+  auto services = servicesByName(l);
+  ASSERT_TRUE(services.contains("api")) << l.dump(2);
+  EXPECT_EQ(services.at("api"), (json{{"name", "api"},
+                                      {"vip", "192.0.2.20"},
+                                      {"port", 8080},
+                                      {"protocol", "tcp"},
+                                      {"forwarding", "nat"},
+                                      {"scheduler", "maglev"},
+                                      {"table_size", 251},
+                                      {"active_flows", 0},
+                                      {"backends", json::array()}}));
+
+  // add, text: nothing on stdout; the defaults (maglev, 65537).
+  const RunResult plain = run({"service", "add", "api6", "--vip", "2001:db8::20", "--port", "53",
+                               "--protocol", "udp", "--forwarding", "dr", "--scheduler",
+                               "maglev"});
+  ASSERT_EQ(plain.status, 0) << plain.describe();
+  EXPECT_TRUE(plain.out.empty()) << plain.describe();
+  EXPECT_TRUE(plain.err.empty()) << plain.describe();
+  ++gen;
+  services = servicesByName(list());
+  ASSERT_TRUE(services.contains("api6"));
+  EXPECT_EQ(services.at("api6").at("table_size"), 65537);
+  EXPECT_EQ(services.at("api6").at("vip"), "2001:db8::20");
+  EXPECT_EQ(services.at("api6").at("forwarding"), "dr");
+  EXPECT_TRUE(contains(ok({"list"}), "UDP  [2001:db8::20]:53 maglev dr api6\n"));
+
+  // edit several fields at once, renaming it.
+  r = parseJson(expectOk(run({"--json", "service", "edit", "api", "--port", "8081",
+                               "--protocol", "udp", "--table-size", "257", "--name", "api2"})));
+  EXPECT_EQ(r.at("change"), "service edit api");
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  services = servicesByName(list());
+  EXPECT_FALSE(services.contains("api")) << "renamed";
+  ASSERT_TRUE(services.contains("api2"));
+  EXPECT_EQ(services.at("api2").at("vip"), "192.0.2.20");
+  EXPECT_EQ(services.at("api2").at("port"), 8081);
+  EXPECT_EQ(services.at("api2").at("protocol"), "udp");
+  EXPECT_EQ(services.at("api2").at("forwarding"), "nat");
+  EXPECT_EQ(services.at("api2").at("table_size"), 257);
+  EXPECT_TRUE(ok({"service", "edit", "api2", "--vip", "192.0.2.21", "--forwarding", "dr"}).empty());
+  ++gen;
+  services = servicesByName(list());
+  EXPECT_EQ(services.at("api2").at("vip"), "192.0.2.21");
+  EXPECT_EQ(services.at("api2").at("forwarding"), "dr");
+
+  // A DR service's backends follow its port (DR cannot change the port).
+  ok({"service", "edit", "web", "--port", "8080"});
+  ++gen;
+  services = servicesByName(list());
+  EXPECT_EQ(services.at("web").at("port"), 8080);
+  ASSERT_EQ(services.at("web").at("backends").size(), 3u);
+  for (const json& b : services.at("web").at("backends")) {
+    EXPECT_EQ(b.at("port"), 8080) << b.dump();
+  }
+  // ... but NAT backends keep theirs.
+  ok({"service", "edit", "dns", "--port", "5300"});
+  ++gen;
+  services = servicesByName(list());
+  EXPECT_EQ(services.at("dns").at("port"), 5300);
+  for (const json& b : services.at("dns").at("backends")) {
+    EXPECT_EQ(b.at("port"), 5353) << b.dump();
+  }
+
+  // del: the service and its backends go.
+  r = parseJson(expectOk(run({"--json", "service", "del", "api2"})));
+  EXPECT_EQ(r.at("change"), "service del api2");
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  EXPECT_TRUE(ok({"service", "del", "api6"}).empty());
+  ++gen;
+  ok({"service", "del", "web"});
+  ++gen;
+  l = list();
+  services = servicesByName(l);
+  EXPECT_FALSE(services.contains("api2"));
+  EXPECT_FALSE(services.contains("api6"));
+  EXPECT_FALSE(services.contains("web"));
+  EXPECT_EQ(services.size(), 2u);
+  EXPECT_EQ(l.at("generation").get<uint64_t>(), gen) << "one generation per change";
+  EXPECT_FALSE(contains(ok({"list"}), "192.0.2.10")) << "web is gone from the text list too";
+
+  // A deleted name can be used again.
+  ok({"service", "add", "web", "--vip", "192.0.2.10", "--port", "80", "--protocol", "tcp",
+      "--forwarding", "dr"});
+  EXPECT_TRUE(servicesByName(list()).contains("web"));
+}
+
+TEST_F(EditCli, BackendAddEditDrainDel) {
+  uint64_t gen = generation();
+
+  json r = parseJson(expectOk(run({"--json", "backend", "add", "dns", "10.0.1.23", "--port",
+                                    "5353", "--mac", "02:00:00:00:02:23", "--weight", "5"})));
+  EXPECT_EQ(r.at("ok"), true);
+  EXPECT_EQ(r.at("change"), "backend add dns 10.0.1.23:5353");
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  json b = findBackend(list(), "dns", "10.0.1.23", 5353);
+  ASSERT_FALSE(b.is_null());
+  // (Its active_flows: see Lifecycle.AddedBackendDoesNotInheritTheCountersOfADeletedOne; the
+  // earlier tests of this suite deleted backends that had flows.)
+  b.erase("active_flows");
+  EXPECT_EQ(b, (json{{"address", "10.0.1.23"},
+                     {"port", 5353},
+                     {"mac", "02:00:00:00:02:23"},
+                     {"weight", 5},
+                     {"state", "active"}}));
+
+  // Defaults: the service port, weight 1. Text mode prints nothing.
+  EXPECT_TRUE(ok({"backend", "add", "web", "10.0.0.14", "--mac", "02:00:00:00:01:14"}).empty());
+  ++gen;
+  b = findBackend(list(), "web", "10.0.0.14", 80);
+  ASSERT_FALSE(b.is_null());
+  EXPECT_EQ(b.at("weight"), 1);
+  EXPECT_EQ(b.at("mac"), "02:00:00:00:01:14");
+  // A DR backend may repeat the service port explicitly.
+  ok({"backend", "add", "web", "10.0.0.15", "--port", "80", "--mac", "02:00:00:00:01:15"});
+  ++gen;
+  EXPECT_FALSE(findBackend(list(), "web", "10.0.0.15", 80).is_null());
+
+  // Weight 0 at once: draining. IPv6.
+  ok({"backend", "add", "web6", "2001:db8:1::13", "--port", "8443", "--mac", "02:00:00:00:03:13",
+      "--weight", "0"});
+  ++gen;
+  b = findBackend(list(), "web6", "2001:db8:1::13", 8443);
+  ASSERT_FALSE(b.is_null());
+  EXPECT_EQ(b.at("weight"), 0);
+  EXPECT_EQ(b.at("state"), "draining");
+  EXPECT_TRUE(contains(ok({"list"}), "[2001:db8:1::13]:8443")) << ok({"list"});
+
+  // Same address, another port, on a NAT service.
+  ok({"backend", "add", "dns", "10.0.1.23", "--port", "5354", "--mac", "02:00:00:00:02:24",
+      "--weight", "65535"});
+  ++gen;
+  EXPECT_EQ(findBackend(list(), "dns", "10.0.1.23", 5354).at("weight"), 65535);
+
+  // edit: mac and weight, alone or together, with --port to pick one of the two.
+  r = parseJson(expectOk(run({"--json", "backend", "edit", "dns", "10.0.1.23", "--port", "5353",
+                               "--mac", "02:00:00:00:02:33", "--weight", "9"})));
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  EXPECT_TRUE(contains(r.at("change").get<std::string>(), "dns 10.0.1.23:5353")) << r.dump();
+  b = findBackend(list(), "dns", "10.0.1.23", 5353);
+  EXPECT_EQ(b.at("mac"), "02:00:00:00:02:33");
+  EXPECT_EQ(b.at("weight"), 9);
+  EXPECT_EQ(findBackend(list(), "dns", "10.0.1.23", 5354).at("mac"), "02:00:00:00:02:24")
+      << "the other port is untouched";
+  ok({"backend", "edit", "web", "10.0.0.14", "--weight", "7"});
+  ++gen;
+  b = findBackend(list(), "web", "10.0.0.14", 80);
+  EXPECT_EQ(b.at("weight"), 7);
+  EXPECT_EQ(b.at("mac"), "02:00:00:00:01:14");
+  ok({"backend", "edit", "web", "10.0.0.14", "--mac", "02:00:00:00:01:44"});
+  ++gen;
+  b = findBackend(list(), "web", "10.0.0.14", 80);
+  EXPECT_EQ(b.at("weight"), 7);
+  EXPECT_EQ(b.at("mac"), "02:00:00:00:01:44");
+  ok({"backend", "edit", "web6", "2001:db8:1::13", "--weight", "2"});
+  ++gen;
+  EXPECT_EQ(findBackend(list(), "web6", "2001:db8:1::13", 8443).at("state"), "active");
+
+  // drain: weight 0, state draining, its flows stay pinned to it (that it keeps a non-zero
+  // count is checked on a fresh daemon in Lifecycle.ChangesThenSigtermExitsZeroAndReportsPackets).
+  const json before = findBackend(list(), "dns", "10.0.1.22", 5353);
+  ASSERT_FALSE(before.is_null());
+  r = parseJson(expectOk(run({"--json", "backend", "drain", "dns", "10.0.1.22"})));
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  EXPECT_TRUE(contains(r.at("change").get<std::string>(), "dns 10.0.1.22:5353")) << r.dump();
+  json after = findBackend(list(), "dns", "10.0.1.22", 5353);
+  EXPECT_EQ(after.at("weight"), 0);
+  EXPECT_EQ(after.at("state"), "draining");
+  EXPECT_EQ(after.at("mac"), before.at("mac"));
+  EXPECT_EQ(after.at("active_flows"), before.at("active_flows"));
+  const std::regex draining(R"(  -> 10\.0\.1\.22:5353\s+0 draining\s+(\d+))");
+  bool seen = false;
+  for (const std::string& line : lines(ok({"list"}))) {
+    std::smatch m;
+    if (std::regex_match(line, m, draining)) {
+      seen = true;
+      EXPECT_EQ(std::stoull(m[1]), before.at("active_flows").get<uint64_t>());
+    }
+  }
+  EXPECT_TRUE(seen) << ok({"list"});
+  // Draining twice is harmless; drain with --port and an IPv6 backend.
+  ok({"backend", "drain", "dns", "10.0.1.22", "--port", "5353"});
+  ++gen;
+  ok({"backend", "drain", "web6", "2001:db8:1::11"});
+  ++gen;
+  EXPECT_EQ(findBackend(list(), "web6", "2001:db8:1::11", 8443).at("state"), "draining");
+  // Undrain.
+  ok({"backend", "edit", "dns", "10.0.1.22", "--weight", "1"});
+  ++gen;
+  after = findBackend(list(), "dns", "10.0.1.22", 5353);
+  EXPECT_EQ(after.at("state"), "active");
+  EXPECT_EQ(after.at("active_flows"), before.at("active_flows"));
+
+  // del.
+  r = parseJson(expectOk(run({"--json", "backend", "del", "dns", "10.0.1.23", "--port", "5353"})));
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  EXPECT_TRUE(findBackend(list(), "dns", "10.0.1.23", 5353).is_null());
+  EXPECT_FALSE(findBackend(list(), "dns", "10.0.1.23", 5354).is_null());
+  // Now the address is unambiguous again: no --port needed.
+  EXPECT_TRUE(ok({"backend", "del", "dns", "10.0.1.23"}).empty());
+  ++gen;
+  ok({"backend", "del", "web", "10.0.0.14"});
+  ++gen;
+  ok({"backend", "del", "web", "10.0.0.15", "--port", "80"});
+  ++gen;
+  ok({"backend", "del", "web6", "2001:db8:1::13", "--port", "8443"});
+  ++gen;
+  const json l = list();
+  EXPECT_TRUE(findBackend(l, "dns", "10.0.1.23", 5354).is_null());
+  EXPECT_TRUE(findBackend(l, "web", "10.0.0.14", 80).is_null());
+  EXPECT_TRUE(findBackend(l, "web6", "2001:db8:1::13", 8443).is_null());
+  EXPECT_EQ(servicesByName(l).at("web").at("backends").size(), 3u);
+  EXPECT_EQ(l.at("generation").get<uint64_t>(), gen) << "one generation per change";
+
+  // A service may lose all its backends.
+  ok({"backend", "del", "web6", "2001:db8:1::11"});
+  ok({"backend", "del", "web6", "2001:db8:1::12"});
+  EXPECT_TRUE(servicesByName(list()).at("web6").at("backends").empty());
+}
+
+TEST_F(EditCli, RejectedRequestsChangeNothing) {
+  // A second NAT/UDP service, and a second port for a dns backend (for the ambiguous cases).
+  ok({"service", "add", "dns2", "--vip", "192.0.2.54", "--port", "53", "--protocol", "udp",
+      "--forwarding", "nat"});
+  ok({"backend", "add", "dns", "10.0.1.21", "--port", "5354", "--mac", "02:00:00:00:02:21"});
+  const std::string m = "02:00:00:00:09:01";
+
+  const std::vector<std::pair<std::vector<std::string>, std::string>> refused = {
+      // Unknown service / backend.
+      {{"backend", "add", "nosuch", "10.0.0.1", "--mac", m}, "no service named \"nosuch\""},
+      {{"backend", "edit", "nosuch", "10.0.0.11", "--weight", "2"}, "no service named \"nosuch\""},
+      {{"backend", "del", "nosuch", "10.0.0.11"}, "no service named \"nosuch\""},
+      {{"backend", "drain", "nosuch", "10.0.0.11"}, "no service named \"nosuch\""},
+      {{"service", "edit", "nosuch", "--port", "81"}, "no service named \"nosuch\""},
+      {{"service", "del", "nosuch"}, "no service named \"nosuch\""},
+      {{"backend", "drain", "web", "10.9.9.9"}, "service \"web\" has no backend 10.9.9.9"},
+      {{"backend", "del", "dns", "10.0.1.22", "--port", "5354"},
+       "service \"dns\" has no backend 10.0.1.22:5354"},
+      {{"backend", "del", "web6", "2001:db8:1::99"}, "has no backend 2001:db8:1::99"},
+      // Duplicates.
+      {{"backend", "add", "dns", "10.0.1.22", "--port", "5353", "--mac", m},
+       "service \"dns\" has backend 10.0.1.22:5353 already"},
+      {{"backend", "add", "web", "10.0.0.11", "--mac", m},
+       "service \"web\" has backend 10.0.0.11:80 already"},
+      {{"service", "add", "dns", "--vip", "192.0.2.60", "--port", "53", "--protocol", "udp",
+        "--forwarding", "nat"},
+       "service \"dns\" exists already"},
+      {{"service", "edit", "dns2", "--name", "dns"}, "service name \"dns\" is used twice"},
+      {{"service", "add", "dup", "--vip", "192.0.2.53", "--port", "53", "--protocol", "udp",
+        "--forwarding", "dr"},
+       "same VIP, port and protocol (192.0.2.53:53/udp)"},
+      {{"service", "edit", "dns2", "--vip", "192.0.2.53"},
+       "same VIP, port and protocol (192.0.2.53:53/udp)"},
+      {{"service", "add", "dup6", "--vip", "2001:db8:0:0::10", "--port", "443", "--protocol",
+        "tcp", "--forwarding", "nat"},
+       "same VIP, port and protocol ([2001:db8::10]:443/tcp)"},
+      // Malformed values.
+      {{"backend", "add", "web", "10.0.0.300", "--mac", m},
+       "address \"10.0.0.300\" is not an IPv4 or IPv6 address"},
+      {{"backend", "add", "web", "backend1", "--mac", m}, "is not an IPv4 or IPv6 address"},
+      {{"backend", "edit", "web", "10.0.0", "--weight", "2"}, "is not an IPv4 or IPv6 address"},
+      {{"service", "add", "bad", "--vip", "192.0.2.300", "--port", "80", "--protocol", "tcp",
+        "--forwarding", "dr"},
+       "vip \"192.0.2.300\" is not an IPv4 or IPv6 address"},
+      {{"service", "edit", "web", "--vip", "web.example"}, "is not an IPv4 or IPv6 address"},
+      {{"service", "add", "mc", "--vip", "224.0.0.1", "--port", "80", "--protocol", "tcp",
+        "--forwarding", "dr"},
+       "is not a usable unicast address"},
+      {{"backend", "add", "web", "10.0.0.14", "--mac", "02:00:00:00:01"}, "is not a MAC address"},
+      {{"backend", "add", "web", "10.0.0.14", "--mac", "02-00-00-00-01-zz"},
+       "is not a MAC address"},
+      {{"backend", "edit", "web", "10.0.0.11", "--mac", "nope"}, "is not a MAC address"},
+      {{"backend", "add", "web", "10.0.0.14", "--mac", "01:00:5e:00:00:01"}, "multicast"},
+      {{"backend", "edit", "dns", "10.0.1.22", "--mac", "ff:ff:ff:ff:ff:ff"}, "multicast"},
+      {{"backend", "add", "web", "10.0.0.14", "--mac", "00:00:00:00:00:00"}, "all zeros"},
+      {{"service", "add", "bad name", "--vip", "192.0.2.61", "--port", "80", "--protocol", "tcp",
+        "--forwarding", "dr"},
+       "service name \"bad name\" is invalid"},
+      {{"service", "edit", "web", "--name", std::string(65, 'x')}, "is invalid"},
+      {{"service", "add", "t", "--vip", "192.0.2.61", "--port", "1", "--protocol", "tcp",
+        "--forwarding", "nat", "--table-size", "100"},
+       "table_size 100 is not prime"},
+      {{"service", "edit", "dns", "--table-size", "1"}, "table_size 1 is out of range"},
+      // Out of range.
+      {{"backend", "add", "web", "10.0.0.14", "--mac", m, "--weight", "70000"},
+       "weight 70000 is out of range 0..65535"},
+      {{"backend", "edit", "web", "10.0.0.11", "--weight", "70000"},
+       "weight 70000 is out of range 0..65535"},
+      // DR cannot change the port.
+      {{"backend", "add", "web", "10.0.0.14", "--port", "8080", "--mac", m},
+       "DR cannot change the port (backend port 8080, service port 80)"},
+      {{"service", "edit", "dns", "--forwarding", "dr"},
+       "DR cannot change the port (backend port 5353, service port 53)"},
+      // Address families.
+      {{"backend", "add", "web", "2001:db8::14", "--mac", m},
+       "backend 2001:db8::14 is IPv6 but the VIP is IPv4"},
+      {{"backend", "add", "web6", "10.0.0.14", "--port", "8443", "--mac", m},
+       "backend 10.0.0.14 is IPv4 but the VIP is IPv6"},
+      {{"service", "edit", "web", "--vip", "2001:db8::99"}, "is IPv4 but the VIP is IPv6"},
+      // One NAT backend (address, port, protocol) for two NAT services.
+      {{"backend", "add", "dns2", "10.0.1.22", "--port", "5353", "--mac", m},
+       "backend 10.0.1.22:5353/udp is used by NAT services \"dns\" and \"dns2\""},
+      // ... or a NAT backend that is some service's VIP.
+      {{"backend", "add", "dns2", "192.0.2.53", "--port", "53", "--mac", m},
+       "is the VIP of service \"dns\""},
+      // Ambiguous: two backends at that address, no --port.
+      {{"backend", "edit", "dns", "10.0.1.21", "--weight", "5"},
+       "service \"dns\" has several backends at 10.0.1.21 (ports 5353, 5354); say which port"},
+      {{"backend", "del", "dns", "10.0.1.21"}, "several backends at 10.0.1.21"},
+      {{"backend", "drain", "dns", "10.0.1.21"}, "several backends at 10.0.1.21"},
+      // Nothing to change.
+      {{"backend", "edit", "dns", "10.0.1.22"}, "backend edit: nothing to change"},
+      {{"service", "edit", "dns"}, "service edit: nothing to change"},
+  };
+  for (const auto& [args, needle] : refused) {
+    expectRejected(args, 1, needle);
+  }
+
+  // A Maglev table has room for table_size weighted backends, no more.
+  ok({"service", "add", "tiny", "--vip", "192.0.2.70", "--port", "80", "--protocol", "tcp",
+      "--forwarding", "dr", "--table-size", "7"});
+  for (int i = 1; i <= 7; ++i) {
+    ok({"backend", "add", "tiny", fmt::format("10.0.7.{}", i), "--mac",
+        fmt::format("02:00:00:00:07:{:02x}", i)});
+  }
+  expectRejected({"backend", "add", "tiny", "10.0.7.8", "--mac", "02:00:00:00:07:08"}, 1,
+                 "table_size 7 is smaller than the number of backends with weight > 0 (8)");
+  ok({"backend", "add", "tiny", "10.0.7.8", "--mac", "02:00:00:00:07:08", "--weight", "0"});
+  expectRejected({"backend", "edit", "tiny", "10.0.7.8", "--weight", "1"}, 1,
+                 "table_size 7 is smaller");
+  expectRejected({"service", "edit", "web", "--table-size", "2"}, 1, "table_size 2 is out of range");
+
+  // The same NAT backend under another protocol is a different reply key: allowed.
+  ok({"service", "add", "dnstcp", "--vip", "192.0.2.53", "--port", "53", "--protocol", "tcp",
+      "--forwarding", "nat"});
+  ok({"backend", "add", "dnstcp", "10.0.1.22", "--port", "5353", "--mac", m});
+  EXPECT_FALSE(findBackend(list(), "dnstcp", "10.0.1.22", 5353).is_null());
+  // --port resolves the ambiguity.
+  ok({"backend", "edit", "dns", "10.0.1.21", "--port", "5354", "--weight", "5"});
+  EXPECT_EQ(findBackend(list(), "dns", "10.0.1.21", 5354).at("weight"), 5);
+  EXPECT_EQ(findBackend(list(), "dns", "10.0.1.21", 5353).at("weight"), 1);
+}
+
+TEST_F(EditCli, ReloadFromTheFile) {
+  const std::string path = daemon().config();
+  uint64_t gen = generation();
+
+  // sluicectl reload: a service added to the file appears.
+  writeFile(path, withExtraService(kBaseConfig, std::string("\n") + std::string(kExtraService),
+                                   nullptr));
+  const RunResult plain = run({"reload"});
+  ASSERT_EQ(plain.status, 0) << plain.describe();
+  EXPECT_TRUE(plain.out.empty()) << plain.describe();
+  ++gen;
+  json l = list();
+  EXPECT_EQ(l.at("generation").get<uint64_t>(), gen);
+  ASSERT_TRUE(servicesByName(l).contains("extra")) << l.dump(2);
+  const json extra = servicesByName(l).at("extra");
+  EXPECT_EQ(extra.at("table_size"), 13);
+  EXPECT_EQ(findBackend(l, "extra", "10.0.3.1", 7007).at("weight"), 3);
+
+  // --json reload says what it did.
+  std::string text = withExtraService(kBaseConfig, "\n" + std::string(kExtraService), nullptr);
+  text.replace(text.find("weight = 3"), 10, "weight = 4");
+  writeFile(path, text);
+  json r = parseJson(expectOk(run({"--json", "reload"})));
+  EXPECT_EQ(r.at("ok"), true);
+  EXPECT_EQ(r.at("change"), "reload " + path);
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  EXPECT_EQ(findBackend(list(), "extra", "10.0.3.1", 7007).at("weight"), 4);
+
+  // Changes made with sluicectl are replaced by the file on reload.
+  ok({"backend", "drain", "dns", "10.0.1.21"});
+  ++gen;
+  ok({"service", "del", "web6"});
+  ++gen;
+  ok({"reload"});
+  ++gen;
+  l = list();
+  EXPECT_EQ(findBackend(l, "dns", "10.0.1.21", 5353).at("weight"), 1);
+  EXPECT_TRUE(servicesByName(l).contains("web6"));
+
+  // SIGHUP does the same.
+  text = std::string(kBaseConfig);
+  text.replace(text.find("weight = 200"), 12, "weight = 300");
+  writeFile(path, text);
+  daemon().signal(SIGHUP);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (generation() == gen && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  l = list();
+  EXPECT_EQ(l.at("generation").get<uint64_t>(), ++gen) << "SIGHUP did not reload";
+  EXPECT_EQ(findBackend(l, "web", "10.0.0.13", 80).at("weight"), 300);
+  EXPECT_FALSE(servicesByName(l).contains("extra")) << "removed from the file";
+  EXPECT_TRUE(contains(daemon().log(), "SIGHUP: configuration reloaded from " + path))
+      << daemon().log();
+
+  // A broken file: refused with its file:line, the running configuration is kept.
+  size_t first = 0;
+  writeFile(path, withExtraService(kBaseConfig, kBrokenService, &first));
+  const size_t bad_line = first + kBrokenServiceBadLine - 1;
+  const json before = list();
+  const RunResult broken = run({"reload"});
+  EXPECT_EQ(broken.status, 1) << broken.describe();
+  EXPECT_EQ(broken.err,
+            fmt::format("sluicectl: reload rejected, running configuration kept: {}:{}: service "
+                        "\"broken\": table_size 100 is not prime (Maglev needs a prime; the next "
+                        "one is 101)\n",
+                        path, bad_line))
+      << broken.describe();
+  EXPECT_TRUE(broken.out.empty());
+  EXPECT_EQ(list(), before) << "a refused reload changed the running configuration";
+  const RunResult broken_json = run({"--json", "reload"});
+  EXPECT_EQ(broken_json.status, 1) << broken_json.describe();
+  EXPECT_TRUE(contains(broken_json.err, fmt::format("{}:{}:", path, bad_line)));
+  EXPECT_EQ(list(), before);
+
+  // ... and the same on SIGHUP, which only logs it.
+  const std::string expected_log =
+      fmt::format("error: SIGHUP: reload rejected, running configuration kept: {}:{}:", path,
+                  bad_line);
+  daemon().signal(SIGHUP);
+  const auto deadline2 = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!contains(daemon().log(), expected_log) && std::chrono::steady_clock::now() < deadline2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(contains(daemon().log(), expected_log)) << daemon().log();
+  EXPECT_EQ(list(), before) << "a refused SIGHUP reload changed the running configuration";
+
+  // A TOML syntax error, and a file that is gone.
+  writeFile(path, std::string(kBaseConfig) + "[[service]\n");
+  const RunResult syntax = run({"reload"});
+  EXPECT_EQ(syntax.status, 1) << syntax.describe();
+  EXPECT_TRUE(contains(syntax.err, fmt::format("{}:{}:", path, lineCount(kBaseConfig) + 1)))
+      << syntax.describe();
+  EXPECT_EQ(lineCount(syntax.err), 1u) << syntax.describe();
+  std::filesystem::remove(path);
+  const RunResult gone = run({"reload"});
+  EXPECT_EQ(gone.status, 1) << gone.describe();
+  EXPECT_TRUE(contains(gone.err, path + ": cannot read: No such file or directory"))
+      << gone.describe();
+  EXPECT_EQ(list(), before);
+  EXPECT_TRUE(daemon().running());
+}
+
+TEST_F(EditCli, SaveRoundTrips) {
+  // Make the running configuration differ from the file in every way sluicectl can.
+  ok({"service", "add", "api", "--vip", "192.0.2.20", "--port", "8080", "--protocol", "tcp",
+      "--forwarding", "nat", "--table-size", "251"});
+  ok({"backend", "add", "api", "10.0.2.1", "--port", "9000", "--mac", "02:00:00:00:05:01",
+      "--weight", "7"});
+  ok({"backend", "add", "api", "10.0.2.1", "--port", "9001", "--mac", "02:00:00:00:05:02",
+      "--weight", "0"});
+  ok({"service", "add", "empty6", "--vip", "2001:db8::30", "--port", "53", "--protocol", "udp",
+      "--forwarding", "dr"});
+  ok({"service", "edit", "web", "--port", "8080"});
+  ok({"backend", "drain", "dns", "10.0.1.22"});
+  ok({"backend", "edit", "web6", "2001:db8:1::11", "--mac", "02:00:00:00:03:99", "--weight",
+      "9"});
+  ok({"backend", "del", "web", "10.0.0.12"});
+  ok({"service", "edit", "dns", "--name", "resolver"});
+
+  const json running = list();
+  const RunResult save = run({"save"});
+  ASSERT_EQ(save.status, 0) << save.describe();
+  EXPECT_TRUE(save.err.empty());
+  const std::string saved = save.out;
+  EXPECT_EQ(saved.rfind("# Written by sluicectl save.", 0), 0u) << saved;
+  {
+    const RunResult js = run({"--json", "save"});
+    ASSERT_EQ(js.status, 0) << js.describe();
+    EXPECT_EQ(json::parse(js.out).at("config").get<std::string>(), saved)
+        << "save --json carries the same file";
+  }
+  const std::string saved_path = file("saved.toml");
+  writeFile(saved_path, saved);
+
+  // A second daemon started from the saved file has the same services and backends. Its socket
+  // path holds a stale socket (no listener), which it must replace.
+  {
+    const std::string second_sock = file("second.sock");
+    makeStaleSocket(second_sock);
+    const std::string in = file("second-in.pcap");
+    pktgen::writePcap(in, std::vector<PcapRecord>(state().capture.records.end() - kNoise,
+                                                  state().capture.records.end()));
+    Daemon second;
+    const std::string err = second.start(dir(), "second", saved_path, second_sock, in);
+    ASSERT_TRUE(err.empty()) << err;
+    ASSERT_TRUE(waitForReplay(second_sock, dir(), kNoise).empty());
+    const json other = listJson(second_sock, dir());
+    EXPECT_EQ(configOf(other), configOf(running))
+        << "saved and restarted:\n" << other.dump(2) << "\nrunning:\n" << running.dump(2);
+    EXPECT_EQ(other.at("generation"), 1);
+    EXPECT_EQ(expectOk(ctl(second_sock, {"save"}, dir())).out, saved)
+        << "save of the restarted daemon is the same file";
+    // SIGINT stops it too.
+    EXPECT_EQ(second.stop(SIGINT), 0) << second.log();
+    EXPECT_TRUE(contains(second.log(), "Interrupt: shutting down")) << second.log();
+    EXPECT_TRUE(contains(second.log(), fmt::format("stopped: {} packets in, 0 out, {} dropped",
+                                                   kNoise, kNoise)))
+        << second.log();
+    EXPECT_FALSE(std::filesystem::exists(second_sock)) << "the socket is removed on exit";
+  }
+
+  // Reloading the first daemon from the saved file changes nothing but the generation.
+  const uint64_t gen = running.at("generation").get<uint64_t>();
+  std::filesystem::copy_file(saved_path, daemon().config(),
+                             std::filesystem::copy_options::overwrite_existing);
+  ok({"reload"});
+  const json reloaded = list();
+  EXPECT_EQ(reloaded.at("generation").get<uint64_t>(), gen + 1);
+  EXPECT_EQ(configOf(reloaded), configOf(running));
+  EXPECT_EQ(ok({"save"}), saved);
+  // The flows of the backends that stayed are still counted for them.
+  for (const json& s : running.at("services")) {
+    for (const json& b : s.at("backends")) {
+      const json now = findBackend(reloaded, s.at("name").get<std::string>(),
+                                   b.at("address").get<std::string>(), b.at("port").get<uint64_t>());
+      ASSERT_FALSE(now.is_null());
+      EXPECT_EQ(now.at("active_flows"), b.at("active_flows")) << b.dump();
+    }
+  }
+}
+
+// =============================================================================================
+// Without a daemon, and daemons that must not start
+
+class NoDaemon : public ::testing::Test {
+ protected:
+  TempDir dir_;
+};
+
+TEST_F(NoDaemon, MissingSocket) {
+  const std::string path = dir_.file("nothing-here.sock");
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"list"}, std::vector<std::string>{"--json", "stats"},
+        std::vector<std::string>{"reload"}, std::vector<std::string>{"save"},
+        std::vector<std::string>{"version"},
+        std::vector<std::string>{"service", "del", "web"}}) {
+    const RunResult r = ctl(path, args, dir_.path());
+    EXPECT_EQ(r.status, 1) << r.describe();
+    EXPECT_EQ(r.err, fmt::format("sluicectl: cannot reach sluiced at {}: no such socket (is "
+                                 "sluiced running?)\n",
+                                 path))
+        << r.describe();
+    if (args[0] == "version") {
+      EXPECT_EQ(r.out.rfind("sluicectl ", 0), 0u) << "its own version first\n" << r.describe();
+    } else {
+      EXPECT_TRUE(r.out.empty()) << r.describe();
+    }
+  }
+  // The directory does not exist either.
+  const RunResult r = ctl("/nonexistent-dir-sluice-test/s.sock", {"list"}, dir_.path());
+  EXPECT_EQ(r.status, 1) << r.describe();
+  EXPECT_TRUE(contains(r.err, "is sluiced running")) << r.describe();
+}
+
+TEST_F(NoDaemon, StaleSocketNoListener) {
+  const std::string path = dir_.file("stale.sock");
+  makeStaleSocket(path);
+  const RunResult r = ctl(path, {"list"}, dir_.path());
+  EXPECT_EQ(r.status, 1) << r.describe();
+  EXPECT_EQ(r.err, fmt::format("sluicectl: cannot reach sluiced at {}: connection refused (is "
+                               "sluiced running?)\n",
+                               path))
+      << r.describe();
+  EXPECT_TRUE(r.out.empty());
+
+  // Not a socket at all.
+  const std::string plain = dir_.file("plain-file");
+  writeFile(plain, "x");
+  const RunResult p = ctl(plain, {"list"}, dir_.path());
+  EXPECT_EQ(p.status, 1) << p.describe();
+  EXPECT_EQ(p.err.rfind("sluicectl: ", 0), 0u) << p.describe();
+  EXPECT_EQ(lineCount(p.err), 1u) << p.describe();
+
+  // A path that does not fit in sockaddr_un.
+  const std::string long_path = "/tmp/" + std::string(120, 'x');
+  const RunResult l = ctl(long_path, {"list"}, dir_.path());
+  EXPECT_EQ(l.status, 1) << l.describe();
+  EXPECT_TRUE(contains(l.err, "longer than 107 bytes")) << l.describe();
+  EXPECT_EQ(lineCount(l.err), 1u) << l.describe();
+}
+
+TEST_F(NoDaemon, DaemonRefusesABadConfiguration) {
+  size_t first = 0;
+  const std::string config = dir_.file("bad.toml");
+  writeFile(config, withExtraService(kBaseConfig, kBrokenService, &first));
+  const std::string sock = dir_.file("s.sock");
+  const std::string in = dir_.file("in.pcap");
+  pktgen::writePcap(in, {});
+  const std::vector<std::string> eal = {"--", "-l", "0,1", "--no-huge", "--no-pci",
+                                        "--no-shconf", "--file-prefix=sluice-e2e-cli-bad-" +
+                                                           std::to_string(::getpid()),
+                                        "-m", "512", "--vdev",
+                                        "net_pcap0,rx_pcap=" + in + ",tx_pcap=" +
+                                            dir_.file("out.pcap")};
+  auto sluiced = [&](std::vector<std::string> args) {
+    args.insert(args.end(), eal.begin(), eal.end());
+    return runProgram(SLUICED_PATH, args, dir_.path());
+  };
+
+  const RunResult bad = sluiced({"run", "--config", config, "--socket", sock});
+  EXPECT_EQ(bad.status, 2) << bad.describe();
+  EXPECT_TRUE(contains(bad.err, fmt::format("bad configuration: {}:{}: service \"broken\": "
+                                            "table_size 100 is not prime",
+                                            config, first + kBrokenServiceBadLine - 1)))
+      << bad.describe();
+  EXPECT_FALSE(std::filesystem::exists(sock)) << "no socket for a daemon that did not start";
+
+  writeFile(config, "[dataplane]\nflow_table_size = 12\n");
+  const RunResult range = sluiced({"run", "--config", config, "--socket", sock});
+  EXPECT_EQ(range.status, 2) << range.describe();
+  EXPECT_TRUE(contains(range.err, config + ":2: ")) << range.describe();
+
+  const RunResult missing =
+      sluiced({"run", "--config", dir_.file("missing.toml"), "--socket", sock});
+  EXPECT_EQ(missing.status, 2) << missing.describe();
+  EXPECT_TRUE(contains(missing.err, "missing.toml: cannot read: No such file or directory"))
+      << missing.describe();
+
+  const RunResult no_config = sluiced({"run", "--socket", sock});
+  EXPECT_EQ(no_config.status, 2) << no_config.describe();
+  EXPECT_TRUE(contains(no_config.err, "--config")) << no_config.describe();
+  EXPECT_FALSE(std::filesystem::exists(sock));
+
+  // The socket path is taken by something that is not a socket.
+  writeFile(config, kBaseConfig);
+  writeFile(sock, "not a socket");
+  const RunResult not_sock = sluiced({"run", "--config", config, "--socket", sock});
+  EXPECT_EQ(not_sock.status, 1) << not_sock.describe();
+  EXPECT_TRUE(contains(not_sock.err, sock + " exists and is not a socket")) << not_sock.describe();
+  EXPECT_EQ(readFile(sock), "not a socket") << "left alone";
+}
+
+// =============================================================================================
+// A daemon through a series of changes: still forwarding, stops cleanly
+
+std::string lastLine(const std::string& text) {
+  const std::vector<std::string> ls = lines(text);
+  for (auto it = ls.rbegin(); it != ls.rend(); ++it) {
+    if (!it->empty()) {
+      return *it;
+    }
+  }
+  return "";
+}
+
+TEST(Lifecycle, ChangesThenSigtermExitsZeroAndReportsPackets) {
+  TempDir dir;
+  const Capture capture = makeCapture();
+  const std::string in = dir.file("in.pcap");
+  pktgen::writePcap(in, capture.records);
+  const std::string config = dir.file("c.toml");
+  writeFile(config, kBaseConfig);
+  const std::string sock = dir.file("run/sluiced.sock");  // a directory it creates
+  Daemon d;
+  const std::string err = d.start(dir.path(), "life", config, sock, in);
+  ASSERT_TRUE(err.empty()) << err;
+  ASSERT_TRUE(waitForReplay(sock, dir.path(), capture.size()).empty());
+  EXPECT_TRUE(contains(d.log(), "running: 3 service(s), 1 port(s), 1 worker(s)")) << d.log();
+
+  auto run = [&](const std::vector<std::string>& args) {
+    return expectOk(ctl(sock, args, dir.path()));
+  };
+  run({"service", "add", "api", "--vip", "192.0.2.20", "--port", "8080", "--protocol", "tcp",
+       "--forwarding", "nat"});
+  run({"backend", "add", "api", "10.0.2.1", "--port", "9000", "--mac", "02:00:00:00:05:01"});
+  // Draining keeps the backend's flows, which the capture gave it.
+  const json flows_before = findBackend(listJson(sock, dir.path()), "dns", "10.0.1.21", 5353);
+  ASSERT_FALSE(flows_before.is_null());
+  EXPECT_GT(flows_before.at("active_flows").get<uint64_t>(), 0u);
+  run({"backend", "drain", "dns", "10.0.1.21"});
+  const json drained = findBackend(listJson(sock, dir.path()), "dns", "10.0.1.21", 5353);
+  EXPECT_EQ(drained.at("state"), "draining");
+  EXPECT_EQ(drained.at("weight"), 0);
+  EXPECT_EQ(drained.at("active_flows"), flows_before.at("active_flows"));
+  const json drained_stats = findBackend(statsJson(sock, dir.path()), "dns", "10.0.1.21", 5353);
+  EXPECT_EQ(drained_stats.at("active_flows"), flows_before.at("active_flows"));
+  EXPECT_EQ(drained_stats.at("weight"), 0);
+  run({"backend", "edit", "web", "10.0.0.11", "--weight", "50"});
+  run({"service", "edit", "web6", "--table-size", "65537"});
+  run({"backend", "del", "web", "10.0.0.12"});
+  run({"service", "del", "api"});
+  EXPECT_EQ(ctl(sock, {"service", "del", "api"}, dir.path()).status, 1);
+  writeFile(config, withExtraService(kBaseConfig, "\n" + std::string(kExtraService), nullptr));
+  d.signal(SIGHUP);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!servicesByName(listJson(sock, dir.path())).contains("extra") &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(servicesByName(listJson(sock, dir.path())).contains("extra"));
+  run({"reload"});
+
+  // The data plane kept its counters through the changes.
+  const json s = statsJson(sock, dir.path());
+  EXPECT_EQ(s.at("total").at("packets_in").get<size_t>(), capture.size());
+  EXPECT_EQ(s.at("total").at("flows_active").get<size_t>(),
+            size_t{kDnsFlows + kWebFlows + kWeb6Flows});
+
+  // Each request was logged with who made it and what changed.
+  const std::string log = d.log();
+  EXPECT_TRUE(contains(log, "request uid 0: service.add -> ok (service add api, generation 2)"))
+      << log;
+  EXPECT_TRUE(contains(log, "request uid 0: service.del -> error: no service named \"api\""))
+      << log;
+
+  const int status = d.stop(SIGTERM);
+  EXPECT_EQ(status, 0) << d.log();
+  const std::string final_log = d.log();
+  EXPECT_TRUE(contains(final_log, "Terminated: shutting down")) << final_log;
+  std::smatch m;
+  const std::string last = lastLine(final_log);
+  ASSERT_TRUE(std::regex_search(
+      last, m, std::regex(R"(sluiced\[\d+\] info: stopped: (\d+) packets in, (\d+) out, (\d+) dropped$)")))
+      << "the last log line reports the packets:\n" << final_log;
+  EXPECT_EQ(std::stoull(m[1]), capture.size());
+  EXPECT_EQ(std::stoull(m[3]), uint64_t{kNoise});
+  EXPECT_EQ(std::stoull(m[2]) + std::stoull(m[3]), capture.size());
+  EXPECT_EQ(std::stoull(m[2]), pktgen::readPcap(d.outPcap()).size());
+  EXPECT_FALSE(std::filesystem::exists(sock)) << "the socket is removed on exit";
+  const RunResult after = ctl(sock, {"list"}, dir.path());
+  EXPECT_EQ(after.status, 1);
+  EXPECT_TRUE(contains(after.err, "is sluiced running")) << after.describe();
+}
+
+// A backend added after another was deleted must start from zero: no flows, no packets.
+TEST(Lifecycle, AddedBackendDoesNotInheritTheCountersOfADeletedOne) {
+  TempDir dir;
+  const Capture capture = makeCapture();
+  const std::string in = dir.file("in.pcap");
+  pktgen::writePcap(in, capture.records);
+  const std::string config = dir.file("c.toml");
+  writeFile(config, kBaseConfig);
+  const std::string sock = dir.file("s.sock");
+  Daemon d;
+  const std::string err = d.start(dir.path(), "reuse", config, sock, in);
+  ASSERT_TRUE(err.empty()) << err;
+  ASSERT_TRUE(waitForReplay(sock, dir.path(), capture.size()).empty());
+
+  const json gone = findBackend(statsJson(sock, dir.path()), "dns", "10.0.1.21", 5353);
+  ASSERT_FALSE(gone.is_null());
+  ASSERT_GT(gone.at("active_flows").get<uint64_t>(), 0u);
+  expectOk(ctl(sock, {"backend", "del", "dns", "10.0.1.21"}, dir.path()));
+  expectOk(ctl(sock, {"backend", "add", "dns", "10.0.1.23", "--port", "5353", "--mac",
+                      "02:00:00:00:02:23"},
+               dir.path()));
+  // Nothing was sent to 10.0.1.23: the daemon has been idle since the capture ended.
+  const json l = findBackend(listJson(sock, dir.path()), "dns", "10.0.1.23", 5353);
+  const json s = findBackend(statsJson(sock, dir.path()), "dns", "10.0.1.23", 5353);
+  ASSERT_FALSE(l.is_null());
+  ASSERT_FALSE(s.is_null());
+  // IdRegistry hands the freed id of the deleted 10.0.1.21:5353 to the new 10.0.1.23:5353 with a
+  // new epoch; counters are kept per (id, epoch), so the new backend starts from zero.
+  EXPECT_EQ(l.at("active_flows").get<uint64_t>(), 0u) << "list --json: " << l.dump();
+  EXPECT_EQ(s.at("active_flows").get<uint64_t>(), 0u) << "stats --json: " << s.dump();
+  EXPECT_EQ(s.at("packets").get<uint64_t>(), 0u) << s.dump();
+  EXPECT_EQ(s.at("bytes").get<uint64_t>(), 0u) << s.dump();
+  EXPECT_EQ(s.at("new_flows").get<uint64_t>(), 0u) << s.dump();
+  EXPECT_EQ(s.at("reply_packets").get<uint64_t>(), 0u) << s.dump();
+  EXPECT_EQ(d.stop(SIGTERM), 0) << d.log();
+}
+
+}  // namespace
