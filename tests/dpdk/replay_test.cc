@@ -38,6 +38,7 @@
 
 #include "common/lb_abi.h"
 #include "common/net.h"
+#include "tests/support/run.h"
 #include "tools/pktgen/packet_builder.h"
 #include "tools/pktgen/pcap_io.h"
 #include "tools/pktgen/traffic.h"
@@ -52,6 +53,15 @@
 namespace {
 
 using json = nlohmann::json;
+using testsupport::readFile;
+using testsupport::RunResult;
+using testsupport::writeFile;
+
+/** A fresh directory under /tmp for one test, removed at its end. */
+class TempDir : public testsupport::TempDir {
+ public:
+  TempDir() : testsupport::TempDir("sluice-replay-test") {}
+};
 using pktgen::Bytes;
 using pktgen::PacketSpec;
 using pktgen::PcapRecord;
@@ -116,135 +126,15 @@ void fixIpv4Checksum(Bytes& frame, size_t l3 = 14) {
   set16(frame, l3 + 10, static_cast<uint16_t>(~sum));
 }
 
-std::string readFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void writeFile(const std::string& path, std::string_view text) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(text.data(), static_cast<std::streamsize>(text.size()));
-  if (!f) {
-    throw std::runtime_error("cannot write " + path);
-  }
-}
-
-/** A fresh directory under /tmp, removed with everything in it at the end of the test. */
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/sluice-replay-test-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) {
-      throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
-    }
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    const char* keep = std::getenv("SLUICE_KEEP_TEST_DIRS");
-    if (keep != nullptr && *keep != '\0' && std::string_view(keep) != "0") {
-      std::fprintf(stderr, "keeping %s\n", path_.c_str());
-      return;
-    }
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string file(std::string_view name) const { return path_ + "/" + std::string(name); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
 // ---------------------------------------------------------------------------------------------
 // Running sluiced
 
-struct RunResult {
-  int status = -1;  // exit status; 128 + signal when killed; -1 when it could not be run
-  bool timed_out = false;
-  std::string out;
-  std::string err;
-  std::string command;
-
-  std::string describe() const {
-    return fmt::format("command: {}\nexit status: {}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                       command, status, timed_out ? " (timed out, killed)" : "",
-                       out.substr(0, 4000), err.substr(0, 4000));
-  }
-};
-
-/** Run sluiced with args; stdout and stderr go to files in dir and are read back. */
+/** Run sluiced with args; stdout and stderr are captured through files in dir. */
 RunResult runSluiced(const std::vector<std::string>& args, const TempDir& dir,
                      int timeout_s = 120) {
-  static int counter = 0;
-  ++counter;
-  RunResult r;
-  r.command = SLUICED_PATH;
-  for (const std::string& a : args) {
-    r.command += " " + a;
-  }
-  const std::string out_path = dir.file(fmt::format("run{}.stdout", counter));
-  const std::string err_path = dir.file(fmt::format("run{}.stderr", counter));
-  const int out_fd = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  const int err_fd = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (out_fd < 0 || err_fd < 0) {
-    r.err = std::string("cannot create output files: ") + std::strerror(errno);
-    return r;
-  }
-  std::vector<std::string> argv_store;
-  argv_store.push_back(SLUICED_PATH);
-  argv_store.insert(argv_store.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_store) {
-    argv.push_back(a.data());
-  }
-  argv.push_back(nullptr);
-
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(out_fd, STDOUT_FILENO);
-    ::dup2(err_fd, STDERR_FILENO);
-    ::execv(SLUICED_PATH, argv.data());
-    std::fprintf(stderr, "exec %s: %s\n", SLUICED_PATH, std::strerror(errno));
-    ::_exit(127);
-  }
-  ::close(out_fd);
-  ::close(err_fd);
-  if (pid < 0) {
-    r.err = std::string("fork: ") + std::strerror(errno);
-    return r;
-  }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
-  int wstatus = 0;
-  for (;;) {
-    const pid_t w = ::waitpid(pid, &wstatus, WNOHANG);
-    if (w == pid) {
-      break;
-    }
-    if (w < 0 && errno != EINTR) {
-      r.err = std::string("waitpid: ") + std::strerror(errno);
-      return r;
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);  // only the child this function started
-      ::waitpid(pid, &wstatus, 0);
-      r.timed_out = true;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  if (WIFEXITED(wstatus)) {
-    r.status = WEXITSTATUS(wstatus);
-  } else if (WIFSIGNALED(wstatus)) {
-    r.status = 128 + WTERMSIG(wstatus);
-  }
-  r.out = readFile(out_path);
-  r.err = readFile(err_path);
-  return r;
+  testsupport::RunOptions opts;
+  opts.timeout_s = timeout_s;
+  return testsupport::runProgram(SLUICED_PATH, args, dir.path(), opts);
 }
 
 struct ReplayResult {
