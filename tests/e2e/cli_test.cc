@@ -1026,8 +1026,13 @@ TEST_F(ReadOnlyCli, SocketIsRootOnly) {
   EXPECT_EQ(st.st_uid, 0u);
 
   // Let nobody through the (0700) temporary directory, so that only the socket's own mode can
-  // refuse it.
+  // refuse it. The build tree may sit where nobody cannot reach (a clone under /root), so nobody
+  // runs a copy of sluicectl placed in that directory.
   ASSERT_EQ(::chmod(dir().c_str(), 0711), 0);
+  const std::string ctl_copy = file("sluicectl-for-nobody");
+  std::filesystem::copy_file(SLUICECTL_PATH, ctl_copy,
+                             std::filesystem::copy_options::overwrite_existing);
+  ASSERT_EQ(::chmod(ctl_copy.c_str(), 0755), 0);
   RunOptions as_nobody;
   as_nobody.as_user = kNobody;
   const json before = list();
@@ -1035,7 +1040,9 @@ TEST_F(ReadOnlyCli, SocketIsRootOnly) {
        {std::vector<std::string>{"list"}, std::vector<std::string>{"--json", "stats"},
         std::vector<std::string>{"backend", "drain", "dns", "10.0.1.21", "--port", "5353"},
         std::vector<std::string>{"service", "del", "web"}}) {
-    const RunResult r = run(args, as_nobody);
+    std::vector<std::string> all = {"--socket", sock()};
+    all.insert(all.end(), args.begin(), args.end());
+    const RunResult r = runProgram(ctl_copy, all, dir(), as_nobody);
     EXPECT_EQ(r.status, 1) << r.describe();
     EXPECT_TRUE(contains(r.err, "permission denied")) << r.describe();
     EXPECT_EQ(r.err.rfind("sluicectl: ", 0), 0u) << r.describe();
