@@ -159,6 +159,77 @@ static inline lb_u32 lb_flow_hash(const struct lb_flow_key *k)
 	return lb_hash_final(h, 40);
 }
 
+/*
+ * The XDP data path's maps (bpf/lib/maps.h), written by the same control plane that builds the
+ * DPDK snapshot (src/control/xdp_maps.cc). Values mirror the Snapshot's entries.
+ */
+#define LB_MAX_SERVICES 4096
+#define LB_MAX_BACKENDS 65536      /* backend ids 1..65535, as kMaxBackendIds */
+#define LB_MAX_MAGLEV 65537        /* largest Maglev table the XDP path holds per service */
+#define LB_FWD_DR 0
+#define LB_FWD_NAT 1
+
+/* (address, port, protocol): a VIP, a NAT backend, or (port 0, proto 0) a VIP address alone. */
+struct lb_endpoint_key {
+	lb_u32 addr[4];
+	lb_u16 port;     /* network order */
+	lb_u8 proto;
+	lb_u8 family;
+};
+
+struct lb_service {
+	lb_u32 id;
+	lb_u32 forwarding;  /* LB_FWD_DR or LB_FWD_NAT */
+	lb_u32 table_size;  /* Maglev M: slots used in the service's table */
+	lb_u32 addr[4];     /* the VIP, for the NAT reply rewrite */
+	lb_u16 port;        /* network order */
+	lb_u16 pad;
+};
+
+struct lb_backend {
+	lb_u32 addr[4];
+	lb_u16 port;        /* network order */
+	lb_u8 mac[6];
+	lb_u32 epoch;       /* 0: no backend has this id */
+	lb_u32 service_id;
+	lb_u32 weight;
+};
+
+struct lb_nat_reply {
+	lb_u32 service_id;
+	lb_u32 backend_id;
+};
+
+#define LB_FLOW_ACTIVE 0
+#define LB_FLOW_CLOSING 1
+
+struct lb_flow {
+	lb_u64 expires_ns;
+	lb_u32 service_id;
+	lb_u32 backend_id;
+	lb_u32 backend_epoch;
+	lb_u32 state;       /* LB_FLOW_ACTIVE or LB_FLOW_CLOSING */
+};
+
+/* Per-CPU counters of the XDP path, the same meaning as the DPDK workers' counters. */
+struct lb_cpu_counters {
+	lb_u64 rx_packets;
+	lb_u64 tx_packets;
+	lb_u64 passed;      /* XDP_PASS: no service, handed to the kernel */
+	lb_u64 flows_created;
+	lb_u64 flows_rescheduled;
+	lb_u64 drops[LB_DROP__COUNT];
+};
+
+struct lb_backend_counters {
+	lb_u64 epoch;
+	lb_u64 packets;
+	lb_u64 bytes;
+	lb_u64 flows;
+	lb_u64 reply_packets;
+	lb_u64 reply_bytes;
+};
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,4 +1,10 @@
 #include "dataplane/replay.h"
+#include "dataplane/replay_report.h"
+
+#include "sluice_config.h"
+#ifdef SLUICE_HAS_XDP
+#include "xdp/xdp_replay.h"
+#endif
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -27,13 +33,6 @@
 #include "dataplane/worker.h"
 
 namespace sluice {
-
-namespace {
-
-class ReplayInputError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 /** Read the whole capture once: a missing, non-Ethernet or corrupt file fails here, clearly. */
 uint64_t checkCapture(const std::string& path) {
@@ -97,7 +96,7 @@ std::string keyEndpoint(const uint32_t* addr, uint16_t port_be, uint8_t family) 
 }
 
 nlohmann::json report(const Snapshot& snap, const StatsTotals& t, uint64_t capture_packets,
-                      const std::vector<std::unique_ptr<Worker>>& workers, bool list_flows) {
+                      const std::vector<FlowRow>* flow_rows) {
   using nlohmann::json;
   json j;
   j["packets_in"] = t.all.rx_packets;
@@ -150,18 +149,19 @@ nlohmann::json report(const Snapshot& snap, const StatsTotals& t, uint64_t captu
   }
   j["workers"] = per_worker;
   j["backends"] = backends;
-  if (list_flows) {
+  if (flow_rows != nullptr) {
     json flows = json::array();
-    for (const auto& w : workers) {
-      w->pipeline().flows().forEach(0, [&](const FlowEntry& e) {
-        const BackendEntry& b = snap.backends[e.backend_id];
-        flows.push_back({{"client", keyEndpoint(e.key.src, e.key.sport, e.key.family)},
-                         {"vip", keyEndpoint(e.key.dst, e.key.dport, e.key.family)},
-                         {"protocol", e.key.proto == LB_PROTO_TCP ? "tcp" : "udp"},
-                         {"service", snap.services[e.service_id].name},
-                         {"backend", formatEndpoint(b.address, b.port)},
-                         {"worker", w->index()}});
-      });
+    for (const FlowRow& f : *flow_rows) {
+      if (f.backend_id >= snap.backends.size() || f.service_id >= snap.services.size()) {
+        continue;
+      }
+      const BackendEntry& b = snap.backends[f.backend_id];
+      flows.push_back({{"client", keyEndpoint(f.key.src, f.key.sport, f.key.family)},
+                       {"vip", keyEndpoint(f.key.dst, f.key.dport, f.key.family)},
+                       {"protocol", f.key.proto == LB_PROTO_TCP ? "tcp" : "udp"},
+                       {"service", snap.services[f.service_id].name},
+                       {"backend", formatEndpoint(b.address, b.port)},
+                       {"worker", f.worker}});
     }
     std::sort(flows.begin(), flows.end(), [](const json& a, const json& b) {
       return std::tie(a["vip"].get_ref<const std::string&>(), a["client"].get_ref<const std::string&>()) <
@@ -172,7 +172,12 @@ nlohmann::json report(const Snapshot& snap, const StatsTotals& t, uint64_t captu
   return j;
 }
 
-void printText(const nlohmann::json& j, const std::string& in, const std::string& out) {
+void printReport(const nlohmann::json& j, bool as_json, const std::string& in,
+                 const std::string& out) {
+  if (as_json) {
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
   std::string s;
   s += fmt::format("replayed {}: {} packets in, {} out, {} dropped\n", in,
                    j["packets_in"].get<uint64_t>(), j["packets_out"].get<uint64_t>(),
@@ -226,6 +231,8 @@ void printText(const nlohmann::json& j, const std::string& in, const std::string
   }
   std::fputs(s.c_str(), stdout);
 }
+
+namespace {
 
 /**
  * Software RSS for a replay with several workers: split the capture into one file per queue by
@@ -334,6 +341,12 @@ int runReplay(const ReplayOptions& opts) {
   try {
     config = opts.config_path.empty() ? parseConfig(defaultConfigText(), "<built-in default>")
                                       : loadConfigFile(opts.config_path);
+    if (opts.dataplane != "dpdk" && opts.dataplane != "xdp") {
+      throw ReplayInputError(fmt::format("--dataplane must be dpdk or xdp, not {:?}", opts.dataplane));
+    }
+    if (opts.dataplane == "xdp" && nworkers != 1) {
+      throw ReplayInputError("--workers applies to the DPDK data path only");
+    }
     if (nworkers < 1 || nworkers > kMaxReplayWorkers) {
       throw ReplayInputError(
           fmt::format("--workers must be between 1 and {}, not {}", kMaxReplayWorkers, nworkers));
@@ -342,7 +355,7 @@ int runReplay(const ReplayOptions& opts) {
     checkDevargPath("--out", opts.out_pcap);
     capture_packets = checkCapture(opts.in_pcap);
     checkWritable(opts.out_pcap, opts.in_pcap);
-    if (nworkers > 1) {
+    if (nworkers > 1 && opts.dataplane == "dpdk") {
       tmp = std::make_unique<TempDir>();
       in_files = splitCapture(opts.in_pcap, tmp->path(), nworkers);
       out_files.clear();
@@ -356,6 +369,15 @@ int runReplay(const ReplayOptions& opts) {
   } catch (const ReplayInputError& e) {
     std::fprintf(stderr, "sluiced replay: %s\n", e.what());
     return 2;
+  }
+
+  if (opts.dataplane == "xdp") {
+#ifdef SLUICE_HAS_XDP
+    return runXdpReplay(opts, config, capture_packets);
+#else
+    std::fprintf(stderr, "sluiced replay: this sluiced was built without the XDP data path\n");
+    return 2;
+#endif
   }
 
   // One port with a queue pair per worker: net_pcap gives queue q the q-th rx_pcap and tx_pcap.
@@ -436,12 +458,16 @@ int runReplay(const ReplayOptions& opts) {
         pipelines.push_back(&w->pipeline());
       }
       const StatsTotals totals = collectStats(pipelines, snap);
-      const nlohmann::json j = report(snap, totals, capture_packets, workers, opts.list_flows);
-      if (opts.json) {
-        std::printf("%s\n", j.dump(2).c_str());
-      } else {
-        printText(j, opts.in_pcap, opts.out_pcap);
+      std::vector<FlowRow> rows;
+      if (opts.list_flows) {
+        for (const auto& w : workers) {
+          w->pipeline().flows().forEach(0, [&](const FlowEntry& e) {
+            rows.push_back({e.key, e.service_id, e.backend_id, w->index()});
+          });
+        }
       }
+      printReport(report(snap, totals, capture_packets, opts.list_flows ? &rows : nullptr),
+                  opts.json, opts.in_pcap, opts.out_pcap);
       workers.clear();
     }
     rte_mempool_free(pool);

@@ -16,6 +16,7 @@ struct ReplayOptions {
   std::string out_pcap;
   bool json = false;
   bool list_flows = false;
+  std::string dataplane = "dpdk";  // dpdk | xdp
   uint32_t workers = 1;     // worker lcores; more than one splits the capture by flow hash (RSS)  // also list every flow and the backend it went to
   std::vector<std::string> eal_args;  // extra EAL arguments
 };

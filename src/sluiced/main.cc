@@ -24,6 +24,10 @@ int main(int argc, char** argv) {
   rp->add_flag("--flows", replay.list_flows, "Also list every flow and the backend it got");
   rp->add_option("--workers,-w", replay.workers,
                  "Worker lcores (default 1); the capture is spread over them by flow hash, as RSS would");
+  rp->add_option("--dataplane", replay.dataplane,
+                 "dpdk (default): the DPDK pipeline on net_pcap; xdp: the XDP program through "
+                 "BPF_PROG_TEST_RUN")
+      ->check(CLI::IsMember({"dpdk", "xdp"}));
   rp->add_option("--eal", replay.eal_args, "Extra DPDK EAL argument (repeatable)")
       ->allow_extra_args(false);
 

@@ -27,6 +27,10 @@
 #include <thread>
 
 #include "control/config.h"
+#include "sluice_config.h"
+#ifdef SLUICE_HAS_XDP
+#include "tools/bench/xdp_bench.h"
+#endif
 #include "control/control_plane.h"
 #include "control/snapshot_builder.h"
 #include "dataplane/eal.h"
@@ -138,7 +142,19 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   uint32_t flow_table = 1u << 20;
   app.add_option("--flow-table", flow_table, "Flow table entries of the worker (as [dataplane] flow_table_size)");
+  bool xdp = false;
+  app.add_flag("--xdp", xdp,
+               "Instead: ns per packet of the XDP program (BPF_PROG_TEST_RUN) for a new flow, an "
+               "established flow and a packet for no service, against a bare XDP_TX program");
   CLI11_PARSE(app, argc, argv);
+  if (xdp) {
+#ifdef SLUICE_HAS_XDP
+    return runXdpBench(std::min<uint32_t>(flows, 20000), runs);
+#else
+    std::fprintf(stderr, "sluice-bench: built without the XDP data path\n");
+    return 1;
+#endif
+  }
 
   if (rte_lcore_count() == 0 && sysconf(_SC_NPROCESSORS_ONLN) < 2) {
     std::fprintf(stderr, "sluice-bench needs two CPUs (a control core and a worker core)\n");

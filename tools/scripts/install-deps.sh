@@ -11,6 +11,7 @@ packages=(
   libcli11-dev                                  # command-line parsing
   libfmt-dev                                    # formatting
   libspdlog-dev                                 # daemon logging
+  clang llvm libbpf-dev bpftool                 # the XDP data path (bpf/)
   libgtest-dev                                  # tests
   iproute2                                      # tests: network namespaces and veth pairs
 )

@@ -1,0 +1,335 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * lb.h - the decisions and rewrites of the XDP data path, the twin of Pipeline::forward(),
+ * toBackend() and natReply() in src/dataplane/pipeline.cc and of src/dataplane/rewrite.h.
+ */
+#ifndef SLUICE_BPF_LB_H
+#define SLUICE_BPF_LB_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "maps.h"
+#include "parse.h"
+#include "csum.h"
+#include "stats.h"
+
+/* The flow clock: the replay's capture time when set, else the monotonic clock. */
+static __always_inline __u64 lb_now(void)
+{
+	__u64 t = clock_override_ns;
+
+	return t ? t : bpf_ktime_get_ns();
+}
+
+static __always_inline __u64 lb_pack_mac(const __u8 *m)
+{
+	__u64 v = 0;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 6; i++)
+		v = v << 8 | m[i];
+	return v;
+}
+
+static __always_inline void lb_unpack_mac(__u64 v, __u8 *m)
+{
+	int i;
+
+#pragma unroll
+	for (i = 5; i >= 0; i--) {
+		m[i] = (__u8)v;
+		v >>= 8;
+	}
+}
+
+/* (destination address, port, protocol): the service the packet is for. */
+static __always_inline void lb_dst_endpoint(const struct lb_flow_key *k,
+					    struct lb_endpoint_key *e)
+{
+	__builtin_memcpy(e->addr, k->dst, sizeof(e->addr));
+	e->port = k->dport;
+	e->proto = k->proto;
+	e->family = k->family;
+}
+
+/* (source address, port, protocol): the NAT backend a reply comes from. */
+static __always_inline void lb_src_endpoint(const struct lb_flow_key *k,
+					    struct lb_endpoint_key *e)
+{
+	__builtin_memcpy(e->addr, k->src, sizeof(e->addr));
+	e->port = k->sport;
+	e->proto = k->proto;
+	e->family = k->family;
+}
+
+/* The backend with id bid, or NULL past the end of the array (epoch 0: no such backend). */
+static __always_inline const struct lb_backend *lb_backend_get(__u32 bid)
+{
+	return bpf_map_lookup_elem(&backends, &bid);
+}
+
+/* The Maglev pick: maglev[service id][hash % M], or LB_BACKEND_NONE. */
+static __always_inline __u32 lb_maglev_pick(const struct lb_service *svc, __u32 hash)
+{
+	__u32 id = svc->id;
+	__u32 m = svc->table_size;
+	__u32 slot;
+	__u32 *bid;
+	void *table;
+
+	if (m == 0)
+		return LB_BACKEND_NONE;
+	table = bpf_map_lookup_elem(&maglev, &id);
+	if (!table)
+		return LB_BACKEND_NONE;
+	slot = hash % m;
+	bid = bpf_map_lookup_elem(table, &slot);
+	return bid ? *bid : LB_BACKEND_NONE;
+}
+
+/* Record the NAT client's router (the source MAC) if it changed. */
+static __always_inline void lb_learn_gateway(void *data, void *data_end)
+{
+	__u32 zero = 0;
+	__u64 *gw;
+	__u64 mac;
+
+	if (data + LB_ETH_HLEN > data_end)
+		return;
+	gw = bpf_map_lookup_elem(&learned_gw, &zero);
+	if (!gw)
+		return;
+	mac = lb_pack_mac(data + 6);
+	if (*gw != mac)
+		*gw = mac;
+}
+
+/* rewriteMacs(): new destination and source MAC. */
+static __always_inline int lb_rewrite_macs(void *data, void *data_end, const __u8 *dst,
+					   const __u8 *src)
+{
+	if (data + LB_ETH_HLEN > data_end)
+		return -1;
+	__builtin_memcpy(data, dst, 6);
+	__builtin_memcpy(data + 6, src, 6);
+	return 0;
+}
+
+/*
+ * rewriteL3L4(): replace one address and one port of a parsed TCP/UDP packet and fix the
+ * checksums incrementally. which_dst: destination (NAT forward) or source (NAT reply).
+ * addr: 4 or 16 bytes in network order; port_be: network order.
+ * Returns -1 only if a header the parser checked is not there (never: for the verifier).
+ */
+static __always_inline int lb_rewrite_l3l4(void *data, void *data_end, const struct lb_parsed *p,
+					   int which_dst, const __u32 *addr, __u16 port_be)
+{
+	__u8 *ip = data + (p->l3_off & LB_HDR_OFF_MASK);
+	__u8 *l4 = data + (p->l4_off & LB_HDR_OFF_MASK);
+	int tcp = p->key.proto == LB_PROTO_TCP;
+	int v4 = p->key.family == LB_FAMILY_IPV4;
+	__u8 *addr_at;
+	__u8 *port_at;
+	__u16 *csum_at;
+	__u32 pseudo;
+	__u32 l4sum;
+	__u16 cur;
+
+	if (tcp) {
+		if ((void *)(l4 + LB_TCP_HLEN) > data_end)
+			return -1;
+		csum_at = (__u16 *)(l4 + 16);
+	} else {
+		if ((void *)(l4 + LB_UDP_HLEN) > data_end)
+			return -1;
+		csum_at = (__u16 *)(l4 + 6);
+	}
+	port_at = l4 + (which_dst ? 2 : 0);
+
+	/* The address is in the IPv4 header sum and in the L4 pseudo-header. */
+	if (v4) {
+		if ((void *)(ip + LB_IPV4_HLEN) > data_end)
+			return -1;
+		addr_at = ip + (which_dst ? 16 : 12);
+		pseudo = lb_csum_replace(0, addr_at, addr, 4);
+		*(__u16 *)(ip + 10) = lb_csum_apply(pseudo, *(__u16 *)(ip + 10));
+	} else {
+		if ((void *)(ip + LB_IPV6_HLEN) > data_end)
+			return -1;
+		addr_at = ip + (which_dst ? 24 : 8);
+		pseudo = lb_csum_replace(0, addr_at, addr, 16);
+	}
+	l4sum = lb_csum_replace(pseudo, port_at, &port_be, 2);
+	cur = *csum_at;
+	if (tcp) {
+		*csum_at = lb_csum_apply(l4sum, cur);
+	} else if (!(v4 && cur == 0)) {
+		/* An IPv4 UDP checksum 0 means "none" and stays so; a computed 0 is sent as
+		 * 0xffff (RFC 768). */
+		cur = lb_csum_apply(l4sum, cur);
+		*csum_at = cur ? cur : 0xffff;
+	}
+	if (v4)
+		__builtin_memcpy(addr_at, addr, 4);
+	else
+		__builtin_memcpy(addr_at, addr, 16);
+	*(__u16 *)port_at = port_be;
+	return 0;
+}
+
+/*
+ * A fragment has no ports and cannot be scheduled without reassembly: for a VIP address it
+ * counts as a fragment drop, otherwise as traffic for no service.
+ */
+static __always_inline int lb_fragment(const struct lb_parsed *p, struct lb_cpu_counters *cc)
+{
+	struct lb_endpoint_key vip = {};
+
+	__builtin_memcpy(vip.addr, p->key.dst, sizeof(vip.addr));
+	vip.family = p->key.family;	/* port 0, proto 0: the address alone */
+	if (bpf_map_lookup_elem(&vip_addrs, &vip))
+		return lb_drop(cc, LB_DROP_FRAGMENT);
+	return lb_drop(cc, LB_DROP_NO_SERVICE);
+}
+
+/*
+ * toBackend(): a client packet for service svc. Keep the flow's backend while it is valid,
+ * else pick one with Maglev; update the flow's state and expiry; rewrite; transmit.
+ */
+static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struct lb_parsed *p,
+						 const struct lb_service *svc,
+						 struct lb_cpu_counters *cc)
+{
+	const int tcp = p->key.proto == LB_PROTO_TCP;
+	const __u8 flags = p->tcp_flags;
+	const struct lb_backend *b = NULL;
+	struct lb_backend_counters *bc;
+	struct lb_flow f = {};
+	struct lb_flow *e;
+	void *data_end;
+	void *data;
+	__u64 now = lb_now();
+	__u64 timeout;
+	int live;
+	int pick;
+
+	/* An expired entry is a miss. It is not deleted: this CPU's value is overwritten below,
+	 * and a delete would also drop the key's values of the other CPUs (flow tables that are
+	 * separate in the DPDK path). */
+	e = bpf_map_lookup_elem(&flows, &p->key);
+	live = e && e->expires_ns > now;
+	pick = !live;
+	if (e && live) {
+		f = *e;
+		b = lb_backend_get(f.backend_id);
+		if (f.service_id != svc->id || !b || b->epoch == 0 ||
+		    b->epoch != f.backend_epoch) {
+			cc->flows_rescheduled++;	/* its backend is gone */
+			pick = 1;
+		} else if (tcp && f.state == LB_FLOW_CLOSING &&
+			   (flags & (LB_TCP_SYN | LB_TCP_ACK)) == LB_TCP_SYN) {
+			pick = 1;	/* a new connection on the ports of one that closed */
+		}
+	}
+	if (pick) {
+		__u32 bid = lb_maglev_pick(svc, lb_flow_hash(&p->key));
+
+		if (bid == LB_BACKEND_NONE)
+			return lb_drop(cc, LB_DROP_NO_BACKEND);
+		b = lb_backend_get(bid);
+		if (!b || b->epoch == 0)	/* a slot ahead of its backend (map update) */
+			return lb_drop(cc, LB_DROP_NO_BACKEND);
+		if (!live)
+			cc->flows_created++;
+		f.service_id = svc->id;
+		f.backend_id = bid;
+		f.backend_epoch = b->epoch;
+		f.state = LB_FLOW_ACTIVE;
+		bc = lb_backend_stats(bid, f.backend_epoch);
+		if (bc)
+			bc->flows++;
+	}
+	if (!b)
+		return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached */
+
+	timeout = udp_timeout_ns;
+	if (tcp) {
+		if (flags & (LB_TCP_FIN | LB_TCP_RST))
+			f.state = LB_FLOW_CLOSING;
+		timeout = f.state == LB_FLOW_CLOSING ? tcp_fin_timeout_ns : tcp_timeout_ns;
+	}
+	f.expires_ns = now + timeout;
+	if (e)
+		*e = f;		/* this CPU's value, in place */
+	else
+		bpf_map_update_elem(&flows, &p->key, &f, BPF_ANY);
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (svc->forwarding == LB_FWD_NAT) {
+		if (!has_gateway)
+			lb_learn_gateway(data, data_end);
+		if (lb_rewrite_l3l4(data, data_end, p, 1, b->addr, b->port))
+			return lb_drop(cc, LB_DROP_TRUNCATED);
+	}
+	if (lb_rewrite_macs(data, data_end, b->mac, port_mac))
+		return lb_drop(cc, LB_DROP_TRUNCATED);
+	bc = lb_backend_stats(f.backend_id, b->epoch);
+	if (bc) {
+		bc->packets++;
+		bc->bytes += data_end - data;
+	}
+	return lb_transmit(cc);
+}
+
+/*
+ * natReply(): a NAT backend's reply. Stateless: rewrite the source back to the VIP and send it
+ * to the gateway (configured, or learned from client packets).
+ */
+static __always_inline int lb_forward_nat_reply(struct xdp_md *ctx, const struct lb_parsed *p,
+						const struct lb_nat_reply *v,
+						struct lb_cpu_counters *cc)
+{
+	const struct lb_service *svc;
+	const struct lb_backend *b;
+	struct lb_backend_counters *bc;
+	__u32 sid = v->service_id;
+	__u32 bid = v->backend_id;
+	__u8 next_hop[6];
+	void *data_end;
+	void *data;
+
+	if (has_gateway) {
+		__builtin_memcpy(next_hop, gateway_mac, 6);
+	} else {
+		__u32 zero = 0;
+		__u64 *gw = bpf_map_lookup_elem(&learned_gw, &zero);
+		__u64 learned = gw ? *gw : 0;
+
+		if (learned == 0)
+			return lb_drop(cc, LB_DROP_NO_NEXT_HOP);
+		lb_unpack_mac(learned, next_hop);
+	}
+	svc = bpf_map_lookup_elem(&service_by_id, &sid);
+	if (!svc || svc->table_size == 0)	/* a reply ahead of its service (map update) */
+		return lb_drop(cc, LB_DROP_NO_SERVICE);
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (lb_rewrite_l3l4(data, data_end, p, 0, svc->addr, svc->port))
+		return lb_drop(cc, LB_DROP_TRUNCATED);
+	if (lb_rewrite_macs(data, data_end, next_hop, port_mac))
+		return lb_drop(cc, LB_DROP_TRUNCATED);
+	b = lb_backend_get(bid);
+	bc = lb_backend_stats(bid, b ? b->epoch : 0);
+	if (bc) {
+		bc->reply_packets++;
+		bc->reply_bytes += data_end - data;
+	}
+	return lb_transmit(cc);
+}
+
+#endif /* SLUICE_BPF_LB_H */

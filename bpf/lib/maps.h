@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/*
+ * maps.h - the maps and runtime globals of the XDP data path.
+ *
+ * The control plane (src/control/xdp_maps.cc) fills them from the same Snapshot the DPDK
+ * workers read; the map and global names are its interface (bpftool skeleton).
+ */
+#ifndef SLUICE_BPF_MAPS_H
+#define SLUICE_BPF_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+
+/* VIP:port/proto -> service (the DPDK Snapshot's service_map). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, struct lb_endpoint_key);
+	__type(value, struct lb_service);
+} services SEC(".maps");
+
+/* Service id -> service (Snapshot::services[id]): the VIP that a NAT reply is rewritten back
+ * to. table_size == 0 marks a free id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct lb_service);
+} service_by_id SEC(".maps");
+
+/* VIP address alone (port 0, proto 0) -> service id: tells fragments for a VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, struct lb_endpoint_key);
+	__type(value, __u32);
+} vip_addrs SEC(".maps");
+
+/* NAT backend addr:port/proto -> (service, backend): replies to rewrite back to the VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_BACKENDS);
+	__type(key, struct lb_endpoint_key);
+	__type(value, struct lb_nat_reply);
+} nat_replies SEC(".maps");
+
+/* Backend id -> backend; epoch 0: no backend has the id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+} backends SEC(".maps");
+
+/* Service id -> its Maglev table: table_size slots of backend ids (0: none). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_ARRAY);
+		__uint(max_entries, LB_MAX_MAGLEV);
+		__type(key, __u32);
+		__type(value, __u32);
+	});
+} maglev SEC(".maps");
+
+/* The per-CPU flow tables (one per CPU, as one per DPDK worker). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, LB_FLOWS_DEFAULT_ENTRIES);
+	__type(key, struct lb_flow_key);
+	__type(value, struct lb_flow);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_cpu_counters);
+} cpu_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct lb_backend_counters);
+} backend_counters SEC(".maps");
+
+/* The NAT gateway MAC learned from client packets, packed in the low 48 bits; 0: none. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} learned_gw SEC(".maps");
+
+/*
+ * Runtime settings, written by the loader through the skeleton (skel->bss->...) before and
+ * after load: deliberately not const volatile, so that they are not frozen at load. They start
+ * at zero (.bss): the loader must set the timeouts (LB_DEFAULT_* in consts.h are the config's
+ * defaults) and port_mac before traffic arrives.
+ */
+__u64 tcp_timeout_ns;
+__u64 tcp_fin_timeout_ns;
+__u64 udp_timeout_ns;
+__u8 port_mac[6];		/* source MAC of everything sent */
+__u8 gateway_mac[6];		/* NAT replies' next hop, if has_gateway */
+__u32 has_gateway;
+__u64 clock_override_ns;	/* non-zero: the flow clock (replay) */
+
+#endif /* SLUICE_BPF_MAPS_H */

@@ -1,0 +1,43 @@
+// What every replay shares, whichever data path ran the capture: checking the input, and the
+// summary (text or JSON) of packets, drops, services, backends and flows.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/lb_abi.h"
+#include "dataplane/snapshot.h"
+#include "dataplane/stats.h"
+
+namespace sluice {
+
+/** Bad replay input (capture, output path, arguments): exit status 2. */
+class ReplayInputError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/** Read the whole capture once; @return its packet count @throws ReplayInputError */
+uint64_t checkCapture(const std::string& path);
+
+/** A flow left in a flow table at the end, for --flows. */
+struct FlowRow {
+  lb_flow_key key;
+  uint32_t service_id = 0;
+  uint32_t backend_id = 0;
+  uint32_t worker = 0;
+};
+
+/** The summary object (see docs/replay.md); flow_rows nullptr: no flow_list. */
+nlohmann::json report(const Snapshot& snap, const StatsTotals& t, uint64_t capture_packets,
+                      const std::vector<FlowRow>* flow_rows);
+
+/** Print the summary as JSON or as text. */
+void printReport(const nlohmann::json& j, bool as_json, const std::string& in,
+                 const std::string& out);
+
+}  // namespace sluice

@@ -1,0 +1,79 @@
+// The XDP data path's loader and map programmer: loads bpf/xdp_lb.bpf.c through its bpftool
+// skeleton, writes the same Snapshot the DPDK workers read into the BPF maps, reads the per-CPU
+// counters back as StatsTotals, and runs single packets through BPF_PROG_TEST_RUN (replay).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "dataplane/replay_report.h"
+#include "dataplane/snapshot.h"
+#include "dataplane/stats.h"
+
+struct xdp_lb;
+
+namespace sluice {
+
+/** Loading, programming or running the BPF program failed; what() says which and why. */
+class XdpError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/** The XDP actions (linux/bpf.h's, which cannot be included beside libpcap's bpf.h). */
+enum XdpAction : int { kXdpAborted = 0, kXdpDrop = 1, kXdpPass = 2, kXdpTx = 3 };
+
+class XdpDataplane {
+ public:
+  /**
+   * Open and load the program (the verifier runs here).
+   * @param flow_capacity entries of the per-CPU LRU flow table
+   * @throws XdpError (e.g. no CAP_BPF)
+   */
+  explicit XdpDataplane(uint32_t flow_capacity);
+  ~XdpDataplane();
+  XdpDataplane(const XdpDataplane&) = delete;
+  XdpDataplane& operator=(const XdpDataplane&) = delete;
+
+  /**
+   * Write snap into the maps. Order keeps every intermediate state consistent for the program:
+   * backends first, then each service's Maglev table (a new inner map swapped in whole), then
+   * the lookup maps, and last the removal of what is gone. @throws XdpError
+   */
+  void apply(const Snapshot& snap);
+
+  /** The source MAC of transmitted frames (the interface's, or the replay port's). */
+  void setPortMac(const uint8_t mac[6]);
+
+  /** Replay: the flow clock for the following packets; 0 returns to the kernel's clock. */
+  void setClock(uint64_t now_ns);
+
+  /**
+   * Run one frame through the program.
+   * @param out the frame as the program left it (meaningful for XDP_TX)
+   * @return the XDP action
+   */
+  int run(std::span<const uint8_t> in, std::vector<uint8_t>& out);
+
+  /** Per-CPU counters summed (one "worker" per CPU that saw packets) for snap's backends. */
+  StatsTotals totals(const Snapshot& snap) const;
+
+  /** Every live flow in the per-CPU flow tables. */
+  std::vector<FlowRow> flows() const;
+
+  int programFd() const;
+
+ private:
+  xdp_lb* skel_ = nullptr;
+  int ncpus_ = 1;
+  std::vector<uint32_t> programmed_services_;  // service ids with a table in `maglev`
+  // Frames shorter than an Ethernet header never reach an XDP program (the kernel refuses them,
+  // as a NIC drops runts); replay counts them here as the DPDK path does: truncated.
+  uint64_t runts_ = 0;
+};
+
+}  // namespace sluice
