@@ -355,7 +355,42 @@ IpAddress parseAddress(const Scope& scope, std::string_view key, std::string_vie
 
 void parseDataplane(std::string_view source, const toml::table& table, DataplaneConfig& out) {
   Scope scope(source, table, "[dataplane]", "dataplane.");
-  scope.rejectUnknownKeys({"flow_table_size", "gateway_mac"});
+  scope.rejectUnknownKeys({"flow_table_size", "gateway_mac", "mode", "interfaces", "xdp_attach"});
+  if (auto mode = scope.optString("mode")) {
+    if (*mode == "dpdk") {
+      out.mode = DataplaneMode::kDpdk;
+    } else if (*mode == "xdp") {
+      out.mode = DataplaneMode::kXdp;
+    } else {
+      scope.fail(scope.lineOf("mode"), fmt::format("mode {:?} is not dpdk or xdp", *mode));
+    }
+  }
+  if (auto attach = scope.optString("xdp_attach")) {
+    if (*attach == "auto") {
+      out.xdp_attach = XdpAttach::kAuto;
+    } else if (*attach == "native") {
+      out.xdp_attach = XdpAttach::kNative;
+    } else if (*attach == "generic") {
+      out.xdp_attach = XdpAttach::kGeneric;
+    } else {
+      scope.fail(scope.lineOf("xdp_attach"),
+                 fmt::format("xdp_attach {:?} is not auto, native or generic", *attach));
+    }
+  }
+  if (const toml::node* node = scope.find("interfaces")) {
+    const toml::array* list = node->as_array();
+    if (list == nullptr) {
+      scope.fail(lineOf(*node), "interfaces must be an array of interface names");
+    }
+    for (const toml::node& item : *list) {
+      const auto* name = item.as_string();
+      if (name == nullptr || name->get().empty() || name->get().size() > 15 ||
+          name->get().find_first_of("/ \t") != std::string::npos) {
+        scope.fail(lineOf(item), "interfaces must hold interface names (1..15 characters)");
+      }
+      out.interfaces.push_back(name->get());
+    }
+  }
   if (auto size = scope.optInteger("flow_table_size", kMinFlowTableSize, kMaxFlowTableSize)) {
     out.flow_table_size = static_cast<uint32_t>(*size);
   }
@@ -694,6 +729,19 @@ void validateConfig(const Config& config, std::string_view source_name) {
 std::string renderConfig(const Config& config) {
   auto quoted = [](const std::string& v) { return fmt::format("{:?}", v); };
   std::string out = "# Written by sluicectl save.\n\n[dataplane]\n";
+  if (config.dataplane.mode == DataplaneMode::kXdp) {
+    out += "mode = \"xdp\"\n";
+    const XdpAttach a = config.dataplane.xdp_attach;
+    out += fmt::format("xdp_attach = {}\n",
+                       quoted(a == XdpAttach::kNative ? "native" : a == XdpAttach::kGeneric ? "generic" : "auto"));
+  }
+  if (!config.dataplane.interfaces.empty()) {
+    std::string list;
+    for (const std::string& i : config.dataplane.interfaces) {
+      list += fmt::format("{}{}", list.empty() ? "" : ", ", quoted(i));
+    }
+    out += fmt::format("interfaces = [{}]\n", list);
+  }
   out += fmt::format("flow_table_size = {}\n", config.dataplane.flow_table_size);
   if (config.dataplane.gateway_mac) {
     out += fmt::format("gateway_mac = {}\n", quoted(config.dataplane.gateway_mac->str()));

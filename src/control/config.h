@@ -49,7 +49,13 @@ struct TimeoutConfig {
   uint32_t udp_s = 300;     // idle timeout of a UDP flow
 };
 
+enum class DataplaneMode : uint8_t { kDpdk, kXdp };
+enum class XdpAttach : uint8_t { kAuto, kNative, kGeneric };
+
 struct DataplaneConfig {
+  DataplaneMode mode = DataplaneMode::kDpdk;
+  std::vector<std::string> interfaces;  // XDP: the interfaces to attach to
+  XdpAttach xdp_attach = XdpAttach::kAuto;  // auto: native where the driver has it, else generic
   uint32_t flow_table_size = 1u << 20;  // flow entries per worker core
   // Where NAT replies (backend -> client) are sent. When unset, each port uses the source MAC of
   // the last client packet it received for a NAT service (the upstream router, in practice).

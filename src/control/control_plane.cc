@@ -192,12 +192,8 @@ json backendKeyJson(const BackendConfig& b) {
 
 }  // namespace
 
-ControlPlane::ControlPlane(Config config, std::string config_path, SnapshotSlot& slot,
-                           std::vector<const Pipeline*> pipelines)
-    : config_(std::move(config)),
-      config_path_(std::move(config_path)),
-      slot_(slot),
-      pipelines_(std::move(pipelines)) {}
+ControlPlane::ControlPlane(Config config, std::string config_path, DataplaneHandle& dataplane)
+    : config_(std::move(config)), config_path_(std::move(config_path)), dataplane_(dataplane) {}
 
 void ControlPlane::start() {
   const json r = apply(config_, "start");
@@ -222,12 +218,12 @@ json ControlPlane::apply(Config next, const std::string& what) {
   IdRegistry ids = ids_;
   SnapshotPtr snap;
   try {
-    snap = buildSnapshot(next, ids, generation_ + 1, slot_.current());
+    snap = buildSnapshot(next, ids, generation_ + 1, dataplane_.current());
   } catch (const std::exception& e) {
     return {{"ok", false}, {"error", e.what()}};
   }
   const auto built = std::chrono::steady_clock::now();
-  slot_.publish(std::move(snap));
+  dataplane_.publish(std::move(snap));
   const auto t1 = std::chrono::steady_clock::now();
   last_build_us_ = std::chrono::duration<double, std::micro>(built - t0).count();
   ids_ = std::move(ids);
@@ -381,8 +377,8 @@ json ControlPlane::handle(const json& req) noexcept {
 }
 
 json ControlPlane::list() const {
-  const Snapshot& snap = *slot_.current();
-  const StatsTotals t = collectStats(pipelines_, snap);
+  const Snapshot& snap = *dataplane_.current();
+  const StatsTotals t = dataplane_.totals(snap);
   json services = json::array();
   for (const ServiceStats& ss : perService(snap, t)) {
     const ServiceEntry& s = *ss.service;
@@ -410,13 +406,13 @@ json ControlPlane::list() const {
   return {{"ok", true},
           {"version", SLUICE_VERSION},
           {"generation", generation_},
-          {"workers", pipelines_.size()},
+          {"workers", dataplane_.workers()},
           {"services", services}};
 }
 
 json ControlPlane::stats() const {
-  const Snapshot& snap = *slot_.current();
-  const StatsTotals t = collectStats(pipelines_, snap);
+  const Snapshot& snap = *dataplane_.current();
+  const StatsTotals t = dataplane_.totals(snap);
   auto counts = [](json j, const BackendTotals& c) {
     j["packets"] = c.packets;
     j["bytes"] = c.bytes;

@@ -13,9 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "control/config.h"
+#include "control/dataplane_handle.h"
 #include "control/snapshot_builder.h"
-#include "dataplane/pipeline.h"
-#include "dataplane/snapshot_slot.h"
 
 namespace sluice {
 
@@ -24,11 +23,9 @@ class ControlPlane {
   /**
    * @param config the validated configuration to start with
    * @param config_path the file `reload` reads again ("" when there is none)
-   * @param slot where snapshots are published
-   * @param pipelines the workers' pipelines, read for list and stats
+   * @param dataplane where snapshots are published and counters read (DPDK or XDP)
    */
-  ControlPlane(Config config, std::string config_path, SnapshotSlot& slot,
-               std::vector<const Pipeline*> pipelines);
+  ControlPlane(Config config, std::string config_path, DataplaneHandle& dataplane);
 
   /** Build and publish the snapshot of the initial configuration. @throws ConfigError */
   void start();
@@ -57,8 +54,7 @@ class ControlPlane {
 
   Config config_;
   std::string config_path_;
-  SnapshotSlot& slot_;
-  std::vector<const Pipeline*> pipelines_;
+  DataplaneHandle& dataplane_;
   IdRegistry ids_;
   uint64_t generation_ = 0;
   double last_publish_us_ = 0;

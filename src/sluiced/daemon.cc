@@ -24,6 +24,9 @@
 #include "dataplane/eal.h"
 #include "dataplane/worker.h"
 #include "sluice_config.h"
+#ifdef SLUICE_HAS_XDP
+#include "xdp/xdp_dataplane.h"
+#endif
 
 namespace sluice {
 
@@ -40,6 +43,83 @@ std::shared_ptr<spdlog::logger> makeLogger() {
 std::string macString(const uint8_t* m) {
   return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
 }
+
+/** The control plane's loop: control socket requests and signals, until SIGINT or SIGTERM. */
+void serveUntilStopped(spdlog::logger& log, int sig_fd, ControlServer& server,
+                       ControlPlane& control, const std::string& config_path) {
+  bool running = true;
+  while (running) {
+    pollfd fds[2] = {{sig_fd, POLLIN, 0}, {server.fd(), POLLIN, 0}};
+    const int n = ::poll(fds, 2, -1);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      log.error("poll: {}", std::strerror(errno));
+      break;
+    }
+    if (fds[0].revents & POLLIN) {
+      signalfd_siginfo si{};
+      while (::read(sig_fd, &si, sizeof(si)) == sizeof(si)) {
+        if (si.ssi_signo == SIGHUP) {
+          const nlohmann::json r = control.reload();
+          if (r.value("ok", false)) {
+            log.info("SIGHUP: configuration reloaded from {} (generation {}, published in {:.0f} us)",
+                      config_path, control.generation(), control.lastPublishMicros());
+          } else {
+            log.error("SIGHUP: {}", r.value("error", std::string("reload failed")));
+          }
+        } else {
+          log.info("{}: shutting down", strsignal(static_cast<int>(si.ssi_signo)));
+          running = false;
+        }
+      }
+    }
+    if (running && (fds[1].revents & POLLIN)) {
+      const std::string summary =
+          server.serveOne([&](const nlohmann::json& req) { return control.handle(req); });
+      if (!summary.empty()) {
+        log.info("request {}", summary);
+      }
+    }
+  }
+}
+
+#ifdef SLUICE_HAS_XDP
+/** `sluiced run` on the XDP path: one program per interface, no DPDK. */
+int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, int sig_fd,
+           ControlServer& server) {
+  try {
+    std::vector<std::unique_ptr<XdpDataplane>> programs;
+    for (const std::string& ifname : config.dataplane.interfaces) {
+      auto p = std::make_unique<XdpDataplane>(config.dataplane.flow_table_size);
+      const std::string how = p->attach(ifname, config.dataplane.xdp_attach);
+      log.info("XDP program attached to {} ({} mode)", ifname, how);
+      programs.push_back(std::move(p));
+    }
+    XdpDataplaneHandle handle(std::move(programs));
+    ControlPlane control(config, opts.config_path, handle);
+    control.start();
+    log.info("sluiced {} running on the XDP path: {} service(s), {} interface(s), flow table {} "
+             "entries per CPU, control socket {}",
+             SLUICE_VERSION, config.services.size(), config.dataplane.interfaces.size(),
+             config.dataplane.flow_table_size, server.path());
+    serveUntilStopped(log, sig_fd, server, control, opts.config_path);
+    const nlohmann::json s = control.handle({{"command", "stats"}});
+    const auto& total = s.at("total");
+    log.info("stopped: {} packets in, {} out, {} dropped; XDP programs detached",
+             total.at("packets_in").get<uint64_t>(), total.at("packets_out").get<uint64_t>(),
+             total.at("dropped").get<uint64_t>());
+    return 0;  // the programs detach as the handle goes
+  } catch (const XdpError& e) {
+    log.error("{}", e.what());
+    return 1;
+  } catch (const ConfigError& e) {
+    log.error("bad configuration: {}", e.what());
+    return 2;
+  }
+}
+#endif
 
 }  // namespace
 
@@ -74,6 +154,28 @@ int runDaemon(const RunOptions& opts) {
   } catch (const ControlSocketError& e) {
     log->error("{}", e.what());
     return 1;
+  }
+
+  if (!opts.dataplane.empty()) {
+    config.dataplane.mode = opts.dataplane == "xdp" ? DataplaneMode::kXdp : DataplaneMode::kDpdk;
+  }
+  if (!opts.interfaces.empty()) {
+    config.dataplane.interfaces = opts.interfaces;
+  }
+  if (config.dataplane.mode == DataplaneMode::kXdp) {
+    if (config.dataplane.interfaces.empty()) {
+      log->error("the XDP data path needs interfaces: [dataplane] interfaces or --interface");
+      return 2;
+    }
+#ifdef SLUICE_HAS_XDP
+    const int rc = runXdp(*log, opts, config, sig_fd, *server);
+    server.reset();
+    ::close(sig_fd);
+    return rc;
+#else
+    log->error("this sluiced was built without the XDP data path");
+    return 2;
+#endif
   }
 
   std::vector<std::string> eal = {"sluiced"};
@@ -129,7 +231,8 @@ int runDaemon(const RunOptions& opts) {
       pipelines.push_back(&workers.back()->pipeline());
     }
 
-    ControlPlane control(config, opts.config_path, slot, pipelines);
+    DpdkDataplaneHandle handle(slot, pipelines);
+    ControlPlane control(config, opts.config_path, handle);
     control.start();
 
     unsigned lcore = rte_get_next_lcore(-1, 1, 0);
@@ -146,42 +249,7 @@ int runDaemon(const RunOptions& opts) {
               SLUICE_VERSION, config.services.size(), ports.size(), nworkers,
               wo.flow_capacity, server->path());
 
-    bool running = true;
-    while (running) {
-      pollfd fds[2] = {{sig_fd, POLLIN, 0}, {server->fd(), POLLIN, 0}};
-      const int n = ::poll(fds, 2, -1);
-      if (n < 0) {
-        if (errno == EINTR) {
-          continue;
-        }
-        log->error("poll: {}", std::strerror(errno));
-        break;
-      }
-      if (fds[0].revents & POLLIN) {
-        signalfd_siginfo si{};
-        while (::read(sig_fd, &si, sizeof(si)) == sizeof(si)) {
-          if (si.ssi_signo == SIGHUP) {
-            const nlohmann::json r = control.reload();
-            if (r.value("ok", false)) {
-              log->info("SIGHUP: configuration reloaded from {} (generation {}, published in {:.0f} us)",
-                        opts.config_path, control.generation(), control.lastPublishMicros());
-            } else {
-              log->error("SIGHUP: {}", r.value("error", std::string("reload failed")));
-            }
-          } else {
-            log->info("{}: shutting down", strsignal(static_cast<int>(si.ssi_signo)));
-            running = false;
-          }
-        }
-      }
-      if (running && (fds[1].revents & POLLIN)) {
-        const std::string summary =
-            server->serveOne([&](const nlohmann::json& req) { return control.handle(req); });
-        if (!summary.empty()) {
-          log->info("request {}", summary);
-        }
-      }
-    }
+    serveUntilStopped(*log, sig_fd, *server, control, opts.config_path);
 
     stop.store(true);
     rte_eal_mp_wait_lcore();

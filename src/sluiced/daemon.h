@@ -13,6 +13,8 @@ struct RunOptions {
   std::string config_path;
   std::string socket_path = kDefaultControlSocket;
   std::vector<std::string> eal_args;  // passed to rte_eal_init (ports, lcores, memory)
+  std::string dataplane;               // "dpdk" or "xdp" to override [dataplane] mode
+  std::vector<std::string> interfaces; // XDP: override [dataplane] interfaces
 };
 
 /** Run until SIGINT/SIGTERM. @return exit status: 0 clean stop, 2 bad config, 1 start failure */

@@ -37,6 +37,11 @@ int main(int argc, char** argv) {
   rn->add_option("--config,-c", run.config_path, "Configuration file (TOML)")->required();
   rn->add_option("--socket,-s", run.socket_path, "Control socket path")
       ->capture_default_str();
+  rn->add_option("--dataplane", run.dataplane,
+                 "dpdk or xdp (overrides [dataplane] mode)")
+      ->check(CLI::IsMember({"dpdk", "xdp"}));
+  rn->add_option("--interface,-i", run.interfaces,
+                 "XDP: interface to attach to (repeatable; overrides [dataplane] interfaces)");
   rn->add_option("eal", run.eal_args,
                  "DPDK EAL arguments after --, e.g. -- -l 0,1 -a 0000:03:00.0");
   rn->footer("Example: sluiced run --config /etc/sluice/sluice.toml -- -l 0-2 -a 0000:03:00.0");

@@ -3,7 +3,11 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/bpf.h>
+#include <linux/if_link.h>
+#include <net/if.h>
 #include <unistd.h>
+
+#include <fstream>
 
 #include <fmt/format.h>
 
@@ -84,12 +88,101 @@ XdpDataplane::XdpDataplane(uint32_t flow_capacity) {
 }
 
 XdpDataplane::~XdpDataplane() {
+  detach();
   if (skel_ != nullptr) {
     xdp_lb__destroy(skel_);
   }
 }
 
 int XdpDataplane::programFd() const { return bpf_program__fd(skel_->progs.xdp_lb); }
+
+std::string XdpDataplane::attach(const std::string& ifname, XdpAttach how) {
+  const unsigned idx = if_nametoindex(ifname.c_str());
+  if (idx == 0) {
+    throw XdpError(fmt::format("interface {}: {}", ifname, why(errno)));
+  }
+  std::ifstream addr("/sys/class/net/" + ifname + "/address");
+  std::string text;
+  addr >> text;
+  const auto mac = MacAddress::parse(text);
+  if (!mac) {
+    throw XdpError(fmt::format("interface {} has no Ethernet address", ifname));
+  }
+  setPortMac(mac->bytes.data());
+  std::string mode;
+  int rc = -1;
+  // A virtual interface (veth, bridge, tun: no /sys/class/net/IF/device) gets generic XDP in auto
+  // mode: a veth in native mode drops what XDP_TX sends unless its peer runs XDP too.
+  const bool is_virtual = access(("/sys/class/net/" + ifname + "/device").c_str(), F_OK) != 0;
+  if (how == XdpAttach::kNative || (how == XdpAttach::kAuto && !is_virtual)) {
+    rc = bpf_xdp_attach(static_cast<int>(idx), programFd(), XDP_FLAGS_DRV_MODE, nullptr);
+    if (rc == 0) {
+      attach_flags_ = XDP_FLAGS_DRV_MODE;
+      mode = "native";
+    } else if (how == XdpAttach::kNative) {
+      throw XdpError(fmt::format("interface {}: native XDP attach failed: {}", ifname, why(rc)));
+    }
+  }
+  if (rc != 0) {
+    rc = bpf_xdp_attach(static_cast<int>(idx), programFd(), XDP_FLAGS_SKB_MODE, nullptr);
+    if (rc != 0) {
+      throw XdpError(fmt::format("interface {}: XDP attach failed: {}", ifname, why(rc)));
+    }
+    attach_flags_ = XDP_FLAGS_SKB_MODE;
+    mode = "generic";
+  }
+  ifindex_ = static_cast<int>(idx);
+  return mode;
+}
+
+void XdpDataplane::detach() {
+  if (ifindex_ != 0) {
+    bpf_xdp_detach(ifindex_, attach_flags_, nullptr);
+    ifindex_ = 0;
+  }
+}
+
+void XdpDataplaneHandle::publish(SnapshotPtr next) {
+  for (const auto& p : programs_) {
+    p->apply(*next);
+  }
+  current_ = std::move(next);  // the programs read only the maps: nothing refers to the old one
+}
+
+StatsTotals XdpDataplaneHandle::totals(const Snapshot& snap) const {
+  StatsTotals t;
+  t.backends.resize(snap.backends.size());
+  for (const auto& p : programs_) {
+    const StatsTotals one = p->totals(snap);
+    for (size_t i = 0; i < one.backends.size() && i < t.backends.size(); ++i) {
+      BackendTotals& b = t.backends[i];
+      const BackendTotals& o = one.backends[i];
+      b.packets += o.packets;
+      b.bytes += o.bytes;
+      b.flows += o.flows;
+      b.active += o.active;
+      b.reply_packets += o.reply_packets;
+      b.reply_bytes += o.reply_bytes;
+    }
+    for (WorkerTotals w : one.workers) {
+      w.worker = static_cast<uint32_t>(t.workers.size());
+      t.workers.push_back(w);
+    }
+    WorkerTotals& a = t.all;
+    const WorkerTotals& o = one.all;
+    a.rx_packets += o.rx_packets;
+    a.tx_packets += o.tx_packets;
+    for (int r = 0; r < LB_DROP__COUNT; ++r) {
+      a.drops[r] += o.drops[r];
+    }
+    a.dropped += o.dropped;
+    a.reply_packets += o.reply_packets;
+    a.flows_created += o.flows_created;
+    a.flows_active += o.flows_active;
+    a.flows_rescheduled += o.flows_rescheduled;
+  }
+  return t;
+}
 
 void XdpDataplane::setPortMac(const uint8_t mac[6]) { std::memcpy(skel_->bss->port_mac, mac, 6); }
 

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "control/config.h"
+#include "control/dataplane_handle.h"
 #include "dataplane/replay_report.h"
 #include "dataplane/snapshot.h"
 #include "dataplane/stats.h"
@@ -67,13 +69,39 @@ class XdpDataplane {
 
   int programFd() const;
 
+  /**
+   * Attach the program to an interface and take the interface's MAC as the source MAC.
+   * @return "native" or "generic": how it was attached @throws XdpError
+   */
+  std::string attach(const std::string& ifname, XdpAttach how);
+  /** Detach from the interface attach() used (also done by the destructor). */
+  void detach();
+
  private:
+  int ifindex_ = 0;
+  uint32_t attach_flags_ = 0;
   xdp_lb* skel_ = nullptr;
   int ncpus_ = 1;
   std::vector<uint32_t> programmed_services_;  // service ids with a table in `maglev`
   // Frames shorter than an Ethernet header never reach an XDP program (the kernel refuses them,
   // as a NIC drops runts); replay counts them here as the DPDK path does: truncated.
   uint64_t runts_ = 0;
+};
+
+/** The XDP path behind the control plane: one loaded program per interface, all fed the same
+ * snapshot. A publish rewrites the maps in the order XdpDataplane::apply() keeps consistent. */
+class XdpDataplaneHandle : public DataplaneHandle {
+ public:
+  explicit XdpDataplaneHandle(std::vector<std::unique_ptr<XdpDataplane>> programs)
+      : programs_(std::move(programs)) {}
+  void publish(SnapshotPtr next) override;
+  const Snapshot* current() const override { return current_.get(); }
+  StatsTotals totals(const Snapshot& snap) const override;
+  size_t workers() const override { return programs_.size(); }
+
+ private:
+  std::vector<std::unique_ptr<XdpDataplane>> programs_;
+  SnapshotPtr current_;
 };
 
 }  // namespace sluice

@@ -1,0 +1,253 @@
+// `sluiced run` on the XDP path, on a veth pair between two network namespaces this test makes:
+// real frames sent into one end come back out rewritten (DR: MACs only; NAT: address, port and
+// valid checksums), sluicectl sees the counters, and SIGTERM detaches the program. The
+// namespaces are removed at the end whatever happens.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "common/net.h"
+#include "tests/support/run.h"
+#include "tools/pktgen/packet_builder.h"
+
+namespace {
+
+using json = nlohmann::json;
+using pktgen::Bytes;
+using pktgen::PacketSpec;
+using sluice::IpAddress;
+using sluice::MacAddress;
+
+bool sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
+
+/** Two namespaces joined by a veth pair; removed on destruction. */
+class VethPair {
+ public:
+  VethPair() {
+    const int pid = ::getpid();
+    lb_ = fmt::format("sluice-xdp-lb-{}", pid);
+    gen_ = fmt::format("sluice-xdp-gen-{}", pid);
+    lb_if_ = fmt::format("sxl{}", pid % 100000);
+    gen_if_ = fmt::format("sxg{}", pid % 100000);
+    ok_ = sh("ip netns add " + lb_) && sh("ip netns add " + gen_) &&
+          sh(fmt::format("ip link add {} netns {} type veth peer name {} netns {}", lb_if_, lb_,
+                         gen_if_, gen_)) &&
+          sh(fmt::format("ip -n {} link set {} up", lb_, lb_if_)) &&
+          sh(fmt::format("ip -n {} link set {} up", gen_, gen_if_));
+    sh(fmt::format("ip netns exec {} sysctl -qw net.ipv6.conf.{}.disable_ipv6=1", lb_, lb_if_));
+    sh(fmt::format("ip netns exec {} sysctl -qw net.ipv6.conf.{}.disable_ipv6=1", gen_, gen_if_));
+  }
+  ~VethPair() {
+    sh("ip netns del " + lb_);
+    sh("ip netns del " + gen_);
+  }
+  bool ok() const { return ok_; }
+  const std::string& lbNs() const { return lb_; }
+  const std::string& genNs() const { return gen_; }
+  const std::string& lbIf() const { return lb_if_; }
+  const std::string& genIf() const { return gen_if_; }
+
+ private:
+  std::string lb_, gen_, lb_if_, gen_if_;
+  bool ok_ = false;
+};
+
+constexpr std::string_view kConfig = R"(
+[dataplane]
+mode = "xdp"
+gateway_mac = "02:00:00:00:00:fe"
+flow_table_size = 65536
+
+[[service]]
+name = "web"
+vip = "192.0.2.10"
+port = 80
+protocol = "tcp"
+forwarding = "dr"
+[[service.backend]]
+address = "10.0.0.11"
+mac = "02:00:00:00:01:11"
+[[service.backend]]
+address = "10.0.0.12"
+mac = "02:00:00:00:01:12"
+
+[[service]]
+name = "dns"
+vip = "192.0.2.53"
+port = 53
+protocol = "udp"
+forwarding = "nat"
+[[service.backend]]
+address = "10.0.1.21"
+port = 5353
+mac = "02:00:00:00:02:21"
+)";
+
+/**
+ * In the generator namespace (on this thread only): send frames on the interface and collect what
+ * comes back within the time limit.
+ */
+std::vector<Bytes> exchange(const std::string& ns, const std::string& ifname,
+                            const std::vector<Bytes>& frames, size_t want, std::string& error) {
+  std::vector<Bytes> got;
+  std::thread t([&] {
+    const int nsfd = ::open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
+    if (nsfd < 0 || ::setns(nsfd, CLONE_NEWNET) != 0) {
+      error = std::string("setns: ") + std::strerror(errno);
+      return;
+    }
+    ::close(nsfd);
+    const int fd = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
+    sockaddr_ll sll{};
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(ETH_P_ALL);
+    sll.sll_ifindex = static_cast<int>(if_nametoindex(ifname.c_str()));
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&sll), sizeof(sll)) != 0) {
+      error = std::string("packet socket: ") + std::strerror(errno);
+      return;
+    }
+    timeval tv{0, 200000};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    for (const Bytes& f : frames) {
+      ::send(fd, f.data(), f.size(), 0);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    uint8_t buf[4096];
+    while (got.size() < want && std::chrono::steady_clock::now() < deadline) {
+      sockaddr_ll from{};
+      socklen_t len = sizeof(from);
+      const ssize_t n = ::recvfrom(fd, buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &len);
+      if (n <= 0 || from.sll_pkttype == PACKET_OUTGOING) {
+        continue;
+      }
+      got.emplace_back(buf, buf + n);
+    }
+    ::close(fd);
+  });
+  t.join();
+  return got;
+}
+
+TEST(XdpVeth, RunForwardsRealFramesOnAVeth) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root (network namespaces, XDP)";
+  }
+  if (!sh("ip -V")) {
+    GTEST_SKIP() << "iproute2 (ip) is not installed";
+  }
+  VethPair veth;
+  if (!veth.ok()) {
+    GTEST_SKIP() << "cannot create network namespaces and a veth pair here";
+  }
+  testsupport::TempDir dir("sluice-xdp-veth");
+  const std::string cfg = dir.file("sluice.toml");
+  testsupport::writeFile(cfg, kConfig);
+  const std::string sock = dir.file("s.sock");
+  const std::string log = dir.file("sluiced.log");
+
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, STDOUT_FILENO);
+    ::dup2(fd, STDERR_FILENO);
+    ::execlp("ip", "ip", "netns", "exec", veth.lbNs().c_str(), SLUICED_PATH, "run", "--config",
+             cfg.c_str(), "--socket", sock.c_str(), "--interface", veth.lbIf().c_str(), nullptr);
+    ::_exit(127);
+  }
+  auto ctl = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"--socket", sock});
+    return testsupport::runProgram(SLUICECTL_PATH, args, dir.path());
+  };
+  bool up = false;
+  for (int i = 0; i < 100 && !up; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    up = ctl({"version"}).status == 0;
+  }
+  ASSERT_TRUE(up) << testsupport::readFile(log);
+  const std::string started = testsupport::readFile(log);
+  EXPECT_NE(started.find("XDP program attached to " + veth.lbIf() + " (generic mode)"),
+            std::string::npos)
+      << started;
+
+  // 20 DR TCP flows, 20 NAT UDP flows, 1 frame for no service.
+  std::vector<Bytes> frames;
+  for (uint32_t i = 0; i < 20; ++i) {
+    PacketSpec tcp;
+    tcp.src = IpAddress::v4(0xc6336401 + i);
+    tcp.dst = *IpAddress::parse("192.0.2.10");
+    tcp.sport = static_cast<uint16_t>(20000 + i);
+    tcp.dport = 80;
+    tcp.tcp_flags = 0x02;
+    frames.push_back(pktgen::build(tcp));
+    PacketSpec udp;
+    udp.src = IpAddress::v4(0xcb007101 + i);
+    udp.dst = *IpAddress::parse("192.0.2.53");
+    udp.proto = LB_PROTO_UDP;
+    udp.sport = static_cast<uint16_t>(30000 + i);
+    udp.dport = 53;
+    udp.payload = Bytes(24, static_cast<uint8_t>(i));
+    frames.push_back(pktgen::build(udp));
+  }
+  PacketSpec none;
+  none.src = *IpAddress::parse("198.51.100.9");
+  none.dst = *IpAddress::parse("192.0.2.99");
+  frames.push_back(pktgen::build(none));
+
+  std::string error;
+  const std::vector<Bytes> got = exchange(veth.genNs(), veth.genIf(), frames, 40, error);
+  ASSERT_TRUE(error.empty()) << error;
+  EXPECT_EQ(got.size(), 40u) << "every service frame comes back rewritten";
+  std::map<std::string, size_t> per_backend;
+  for (const Bytes& f : got) {
+    const auto d = pktgen::decode(f);
+    ASSERT_TRUE(d.has_value());
+    EXPECT_TRUE(d->ip_checksum_ok && d->l4_checksum_ok);
+    per_backend[d->dst_mac.str()]++;
+    if (d->proto == LB_PROTO_TCP) {  // DR: addresses untouched
+      EXPECT_EQ(d->dst, *IpAddress::parse("192.0.2.10"));
+      EXPECT_TRUE(d->dst_mac == *MacAddress::parse("02:00:00:00:01:11") ||
+                  d->dst_mac == *MacAddress::parse("02:00:00:00:01:12"));
+    } else {  // NAT: to the backend's address and port
+      EXPECT_EQ(d->dst, *IpAddress::parse("10.0.1.21"));
+      EXPECT_EQ(d->dport, 5353);
+      EXPECT_EQ(d->dst_mac, *MacAddress::parse("02:00:00:00:02:21"));
+    }
+  }
+  EXPECT_EQ(per_backend["02:00:00:00:02:21"], 20u);
+
+  const testsupport::RunResult stats = ctl({"--json", "stats"});
+  ASSERT_EQ(stats.status, 0) << stats.describe();
+  const json total = json::parse(stats.out).at("total");
+  EXPECT_GE(total.at("packets_in").get<uint64_t>(), 41u);
+  EXPECT_EQ(total.at("packets_out").get<uint64_t>(), 40u);
+  EXPECT_GE(total.at("drops").at("no_service").get<uint64_t>(), 1u);
+
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << testsupport::readFile(log);
+  EXPECT_NE(testsupport::readFile(log).find("XDP programs detached"), std::string::npos);
+  // The program is gone from the interface.
+  const testsupport::RunResult link = testsupport::runProgram(
+      "/usr/sbin/ip", {"-n", veth.lbNs(), "link", "show", veth.lbIf()}, dir.path());
+  EXPECT_EQ(link.out.find("prog/xdp"), std::string::npos) << link.out;
+  EXPECT_NE(link.out.find(veth.lbIf()), std::string::npos) << link.out;
+}
+
+}  // namespace
