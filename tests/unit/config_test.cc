@@ -1245,4 +1245,33 @@ TEST(ConfigTest, ValidateRejectsTooManyBackends) {
 }
 
 }  // namespace
+TEST(ConfigDataplaneMode, XdpModeInterfacesAndAttach) {
+  const Config c = parseConfig(R"([dataplane]
+mode = "xdp"
+interfaces = ["eth0", "veth1"]
+xdp_attach = "generic"
+)",
+                               "t.toml");
+  EXPECT_EQ(c.dataplane.mode, DataplaneMode::kXdp);
+  EXPECT_EQ(c.dataplane.interfaces, (std::vector<std::string>{"eth0", "veth1"}));
+  EXPECT_EQ(c.dataplane.xdp_attach, XdpAttach::kGeneric);
+  // save writes them back, and what it writes parses to the same.
+  const Config again = parseConfig(renderConfig(c), "saved");
+  EXPECT_EQ(again.dataplane.mode, DataplaneMode::kXdp);
+  EXPECT_EQ(again.dataplane.interfaces, c.dataplane.interfaces);
+  EXPECT_EQ(again.dataplane.xdp_attach, XdpAttach::kGeneric);
+  EXPECT_EQ(parseConfig("", "t.toml").dataplane.mode, DataplaneMode::kDpdk);
+}
+
+TEST(ConfigDataplaneMode, BadValuesNameTheLine) {
+  EXPECT_EQ(errorOf("[dataplane]\nmode = \"netmap\"\n"),
+            "t.toml:2: mode \"netmap\" is not dpdk or xdp");
+  EXPECT_EQ(errorOf("[dataplane]\nxdp_attach = \"offload\"\n"),
+            "t.toml:2: xdp_attach \"offload\" is not auto, native or generic");
+  EXPECT_EQ(errorOf("[dataplane]\ninterfaces = \"eth0\"\n"),
+            "t.toml:2: interfaces must be an array of interface names");
+  EXPECT_EQ(errorOf("[dataplane]\ninterfaces = [\"a-very-long-interface-name\"]\n"),
+            "t.toml:2: interfaces must hold interface names (1..15 characters)");
+}
+
 }  // namespace sluice
