@@ -235,8 +235,8 @@ int main(int argc, char** argv) {
                   changes, worker_lcore, "backends", "publish us min / median / max",
                   "of which build us");
       for (uint32_t n : {10u, 100u, 1000u}) {
-        ControlPlane control(parseConfig(configText("dr", n, vip), "bench"), "", slot,
-                             {&worker.pipeline()});
+        DpdkDataplaneHandle handle(slot, {&worker.pipeline()});
+        ControlPlane control(parseConfig(configText("dr", n, vip), "bench"), "", handle);
         control.start();
         stop.store(false);
         rte_eal_remote_launch(Worker::launch, &worker, worker_lcore);
