@@ -4,6 +4,30 @@
 
 namespace sluice {
 
+void addTotals(WorkerTotals& into, const WorkerTotals& w) {
+  into.rx_packets += w.rx_packets;
+  into.tx_packets += w.tx_packets;
+  for (int r = 0; r < LB_DROP__COUNT; ++r) {
+    into.drops[r] += w.drops[r];
+  }
+  into.dropped += w.dropped;
+  into.reply_packets += w.reply_packets;
+  into.flows_created += w.flows_created;
+  into.flows_expired += w.flows_expired;
+  into.flows_evicted += w.flows_evicted;
+  into.flows_active += w.flows_active;
+  into.flows_rescheduled += w.flows_rescheduled;
+}
+
+void addTotals(BackendTotals& into, const BackendTotals& b) {
+  into.packets += b.packets;
+  into.bytes += b.bytes;
+  into.flows += b.flows;
+  into.active += b.active;
+  into.reply_packets += b.reply_packets;
+  into.reply_bytes += b.reply_bytes;
+}
+
 StatsTotals collectStats(std::span<const Pipeline* const> pipelines, const Snapshot& snap) {
   const size_t nbackends = snap.backends.size();
   StatsTotals t;
@@ -41,19 +65,7 @@ StatsTotals collectStats(std::span<const Pipeline* const> pipelines, const Snaps
     for (const BackendCounters& b : bc) {
       w.reply_packets += b.reply_packets;
     }
-    WorkerTotals& a = t.all;
-    a.rx_packets += w.rx_packets;
-    a.tx_packets += w.tx_packets;
-    for (int r = 0; r < LB_DROP__COUNT; ++r) {
-      a.drops[r] += w.drops[r];
-    }
-    a.dropped += w.dropped;
-    a.reply_packets += w.reply_packets;
-    a.flows_created += w.flows_created;
-    a.flows_expired += w.flows_expired;
-    a.flows_evicted += w.flows_evicted;
-    a.flows_active += w.flows_active;
-    a.flows_rescheduled += w.flows_rescheduled;
+    addTotals(t.all, w);
     t.workers.push_back(w);
   }
   return t;
@@ -69,12 +81,7 @@ std::vector<ServiceStats> perService(const Snapshot& snap, const StatsTotals& to
     ss.service = &s;
     for (uint32_t id : s.backend_ids) {
       const BackendTotals& c = id < totals.backends.size() ? totals.backends[id] : BackendTotals{};
-      ss.total.packets += c.packets;
-      ss.total.bytes += c.bytes;
-      ss.total.flows += c.flows;
-      ss.total.active += c.active;
-      ss.total.reply_packets += c.reply_packets;
-      ss.total.reply_bytes += c.reply_bytes;
+      addTotals(ss.total, c);
       ss.backends.emplace_back(&snap.backends[id], c);
     }
     out.push_back(std::move(ss));

@@ -41,6 +41,11 @@ struct StatsTotals {
   std::vector<BackendTotals> backends; // indexed by backend id
 };
 
+/** into += w, field by field (the worker index of into is kept). */
+void addTotals(WorkerTotals& into, const WorkerTotals& w);
+/** into += b, field by field. */
+void addTotals(BackendTotals& into, const BackendTotals& b);
+
 /** One service's backends with their totals, and the service's sum over them. */
 struct ServiceStats {
   const ServiceEntry* service = nullptr;

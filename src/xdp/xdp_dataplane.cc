@@ -155,31 +155,13 @@ StatsTotals XdpDataplaneHandle::totals(const Snapshot& snap) const {
   for (const auto& p : programs_) {
     const StatsTotals one = p->totals(snap);
     for (size_t i = 0; i < one.backends.size() && i < t.backends.size(); ++i) {
-      BackendTotals& b = t.backends[i];
-      const BackendTotals& o = one.backends[i];
-      b.packets += o.packets;
-      b.bytes += o.bytes;
-      b.flows += o.flows;
-      b.active += o.active;
-      b.reply_packets += o.reply_packets;
-      b.reply_bytes += o.reply_bytes;
+      addTotals(t.backends[i], one.backends[i]);
     }
     for (WorkerTotals w : one.workers) {
       w.worker = static_cast<uint32_t>(t.workers.size());
       t.workers.push_back(w);
     }
-    WorkerTotals& a = t.all;
-    const WorkerTotals& o = one.all;
-    a.rx_packets += o.rx_packets;
-    a.tx_packets += o.tx_packets;
-    for (int r = 0; r < LB_DROP__COUNT; ++r) {
-      a.drops[r] += o.drops[r];
-    }
-    a.dropped += o.dropped;
-    a.reply_packets += o.reply_packets;
-    a.flows_created += o.flows_created;
-    a.flows_active += o.flows_active;
-    a.flows_rescheduled += o.flows_rescheduled;
+    addTotals(t.all, one.all);
   }
   return t;
 }
@@ -407,17 +389,7 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
     t.workers[0].dropped += runts_;
   }
   for (const WorkerTotals& w : t.workers) {
-    WorkerTotals& a = t.all;
-    a.rx_packets += w.rx_packets;
-    a.tx_packets += w.tx_packets;
-    for (int r = 0; r < LB_DROP__COUNT; ++r) {
-      a.drops[r] += w.drops[r];
-    }
-    a.dropped += w.dropped;
-    a.reply_packets += w.reply_packets;
-    a.flows_created += w.flows_created;
-    a.flows_active += w.flows_active;
-    a.flows_rescheduled += w.flows_rescheduled;
+    addTotals(t.all, w);
   }
   return t;
 }
