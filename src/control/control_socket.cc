@@ -180,7 +180,7 @@ ControlServer::Client ControlServer::accept() {
 bool ControlServer::readRequest(const Client& c, nlohmann::json& out, std::string& error) {
   std::string line;
   std::string why;
-  if (!readLine(c.fd, line, 5000, why)) {
+  if (!readLine(c.fd, line, 2000, why)) {
     error = "cannot read the request: " + why;
     return false;
   }

@@ -224,29 +224,35 @@ void XdpDataplane::apply(const Snapshot& snap) {
     if (programmed_services_.size() <= s.id) {
       programmed_services_.resize(s.id + 1, 0);
     }
-    const int inner = bpf_map_create(BPF_MAP_TYPE_ARRAY, "maglev_table", sizeof(uint32_t),
-                                     sizeof(uint32_t), LB_MAX_MAGLEV, nullptr);
-    if (inner < 0) {
-      throw XdpError(fmt::format("cannot create a Maglev table map: {}", why(errno)));
-    }
-    std::vector<uint32_t> keys(s.maglev.size());
-    for (uint32_t i = 0; i < keys.size(); ++i) {
-      keys[i] = i;
-    }
-    uint32_t count = static_cast<uint32_t>(keys.size());
-    if (count > 0 &&
-        bpf_map_update_batch(inner, keys.data(), s.maglev.begin(), &count, nullptr) != 0) {
-      for (uint32_t i = 0; i < keys.size(); ++i) {  // kernels without batch ops
-        update(inner, &keys[i], s.maglev.begin() + i, "maglev table");
-      }
-    }
     const uint32_t sid = s.id;
-    if (bpf_map_update_elem(maglev_fd, &sid, &inner, BPF_ANY) != 0) {
-      const int e = errno;
-      close(inner);
-      throw XdpError(fmt::format("cannot install the Maglev table of {:?}: {}", s.name, why(e)));
+    if (programmed_tables_.size() <= sid) {
+      programmed_tables_.resize(sid + 1);
     }
-    close(inner);  // the outer map holds it now
+    if (programmed_services_[sid] == 0 || programmed_tables_[sid].begin() != s.maglev.begin()) {
+      const int inner = bpf_map_create(BPF_MAP_TYPE_ARRAY, "maglev_table", sizeof(uint32_t),
+                                       sizeof(uint32_t), LB_MAX_MAGLEV, nullptr);
+      if (inner < 0) {
+        throw XdpError(fmt::format("cannot create a Maglev table map: {}", why(errno)));
+      }
+      std::vector<uint32_t> keys(s.maglev.size());
+      for (uint32_t i = 0; i < keys.size(); ++i) {
+        keys[i] = i;
+      }
+      uint32_t count = static_cast<uint32_t>(keys.size());
+      if (count > 0 &&
+          bpf_map_update_batch(inner, keys.data(), s.maglev.begin(), &count, nullptr) != 0) {
+        for (uint32_t i = 0; i < keys.size(); ++i) {  // kernels without batch ops
+          update(inner, &keys[i], s.maglev.begin() + i, "maglev table");
+        }
+      }
+      if (bpf_map_update_elem(maglev_fd, &sid, &inner, BPF_ANY) != 0) {
+        const int e = errno;
+        close(inner);
+        throw XdpError(fmt::format("cannot install the Maglev table of {:?}: {}", s.name, why(e)));
+      }
+      close(inner);  // the outer map holds it now
+      programmed_tables_[sid] = s.maglev;
+    }
     programmed_services_[s.id] = 1;
 
     // 3. The lookup maps.
@@ -286,6 +292,7 @@ void XdpDataplane::apply(const Snapshot& snap) {
       const lb_service none{};
       update(by_id_fd, &sid, &none, "service_by_id");
       bpf_map_delete_elem(maglev_fd, &sid);
+      programmed_tables_[sid] = MaglevSlots();
       programmed_services_[sid] = 0;
     }
   }

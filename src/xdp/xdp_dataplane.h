@@ -83,6 +83,9 @@ class XdpDataplane {
   xdp_lb* skel_ = nullptr;
   int ncpus_ = 1;
   std::vector<uint32_t> programmed_services_;  // service ids with a table in `maglev`
+  // The table each service id was last given: a snapshot that shares it (unchanged service) needs
+  // no new inner map, so a publish costs O(changed services) here too.
+  std::vector<MaglevSlots> programmed_tables_;
   // Frames shorter than an Ethernet header never reach an XDP program (the kernel refuses them,
   // as a NIC drops runts); replay counts them here as the DPDK path does: truncated.
   uint64_t runts_ = 0;
