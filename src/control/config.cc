@@ -598,8 +598,6 @@ void validateService(const ServiceConfig& s, std::string_view source) {
 
 }  // namespace
 
-const char* forwardingName(Forwarding f) { return f == Forwarding::kNat ? "nat" : "dr"; }
-
 const char* schedulerName(Scheduler s) {
   switch (s) {
   case Scheduler::kMaglev:

@@ -11,13 +11,12 @@
 #include <vector>
 
 #include "common/net.h"
+#include "common/snapshot.h"
 
 namespace sluice {
 
-enum class Forwarding : uint8_t { kDr, kNat };
 enum class Scheduler : uint8_t { kMaglev };
 
-const char* forwardingName(Forwarding f);
 const char* schedulerName(Scheduler s);
 
 inline constexpr uint32_t kDefaultMaglevTableSize = 65537;

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <limits>
 
-#include "dataplane/stats.h"
+#include "common/stats.h"
 #include "sluice_config.h"
 
 namespace sluice {

@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/config.h"
-#include "control/dataplane_handle.h"
+#include "common/dataplane_handle.h"
 #include "control/snapshot_builder.h"
 
 namespace sluice {

@@ -142,7 +142,7 @@ SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t genera
       be.weight = bc.weight;
       bc.address.toWords(be.addr);
       const EndpointKey bk = makeEndpointKey(bc.address, bc.port, proto);
-      be.port_be = bk.port_be;
+      be.port_be = bk.port;
       std::memcpy(be.mac, bc.mac.bytes.data(), 6);
       be.address = bc.address;
       be.port = bc.port;

@@ -9,12 +9,10 @@
 #include <tuple>
 #include <vector>
 
+#include "common/snapshot.h"
 #include "control/config.h"
-#include "dataplane/snapshot.h"
 
 namespace sluice {
-
-inline constexpr uint32_t kMaxBackendIds = 1u << 16;  // per process; id 0 is reserved
 
 /**
  * Stable ids. A service keeps its id while its (VIP, port, protocol) exists; a backend keeps its

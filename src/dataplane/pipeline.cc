@@ -26,7 +26,7 @@ void unpackMac(uint64_t v, uint8_t* m) noexcept {
 EndpointKey dstEndpoint(const lb_flow_key& k) noexcept {
   EndpointKey e;
   std::memcpy(e.addr, k.dst, sizeof(e.addr));
-  e.port_be = k.dport;
+  e.port = k.dport;
   e.proto = k.proto;
   e.family = k.family;
   return e;
@@ -35,7 +35,7 @@ EndpointKey dstEndpoint(const lb_flow_key& k) noexcept {
 EndpointKey srcEndpoint(const lb_flow_key& k) noexcept {
   EndpointKey e;
   std::memcpy(e.addr, k.src, sizeof(e.addr));
-  e.port_be = k.sport;
+  e.port = k.sport;
   e.proto = k.proto;
   e.family = k.family;
   return e;
@@ -80,7 +80,7 @@ bool Pipeline::forward(PacketRef& p, const Snapshot& snap, PortContext& port) no
     // Without reassembly a non-first fragment has no ports: it cannot be scheduled. Fragments
     // for a VIP are counted as such; others are traffic for no service.
     EndpointKey vip = dstEndpoint(k);
-    vip.port_be = 0;
+    vip.port = 0;
     vip.proto = 0;
     return drop(snap.vip_addresses.find(vip) != nullptr ? LB_DROP_FRAGMENT : LB_DROP_NO_SERVICE);
   }
@@ -171,7 +171,7 @@ bool Pipeline::natReply(PacketRef& p, const Snapshot& snap, const EndpointMap::V
     unpackMac(learned, next_hop);
   }
   const ServiceEntry& svc = snap.services[v.service_id];
-  rewriteL3L4(p.data, p.parsed, false, svc.key.addr, svc.key.port_be);
+  rewriteL3L4(p.data, p.parsed, false, svc.key.addr, svc.key.port);
   rewriteMacs(p.data, next_hop, port.mac);
   BackendCounters& bc = backend_counters_[v.backend_id];
   bc.claim(snap.backends[v.backend_id].epoch);

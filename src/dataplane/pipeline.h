@@ -11,10 +11,10 @@
 
 #include "common/counter.h"
 #include "common/lb_abi.h"
+#include "common/snapshot.h"
 #include "dataplane/backend_counters.h"
 #include "dataplane/flow_table.h"
 #include "dataplane/packet.h"
-#include "dataplane/snapshot.h"
 
 namespace sluice {
 

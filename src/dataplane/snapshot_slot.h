@@ -7,7 +7,7 @@
 #include <atomic>
 #include <cstdint>
 
-#include "dataplane/snapshot.h"
+#include "common/snapshot.h"
 
 namespace sluice {
 

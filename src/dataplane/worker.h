@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/snapshot.h"
 #include "dataplane/pipeline.h"
-#include "dataplane/snapshot.h"
 #include "dataplane/snapshot_slot.h"
 
 namespace sluice {

@@ -21,6 +21,7 @@
 #include "control/config.h"
 #include "control/control_plane.h"
 #include "control/control_socket.h"
+#include "dataplane/dpdk_dataplane.h"
 #include "dataplane/eal.h"
 #include "dataplane/worker.h"
 #include "sluice_config.h"
@@ -31,6 +32,17 @@
 namespace sluice {
 
 namespace {
+
+#ifdef SLUICE_HAS_XDP
+XdpAttachMode attachMode(XdpAttach a) {
+  switch (a) {
+    case XdpAttach::kNative: return XdpAttachMode::kNative;
+    case XdpAttach::kGeneric: return XdpAttachMode::kGeneric;
+    case XdpAttach::kAuto: break;
+  }
+  return XdpAttachMode::kAuto;
+}
+#endif
 
 std::shared_ptr<spdlog::logger> makeLogger() {
   auto log = spdlog::stderr_logger_st("sluiced");
@@ -93,7 +105,7 @@ int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, in
     std::vector<std::unique_ptr<XdpDataplane>> programs;
     for (const std::string& ifname : config.dataplane.interfaces) {
       auto p = std::make_unique<XdpDataplane>(config.dataplane.flow_table_size);
-      const std::string how = p->attach(ifname, config.dataplane.xdp_attach);
+      const std::string how = p->attach(ifname, attachMode(config.dataplane.xdp_attach));
       log.info("XDP program attached to {} ({} mode)", ifname, how);
       programs.push_back(std::move(p));
     }

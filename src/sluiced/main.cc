@@ -3,7 +3,7 @@
 
 #include <cstdio>
 
-#include "dataplane/replay.h"
+#include "replay/replay.h"
 #include "sluiced/daemon.h"
 #include "sluice_config.h"
 

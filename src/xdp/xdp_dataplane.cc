@@ -27,16 +27,6 @@ namespace {
 
 std::string why(int err) { return std::strerror(err < 0 ? -err : err); }
 
-lb_endpoint_key endpointKey(const EndpointKey& k) {
-  static_assert(sizeof(EndpointKey) == sizeof(lb_endpoint_key));
-  lb_endpoint_key out{};
-  std::memcpy(out.addr, k.addr, sizeof(out.addr));
-  out.port = k.port_be;
-  out.proto = k.proto;
-  out.family = k.family;
-  return out;
-}
-
 bool keyLess(const lb_endpoint_key& a, const lb_endpoint_key& b) {
   return std::memcmp(&a, &b, sizeof(a)) < 0;
 }
@@ -96,7 +86,7 @@ XdpDataplane::~XdpDataplane() {
 
 int XdpDataplane::programFd() const { return bpf_program__fd(skel_->progs.xdp_lb); }
 
-std::string XdpDataplane::attach(const std::string& ifname, XdpAttach how) {
+std::string XdpDataplane::attach(const std::string& ifname, XdpAttachMode how) {
   const unsigned idx = if_nametoindex(ifname.c_str());
   if (idx == 0) {
     throw XdpError(fmt::format("interface {}: {}", ifname, why(errno)));
@@ -114,12 +104,12 @@ std::string XdpDataplane::attach(const std::string& ifname, XdpAttach how) {
   // A virtual interface (veth, bridge, tun: no /sys/class/net/IF/device) gets generic XDP in auto
   // mode: a veth in native mode drops what XDP_TX sends unless its peer runs XDP too.
   const bool is_virtual = access(("/sys/class/net/" + ifname + "/device").c_str(), F_OK) != 0;
-  if (how == XdpAttach::kNative || (how == XdpAttach::kAuto && !is_virtual)) {
+  if (how == XdpAttachMode::kNative || (how == XdpAttachMode::kAuto && !is_virtual)) {
     rc = bpf_xdp_attach(static_cast<int>(idx), programFd(), XDP_FLAGS_DRV_MODE, nullptr);
     if (rc == 0) {
       attach_flags_ = XDP_FLAGS_DRV_MODE;
       mode = "native";
-    } else if (how == XdpAttach::kNative) {
+    } else if (how == XdpAttachMode::kNative) {
       throw XdpError(fmt::format("interface {}: native XDP attach failed: {}", ifname, why(rc)));
     }
   }
@@ -256,13 +246,13 @@ void XdpDataplane::apply(const Snapshot& snap) {
     programmed_services_[s.id] = 1;
 
     // 3. The lookup maps.
-    const lb_endpoint_key sk = endpointKey(s.key);
+    const lb_endpoint_key sk = s.key;
     lb_service sv{};
     sv.id = s.id;
     sv.forwarding = s.forwarding == Forwarding::kNat ? LB_FWD_NAT : LB_FWD_DR;
     sv.table_size = static_cast<uint32_t>(s.maglev.size());
     std::memcpy(sv.addr, s.key.addr, sizeof(sv.addr));
-    sv.port = s.key.port_be;
+    sv.port = s.key.port;
     update(by_id_fd, &sid, &sv, "service_by_id");
     update(services_fd, &sk, &sv, "services");
     service_keys.insert(sk);
@@ -274,8 +264,8 @@ void XdpDataplane::apply(const Snapshot& snap) {
     if (s.forwarding == Forwarding::kNat) {
       for (uint32_t bid : s.backend_ids) {
         const BackendEntry& b = snap.backends[bid];
-        const lb_endpoint_key rk = endpointKey(
-            makeEndpointKey(b.address, b.port, static_cast<uint8_t>(s.protocol)));
+        const lb_endpoint_key rk =
+            makeEndpointKey(b.address, b.port, static_cast<uint8_t>(s.protocol));
         const lb_nat_reply rv{s.id, bid};
         update(replies_fd, &rk, &rv, "nat_replies");
         reply_keys.insert(rk);

@@ -10,11 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "control/config.h"
-#include "control/dataplane_handle.h"
-#include "dataplane/replay_report.h"
-#include "dataplane/snapshot.h"
-#include "dataplane/stats.h"
+#include "common/dataplane_handle.h"
+#include "common/snapshot.h"
+#include "common/stats.h"
 
 struct xdp_lb;
 
@@ -25,6 +23,9 @@ class XdpError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+/** How to attach: native (driver) XDP where the driver has it, else generic (auto); or insist. */
+enum class XdpAttachMode : uint8_t { kAuto, kNative, kGeneric };
 
 /** The XDP actions (linux/bpf.h's, which cannot be included beside libpcap's bpf.h). */
 enum XdpAction : int { kXdpAborted = 0, kXdpDrop = 1, kXdpPass = 2, kXdpTx = 3 };
@@ -73,7 +74,7 @@ class XdpDataplane {
    * Attach the program to an interface and take the interface's MAC as the source MAC.
    * @return "native" or "generic": how it was attached @throws XdpError
    */
-  std::string attach(const std::string& ifname, XdpAttach how);
+  std::string attach(const std::string& ifname, XdpAttachMode how);
   /** Detach from the interface attach() used (also done by the destructor). */
   void detach();
 

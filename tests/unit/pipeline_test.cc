@@ -22,7 +22,7 @@
 #include "control/config.h"
 #include "control/snapshot_builder.h"
 #include "dataplane/pipeline.h"
-#include "dataplane/snapshot.h"
+#include "common/snapshot.h"
 #include "tools/pktgen/packet_builder.h"
 
 namespace sluice {

@@ -6,7 +6,7 @@
 
 #include "control/config.h"
 #include "control/snapshot_builder.h"
-#include "dataplane/snapshot.h"
+#include "common/snapshot.h"
 
 namespace sluice {
 namespace {
@@ -62,7 +62,7 @@ TEST(EndpointMap, FindsEveryInsertedKeyAndNothingElse) {
     EXPECT_EQ(v->backend_id, i + 1);
   }
   EndpointKey other = keys[0];
-  other.port_be ^= 0x0100;
+  other.port ^= 0x0100;
   EXPECT_EQ(m.find(other), nullptr);
   other = keys[0];
   other.proto = 132;

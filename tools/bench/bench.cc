@@ -33,6 +33,7 @@
 #endif
 #include "control/control_plane.h"
 #include "control/snapshot_builder.h"
+#include "dataplane/dpdk_dataplane.h"
 #include "dataplane/eal.h"
 #include "dataplane/worker.h"
 #include "tools/pktgen/traffic.h"

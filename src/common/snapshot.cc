@@ -1,4 +1,4 @@
-#include "dataplane/snapshot.h"
+#include "common/snapshot.h"
 
 #include <arpa/inet.h>
 
@@ -6,6 +6,8 @@
 #include <cstring>
 
 namespace sluice {
+
+const char* forwardingName(Forwarding f) { return f == Forwarding::kNat ? "nat" : "dr"; }
 
 void EndpointMap::reserve(size_t n) {
   const size_t want = std::bit_ceil(std::max<size_t>(8, n * 2));
@@ -34,7 +36,7 @@ void EndpointMap::insert(const EndpointKey& key, Value value) {
       ++count_;
       return;
     }
-    if (s.key == key) {
+    if (sameEndpoint(s.key, key)) {
       s.value = value;
       return;
     }
@@ -44,7 +46,7 @@ void EndpointMap::insert(const EndpointKey& key, Value value) {
 EndpointKey makeEndpointKey(const IpAddress& addr, uint16_t port, uint8_t proto) {
   EndpointKey k{};
   addr.toWords(k.addr);
-  k.port_be = htons(port);
+  k.port = htons(port);
   k.proto = proto;
   k.family = addr.family;
   return k;

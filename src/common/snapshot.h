@@ -1,7 +1,9 @@
-// The immutable tables a worker reads on every packet: services, backends, Maglev tables and
-// the lookup maps. The control plane builds a Snapshot (src/control/snapshot_builder.h), publishes
-// it with one atomic store, and frees the old one only after every worker has passed a quiescent
-// point. Nothing in a published Snapshot is ever written again.
+// The contract between the control plane and both data paths: the immutable tables a worker reads
+// on every packet (services, backends, Maglev tables and the lookup maps). The control plane
+// builds a Snapshot (src/control/snapshot_builder.h); the DPDK path publishes it with one atomic
+// store and frees the old one only after every worker has passed a quiescent point
+// (src/dataplane/snapshot_slot.h); the XDP path writes it into its BPF maps (src/xdp/). Nothing in
+// a published Snapshot is ever written again.
 #pragma once
 
 #include <cstdint>
@@ -12,23 +14,27 @@
 
 #include "common/lb_abi.h"
 #include "common/net.h"
-#include "control/config.h"
 
 namespace sluice {
 
-/** (address, port, protocol) of a VIP or a backend, in wire layout. */
-struct EndpointKey {
-  uint32_t addr[4];
-  uint16_t port_be;
-  uint8_t proto;
-  uint8_t family;
+/** How a service forwards: LVS direct routing (MACs only) or NAT (addresses, ports, checksums). */
+enum class Forwarding : uint8_t { kDr, kNat };
+const char* forwardingName(Forwarding f);
 
-  bool operator==(const EndpointKey& o) const noexcept {
-    return addr[0] == o.addr[0] && addr[1] == o.addr[1] && addr[2] == o.addr[2] &&
-           addr[3] == o.addr[3] && port_be == o.port_be && proto == o.proto &&
-           family == o.family;
-  }
-};
+/** Backend ids are below this (id 0 is reserved for "none"); the XDP path's backends map size. */
+inline constexpr uint32_t kMaxBackendIds = LB_MAX_BACKENDS;
+
+/**
+ * (address, port, protocol) of a VIP or a backend: the ABI's key, the same bytes the XDP path's
+ * maps are keyed by. Port in network order.
+ */
+using EndpointKey = lb_endpoint_key;
+
+inline bool sameEndpoint(const EndpointKey& a, const EndpointKey& b) noexcept {
+  return a.addr[0] == b.addr[0] && a.addr[1] == b.addr[1] && a.addr[2] == b.addr[2] &&
+         a.addr[3] == b.addr[3] && a.port == b.port && a.proto == b.proto &&
+         a.family == b.family;
+}
 
 /**
  * A read-only open-addressing map from EndpointKey to two 32-bit values, built once by the
@@ -57,7 +63,7 @@ class EndpointMap {
       if (!s.used) {
         return nullptr;
       }
-      if (s.key == key) {
+      if (sameEndpoint(s.key, key)) {
         return &s.value;
       }
     }
@@ -77,7 +83,7 @@ class EndpointMap {
     uint64_t b;
     std::memcpy(&a, &k.addr[0], 8);
     std::memcpy(&b, &k.addr[2], 8);
-    const uint64_t c = uint64_t{k.port_be} << 16 | uint64_t{k.proto} << 8 | k.family;
+    const uint64_t c = uint64_t{k.port} << 16 | uint64_t{k.proto} << 8 | k.family;
     uint64_t h = a * 0x9e3779b97f4a7c15ull ^ b * 0xc2b2ae3d27d4eb4full ^ c * 0x165667b19e3779f9ull;
     h ^= h >> 32;
     h *= 0xd6e8feb86659fd93ull;

@@ -1,4 +1,4 @@
-#include "xdp/xdp_replay.h"
+#include "replay/xdp_replay.h"
 
 #include <pcap/pcap.h>
 #include <sched.h>
@@ -8,7 +8,7 @@
 #include <cstdio>
 
 #include "control/snapshot_builder.h"
-#include "dataplane/replay_report.h"
+#include "replay/report.h"
 #include "xdp/xdp_dataplane.h"
 
 namespace sluice {

@@ -9,9 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/lb_abi.h"
-#include "dataplane/snapshot.h"
-#include "dataplane/stats.h"
+#include "common/snapshot.h"
+#include "common/stats.h"
 
 namespace sluice {
 
@@ -24,13 +23,11 @@ class ReplayInputError : public std::runtime_error {
 /** Read the whole capture once; @return its packet count @throws ReplayInputError */
 uint64_t checkCapture(const std::string& path);
 
-/** A flow left in a flow table at the end, for --flows. */
-struct FlowRow {
-  lb_flow_key key;
-  uint32_t service_id = 0;
-  uint32_t backend_id = 0;
-  uint32_t worker = 0;
-};
+/** A path DPDK device arguments can carry (no ',' or '='). @throws ReplayInputError */
+void checkDevargPath(const std::string& what, const std::string& path);
+
+/** Create or truncate path, refusing the input capture itself. @throws ReplayInputError */
+void checkWritable(const std::string& path, const std::string& in);
 
 /** The summary object (see docs/replay.md); flow_rows nullptr: no flow_list. */
 nlohmann::json report(const Snapshot& snap, const StatsTotals& t, uint64_t capture_packets,

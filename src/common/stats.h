@@ -1,14 +1,14 @@
-// Sums of the workers' counters, read while they run (relaxed loads, see common/counter.h) or
-// after they stopped. What replay reports and what the control socket serves.
+// The counters every data path reports, whichever it is: sums over its workers (DPDK lcores or
+// CPUs running the XDP program), per worker and per backend id. What replay reports and what the
+// control socket serves; each data path fills them from its own counters (dataplane/dpdk_dataplane.h,
+// xdp/xdp_dataplane.h).
 #pragma once
 
 #include <cstdint>
-#include <span>
 #include <vector>
 
 #include "common/lb_abi.h"
-#include "dataplane/pipeline.h"
-#include "dataplane/snapshot.h"
+#include "common/snapshot.h"
 
 namespace sluice {
 
@@ -56,12 +56,12 @@ struct ServiceStats {
 /** Group backend totals by the snapshot's services (present services only, by id). */
 std::vector<ServiceStats> perService(const Snapshot& snap, const StatsTotals& totals);
 
-/**
- * Add up the counters of several pipelines.
- * @param pipelines the workers' pipelines; worker i is reported with index i
- * @param snap the snapshot whose backends are reported: a worker's counters for an id count only
- *        when they are for the backend that has the id in this snapshot (same epoch)
- */
-StatsTotals collectStats(std::span<const Pipeline* const> pipelines, const Snapshot& snap);
+/** A flow in a worker's flow table: for replay's --flows and flow listings. */
+struct FlowRow {
+  lb_flow_key key;
+  uint32_t service_id = 0;
+  uint32_t backend_id = 0;
+  uint32_t worker = 0;
+};
 
 }  // namespace sluice

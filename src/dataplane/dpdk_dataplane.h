@@ -1,29 +1,26 @@
-// What the control plane needs of a running data path, whichever it is: publish a snapshot (and
-// return once no packet is handled with the old one), the snapshot in force, and the counters.
+// The DPDK data path as the control plane sees it: snapshots published through the SnapshotSlot
+// (RCU), counters summed over the workers' pipelines.
 #pragma once
 
-#include <cstddef>
+#include <span>
 #include <vector>
 
+#include "common/dataplane_handle.h"
+#include "common/snapshot.h"
+#include "common/stats.h"
 #include "dataplane/pipeline.h"
-#include "dataplane/snapshot.h"
 #include "dataplane/snapshot_slot.h"
-#include "dataplane/stats.h"
 
 namespace sluice {
 
-class DataplaneHandle {
- public:
-  virtual ~DataplaneHandle() = default;
-  /** Make next the snapshot in force; the previous one is freed once nothing can use it. */
-  virtual void publish(SnapshotPtr next) = 0;
-  /** The snapshot in force (control thread only). */
-  virtual const Snapshot* current() const = 0;
-  /** Counters summed over the data path's workers (DPDK lcores or CPUs). */
-  virtual StatsTotals totals(const Snapshot& snap) const = 0;
-  /** How many workers forward packets. */
-  virtual size_t workers() const = 0;
-};
+/**
+ * Add up the counters of several pipelines; read while they run (relaxed loads, see
+ * common/counter.h) or after they stopped.
+ * @param pipelines the workers' pipelines; worker i is reported with index i
+ * @param snap the snapshot whose backends are reported: a worker's counters for an id count only
+ *        when they are for the backend that has the id in this snapshot (same epoch)
+ */
+StatsTotals collectStats(std::span<const Pipeline* const> pipelines, const Snapshot& snap);
 
 /** The DPDK path: a SnapshotSlot (RCU) and the workers' pipelines. */
 class DpdkDataplaneHandle : public DataplaneHandle {

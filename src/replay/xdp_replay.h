@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "control/config.h"
-#include "dataplane/replay.h"
+#include "replay/replay.h"
 
 namespace sluice {
 

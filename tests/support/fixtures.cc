@@ -1,0 +1,38 @@
+#include "tests/support/fixtures.h"
+
+#include <stdexcept>
+
+namespace testsupport {
+
+sluice::IpAddress ip(std::string_view text) {
+  auto a = sluice::IpAddress::parse(text);
+  if (!a) {
+    throw std::invalid_argument("bad IP address in test: " + std::string(text));
+  }
+  return *a;
+}
+
+sluice::MacAddress mac(std::string_view text) {
+  auto m = sluice::MacAddress::parse(text);
+  if (!m) {
+    throw std::invalid_argument("bad MAC in test: " + std::string(text));
+  }
+  return *m;
+}
+
+sluice::Config threeServices() {
+  return sluice::parseConfig(sluice::defaultConfigText(), "<built-in default>");
+}
+
+sluice::ServiceConfig& service(sluice::Config& c, std::string_view name) {
+  for (sluice::ServiceConfig& s : c.services) {
+    if (s.name == name) {
+      return s;
+    }
+  }
+  throw std::invalid_argument("no service " + std::string(name) + " in the test configuration");
+}
+
+std::string configText(const sluice::Config& c) { return sluice::renderConfig(c); }
+
+}  // namespace testsupport

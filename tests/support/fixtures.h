@@ -1,0 +1,29 @@
+// Fixtures shared by the test suites: address literals, and the one three-service configuration
+// every suite starts from (the built-in default of `sluiced replay`: web DR/TCP/IPv4, dns
+// NAT/UDP/IPv4, web6 NAT/TCP/IPv6), edited per suite as a Config and written out with
+// renderConfig, so that no suite carries its own copy of the services.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "common/net.h"
+#include "control/config.h"
+
+namespace testsupport {
+
+/** An address literal of a test; @throws std::invalid_argument when it does not parse */
+sluice::IpAddress ip(std::string_view text);
+/** A MAC literal of a test; @throws std::invalid_argument when it does not parse */
+sluice::MacAddress mac(std::string_view text);
+
+/** The built-in default configuration, parsed (sluice::defaultConfigText()). */
+sluice::Config threeServices();
+
+/** The service of c named name; @throws std::invalid_argument when there is none */
+sluice::ServiceConfig& service(sluice::Config& c, std::string_view name);
+
+/** c as a configuration file (sluice::renderConfig). */
+std::string configText(const sluice::Config& c);
+
+}  // namespace testsupport
