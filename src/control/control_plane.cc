@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "common/stats.h"
+#include "control/stats_json.h"
 #include "sluice_config.h"
 
 namespace sluice {
@@ -223,7 +224,16 @@ json ControlPlane::apply(Config next, const std::string& what) {
     return {{"ok", false}, {"error", e.what()}};
   }
   const auto built = std::chrono::steady_clock::now();
-  dataplane_.publish(std::move(snap));
+  try {
+    dataplane_.publish(std::move(snap));  // all or nothing (DataplaneHandle::publish)
+  } catch (const std::exception& e) {
+    // The data path kept the snapshot in force: so does the control plane (config_, ids_ and
+    // generation_ are untouched), and the request is refused like an invalid one.
+    return {{"ok", false},
+            {"error", fmt::format("the data path did not take the change ({}); running "
+                                  "configuration kept",
+                                  e.what())}};
+  }
   const auto t1 = std::chrono::steady_clock::now();
   last_build_us_ = std::chrono::duration<double, std::micro>(built - t0).count();
   ids_ = std::move(ids);
@@ -378,92 +388,23 @@ json ControlPlane::handle(const json& req) noexcept {
 
 json ControlPlane::list() const {
   const Snapshot& snap = *dataplane_.current();
-  const StatsTotals t = dataplane_.totals(snap);
-  json services = json::array();
-  for (const ServiceStats& ss : perService(snap, t)) {
-    const ServiceEntry& s = *ss.service;
-    json backends = json::array();
-    for (const auto& [b, c] : ss.backends) {
-      MacAddress m;
-      std::copy(b->mac, b->mac + 6, m.bytes.begin());
-      backends.push_back({{"address", b->address.str()},
-                          {"port", b->port},
-                          {"mac", m.str()},
-                          {"weight", b->weight},
-                          {"state", b->weight > 0 ? "active" : "draining"},
-                          {"active_flows", c.active}});
-    }
-    services.push_back({{"name", s.name},
-                        {"vip", s.vip.str()},
-                        {"port", s.port},
-                        {"protocol", protocolName(s.protocol)},
-                        {"forwarding", forwardingName(s.forwarding)},
-                        {"scheduler", "maglev"},
-                        {"table_size", s.maglev.size()},
-                        {"active_flows", ss.total.active},
-                        {"backends", backends}});
-  }
   return {{"ok", true},
+          {"schema", kJsonSchema},
           {"version", SLUICE_VERSION},
           {"generation", generation_},
-          {"workers", dataplane_.workers()},
-          {"services", services}};
+          {"worker_count", dataplane_.workers()},
+          {"services", servicesJson(snap, dataplane_.totals(snap))}};
 }
 
 json ControlPlane::stats() const {
   const Snapshot& snap = *dataplane_.current();
   const StatsTotals t = dataplane_.totals(snap);
-  auto counts = [](json j, const BackendTotals& c) {
-    j["packets"] = c.packets;
-    j["bytes"] = c.bytes;
-    j["new_flows"] = c.flows;
-    j["active_flows"] = c.active;
-    j["reply_packets"] = c.reply_packets;
-    j["reply_bytes"] = c.reply_bytes;
-    return j;
-  };
-  json services = json::array();
-  for (const ServiceStats& ss : perService(snap, t)) {
-    const ServiceEntry& s = *ss.service;
-    json backends = json::array();
-    for (const auto& [b, c] : ss.backends) {
-      backends.push_back(
-          counts({{"address", b->address.str()}, {"port", b->port}, {"weight", b->weight}}, c));
-    }
-    json sj = counts({{"name", s.name},
-                      {"vip", s.vip.str()},
-                      {"port", s.port},
-                      {"protocol", protocolName(s.protocol)}},
-                     ss.total);
-    sj["backends"] = backends;
-    services.push_back(sj);
-  }
-  auto workerJson = [](const WorkerTotals& w) {
-    json drops = json::object();
-    for (int r = 0; r < LB_DROP__COUNT; ++r) {
-      drops[lb_drop_reason_name(r)] = w.drops[r];
-    }
-    return json{{"packets_in", w.rx_packets},
-                {"packets_out", w.tx_packets},
-                {"dropped", w.dropped},
-                {"drops", drops},
-                {"flows_created", w.flows_created},
-                {"flows_expired", w.flows_expired},
-                {"flows_evicted", w.flows_evicted},
-                {"flows_active", w.flows_active},
-                {"flows_rescheduled", w.flows_rescheduled}};
-  };
-  json workers = json::array();
-  for (const WorkerTotals& w : t.workers) {
-    json j = workerJson(w);
-    j["worker"] = w.worker;
-    workers.push_back(j);
-  }
   return {{"ok", true},
+          {"schema", kJsonSchema},
           {"generation", generation_},
-          {"services", services},
-          {"workers", workers},
-          {"total", workerJson(t.all)}};
+          {"services", servicesJson(snap, t)},
+          {"workers", workersJson(t)},
+          {"total", workerJson(t.all, false)}};
 }
 
 }  // namespace sluice

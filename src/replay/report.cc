@@ -1,6 +1,5 @@
 #include "replay/report.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <pcap/pcap.h>
 #include <sys/stat.h>
@@ -14,8 +13,7 @@
 #include <cstring>
 #include <tuple>
 
-#include "common/net.h"
-#include "control/config.h"
+#include "control/stats_json.h"
 
 namespace sluice {
 
@@ -76,85 +74,28 @@ void checkWritable(const std::string& path, const std::string& in) {
   ::close(fd);
 }
 
-namespace {
-
-std::string keyEndpoint(const uint32_t* addr, uint16_t port_be, uint8_t family) {
-  return formatEndpoint(IpAddress::fromWords(family, addr), ntohs(port_be));
-}
-
-}  // namespace
-
 nlohmann::json report(const Snapshot& snap, const StatsTotals& t, uint64_t capture_packets,
                       const std::vector<FlowRow>* flow_rows) {
   using nlohmann::json;
-  json j;
-  j["packets_in"] = t.all.rx_packets;
-  j["packets_out"] = t.all.tx_packets;
-  j["capture_packets"] = capture_packets;
-  json dropped = json::object();
-  for (int r = 0; r < LB_DROP__COUNT; ++r) {
-    dropped[lb_drop_reason_name(r)] = t.all.drops[r];
-  }
-  j["dropped"] = dropped;
-  j["dropped_total"] = t.all.dropped;
-  j["flows"] = {{"created", t.all.flows_created},
-                {"expired", t.all.flows_expired},
-                {"evicted", t.all.flows_evicted},
-                {"active", t.all.flows_active},
-                {"rescheduled", t.all.flows_rescheduled}};
-  json services = json::array();
-  json backends = json::array();
-  for (const ServiceStats& ss : perService(snap, t)) {
-    const ServiceEntry& s = *ss.service;
-    for (const auto& [b, c] : ss.backends) {
-      backends.push_back({{"service", s.name},
-                          {"address", b->address.str()},
-                          {"port", b->port},
-                          {"weight", b->weight},
-                          {"packets", c.packets},
-                          {"bytes", c.bytes},
-                          {"flows", c.flows},
-                          {"reply_packets", c.reply_packets},
-                          {"reply_bytes", c.reply_bytes}});
-    }
-    services.push_back({{"name", s.name},
-                        {"vip", s.vip.str()},
-                        {"port", s.port},
-                        {"protocol", protocolName(s.protocol)},
-                        {"forwarding", forwardingName(s.forwarding)},
-                        {"packets", ss.total.packets},
-                        {"flows", ss.total.flows},
-                        {"reply_packets", ss.total.reply_packets}});
-  }
-  j["services"] = services;
-  json per_worker = json::array();
-  for (const WorkerTotals& w : t.workers) {
-    per_worker.push_back({{"worker", w.worker},
-                          {"packets_in", w.rx_packets},
-                          {"packets_out", w.tx_packets},
-                          {"dropped", w.dropped},
-                          {"reply_packets", w.reply_packets},
-                          {"flows_created", w.flows_created}});
-  }
-  j["workers"] = per_worker;
-  j["backends"] = backends;
+  json j = {{"schema", kJsonSchema},
+            {"capture_packets", capture_packets},
+            {"services", servicesJson(snap, t)},
+            {"workers", workersJson(t)},
+            {"total", workerJson(t.all, false)}};
   if (flow_rows != nullptr) {
     json flows = json::array();
     for (const FlowRow& f : *flow_rows) {
-      if (f.backend_id >= snap.backends.size() || f.service_id >= snap.services.size()) {
-        continue;
+      json row = flowJson(snap, f);
+      if (!row.is_null()) {
+        flows.push_back(std::move(row));
       }
-      const BackendEntry& b = snap.backends[f.backend_id];
-      flows.push_back({{"client", keyEndpoint(f.key.src, f.key.sport, f.key.family)},
-                       {"vip", keyEndpoint(f.key.dst, f.key.dport, f.key.family)},
-                       {"protocol", f.key.proto == LB_PROTO_TCP ? "tcp" : "udp"},
-                       {"service", snap.services[f.service_id].name},
-                       {"backend", formatEndpoint(b.address, b.port)},
-                       {"worker", f.worker}});
     }
+    // By service endpoint, then client: the same order whichever worker held the flow.
     std::sort(flows.begin(), flows.end(), [](const json& a, const json& b) {
-      return std::tie(a["vip"].get_ref<const std::string&>(), a["client"].get_ref<const std::string&>()) <
-             std::tie(b["vip"].get_ref<const std::string&>(), b["client"].get_ref<const std::string&>());
+      return std::make_tuple(a["vip"].get_ref<const std::string&>(), a["port"].get<uint16_t>(),
+                             a["client"].get_ref<const std::string&>()) <
+             std::make_tuple(b["vip"].get_ref<const std::string&>(), b["port"].get<uint16_t>(),
+                             b["client"].get_ref<const std::string&>());
     });
     j["flow_list"] = flows;
   }
@@ -167,54 +108,49 @@ void printReport(const nlohmann::json& j, bool as_json, const std::string& in,
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
+  const auto& total = j["total"];
+  auto n = [](const nlohmann::json& o, const char* key) { return o[key].get<uint64_t>(); };
   std::string s;
-  s += fmt::format("replayed {}: {} packets in, {} out, {} dropped\n", in,
-                   j["packets_in"].get<uint64_t>(), j["packets_out"].get<uint64_t>(),
-                   j["dropped_total"].get<uint64_t>());
+  s += fmt::format("replayed {}: {} packets in, {} out, {} dropped\n", in, n(total, "packets_in"),
+                   n(total, "packets_out"), n(total, "dropped"));
   s += fmt::format("output written to {}\n", out);
   std::string drops;
-  for (const auto& [reason, count] : j["dropped"].items()) {
+  for (const auto& [reason, count] : total["drops"].items()) {
     if (count.get<uint64_t>() != 0) {
       drops += fmt::format("{}{}={}", drops.empty() ? "" : " ", reason, count.get<uint64_t>());
     }
   }
   s += fmt::format("drops by reason: {}\n", drops.empty() ? "none" : drops);
-  const auto& f = j["flows"];
   s += fmt::format("flows: {} created, {} expired, {} evicted, {} rescheduled, {} active at end\n",
-                   f["created"].get<uint64_t>(), f["expired"].get<uint64_t>(),
-                   f["evicted"].get<uint64_t>(), f["rescheduled"].get<uint64_t>(),
-                   f["active"].get<uint64_t>());
+                   n(total, "flows_created"), n(total, "flows_expired"), n(total, "flows_evicted"),
+                   n(total, "flows_rescheduled"), n(total, "flows_active"));
   s += "\n";
   s += fmt::format("{:<28} {:<5} {:>10} {:>8} {:>10}\n", "service / backend", "mode", "packets",
                    "flows", "replies");
+  auto endpoint = [](const std::string& addr, int port) {
+    return addr.find(':') != std::string::npos ? fmt::format("[{}]:{}", addr, port)
+                                               : fmt::format("{}:{}", addr, port);
+  };
   for (const auto& svc : j["services"]) {
-    const std::string name = svc["name"].get<std::string>();
-    const std::string vip = svc["vip"].get<std::string>();
-    const bool v6 = vip.find(':') != std::string::npos;
     s += fmt::format("{:<28} {:<5} {:>10} {:>8} {:>10}\n",
-                     fmt::format("{} {}{}{}:{}/{}", name, v6 ? "[" : "", vip, v6 ? "]" : "",
-                                 svc["port"].get<int>(), svc["protocol"].get<std::string>()),
-                     svc["forwarding"].get<std::string>(), svc["packets"].get<uint64_t>(),
-                     svc["flows"].get<uint64_t>(), svc["reply_packets"].get<uint64_t>());
-    for (const auto& b : j["backends"]) {
-      if (b["service"] != svc["name"]) {
-        continue;
-      }
-      const std::string addr = b["address"].get<std::string>();
-      const bool b6 = addr.find(':') != std::string::npos;
+                     fmt::format("{} {}/{}", svc["name"].get<std::string>(),
+                                 endpoint(svc["vip"].get<std::string>(), svc["port"].get<int>()),
+                                 svc["protocol"].get<std::string>()),
+                     svc["forwarding"].get<std::string>(), n(svc, "packets"), n(svc, "new_flows"),
+                     n(svc, "reply_packets"));
+    for (const auto& b : svc["backends"]) {
       s += fmt::format("  -> {:<23} {:<5} {:>10} {:>8} {:>10}\n",
-                       fmt::format("{}{}{}:{}", b6 ? "[" : "", addr, b6 ? "]" : "",
-                                   b["port"].get<int>()),
-                       fmt::format("w{}", b["weight"].get<uint32_t>()),
-                       b["packets"].get<uint64_t>(), b["flows"].get<uint64_t>(),
-                       b["reply_packets"].get<uint64_t>());
+                       endpoint(b["address"].get<std::string>(), b["port"].get<int>()),
+                       fmt::format("w{}", b["weight"].get<uint32_t>()), n(b, "packets"),
+                       n(b, "new_flows"), n(b, "reply_packets"));
     }
   }
   if (j.contains("flow_list")) {
     s += "\nflows:\n";
     for (const auto& fl : j["flow_list"]) {
       s += fmt::format("  {} {} -> {} => {} ({})\n", fl["protocol"].get<std::string>(),
-                       fl["client"].get<std::string>(), fl["vip"].get<std::string>(),
+                       fl["client"].get<std::string>(),
+                       endpoint(fl["vip"].get<std::string>(), fl["port"].get<int>()),
                        fl["backend"].get<std::string>(), fl["service"].get<std::string>());
     }
   }

@@ -189,7 +189,25 @@ ReplayResult replay(const TempDir& dir, std::string_view tag,
 uint64_t num(const json& j, std::string_view key) { return j.at(std::string(key)).get<uint64_t>(); }
 
 uint64_t dropped(const json& report, std::string_view reason) {
-  return num(report.at("dropped"), reason);
+  return num(report.at("total").at("drops"), reason);
+}
+
+/** Every backend of every service of a report, each with its service's name as "service". */
+json allBackends(const json& report) {
+  json all = json::array();
+  for (const json& s : report.at("services")) {
+    for (json b : s.at("backends")) {
+      b["service"] = s.at("name");
+      all.push_back(std::move(b));
+    }
+  }
+  return all;
+}
+
+/** The service endpoint of a flow_list row: "192.0.2.10:80" or "[2001:db8::10]:443". */
+std::string vipEndpoint(const json& flow) {
+  return sluice::formatEndpoint(*IpAddress::parse(flow.at("vip").get<std::string>()),
+                                flow.at("port").get<uint16_t>());
 }
 
 /** The reasons a replay may count, in lb_abi.h order. */
@@ -207,50 +225,68 @@ std::vector<std::string> dropReasonNames() {
  */
 void checkReportInvariants(const json& j, size_t capture_packets, size_t out_records) {
   SCOPED_TRACE("report invariants");
+  EXPECT_EQ(num(j, "schema"), 1u);
   EXPECT_EQ(num(j, "capture_packets"), capture_packets);
-  EXPECT_EQ(num(j, "packets_in"), capture_packets);
-  EXPECT_EQ(num(j, "packets_out"), out_records) << "packets_out must match the output capture";
-  ASSERT_TRUE(j.at("dropped").is_object());
+  const json& t = j.at("total");
+  EXPECT_EQ(num(t, "packets_in"), capture_packets);
+  EXPECT_EQ(num(t, "packets_out"), out_records) << "packets_out must match the output capture";
+  ASSERT_TRUE(t.at("drops").is_object());
   std::set<std::string> keys;
   uint64_t total = 0;
-  for (const auto& [reason, count] : j.at("dropped").items()) {
+  for (const auto& [reason, count] : t.at("drops").items()) {
     keys.insert(reason);
     total += count.get<uint64_t>();
   }
   const std::vector<std::string> names = dropReasonNames();
   EXPECT_EQ(keys, std::set<std::string>(names.begin(), names.end()))
-      << "\"dropped\" must list every reason of lb_abi.h";
-  EXPECT_EQ(num(j, "dropped_total"), total);
-  EXPECT_EQ(num(j, "packets_out") + num(j, "dropped_total"), num(j, "packets_in"));
+      << "\"drops\" must list every reason of lb_abi.h";
+  EXPECT_EQ(num(t, "dropped"), total);
+  EXPECT_EQ(num(t, "packets_out") + num(t, "dropped"), num(t, "packets_in"));
 
   uint64_t forwarded = 0;
   uint64_t replies = 0;
   uint64_t flows = 0;
   std::map<std::string, std::array<uint64_t, 3>> per_service;  // packets, flows, replies
-  for (const json& b : j.at("backends")) {
+  for (const json& b : allBackends(j)) {
     forwarded += num(b, "packets");
     replies += num(b, "reply_packets");
-    flows += num(b, "flows");
+    flows += num(b, "new_flows");
     auto& s = per_service[b.at("service").get<std::string>()];
     s[0] += num(b, "packets");
-    s[1] += num(b, "flows");
+    s[1] += num(b, "new_flows");
     s[2] += num(b, "reply_packets");
   }
-  EXPECT_EQ(forwarded + replies, num(j, "packets_out"))
+  EXPECT_EQ(forwarded + replies, num(j.at("total"), "packets_out"))
       << "every transmitted packet is a forward or a NAT reply of some backend";
   for (const json& s : j.at("services")) {
     const auto& sum = per_service[s.at("name").get<std::string>()];
     EXPECT_EQ(num(s, "packets"), sum[0]) << s.dump();
-    EXPECT_EQ(num(s, "flows"), sum[1]) << s.dump();
+    EXPECT_EQ(num(s, "new_flows"), sum[1]) << s.dump();
     EXPECT_EQ(num(s, "reply_packets"), sum[2]) << s.dump();
   }
-  const json& f = j.at("flows");
-  for (const char* k : {"created", "expired", "evicted", "active", "rescheduled"}) {
-    EXPECT_TRUE(f.contains(k)) << "flows." << k << " missing";
+  const json& f = j.at("total");
+  for (const char* k : {"flows_created", "flows_expired", "flows_evicted", "flows_active",
+                        "flows_rescheduled"}) {
+    EXPECT_TRUE(f.contains(k)) << "total." << k << " missing";
   }
   // Every flow created was scheduled to a backend (re-picks of closing TCP flows add more).
-  EXPECT_GE(flows, num(f, "created"));
-  EXPECT_EQ(num(f, "created"), num(f, "active") + num(f, "expired") + num(f, "evicted"));
+  EXPECT_GE(flows, num(f, "flows_created"));
+  EXPECT_EQ(num(f, "flows_created"),
+            num(f, "flows_active") + num(f, "flows_expired") + num(f, "flows_evicted"));
+  // A worker object is the total's object plus its index (docs/json.md).
+  for (const json& w : j.at("workers")) {
+    json fields = w;
+    EXPECT_EQ(fields.erase("worker"), 1u) << w.dump();
+    std::set<std::string> wk;
+    std::set<std::string> tk;
+    for (const auto& [k, v] : fields.items()) {
+      wk.insert(k);
+    }
+    for (const auto& [k, v] : t.items()) {
+      tk.insert(k);
+    }
+    EXPECT_EQ(wk, tk);
+  }
 }
 
 /** The one source MAC of all output frames (the replay port's MAC). */
@@ -350,11 +386,15 @@ const MacAddress kLbMac = mac("02:00:00:00:00:bb");
 /** A JSON backend entry, or nullptr. */
 const json* findBackend(const json& report, std::string_view service, const IpAddress& addr,
                         uint16_t port) {
-  for (const json& b : report.at("backends")) {
-    if (b.at("service").get<std::string>() == service &&
-        IpAddress::parse(b.at("address").get<std::string>()) == addr &&
-        b.at("port").get<uint16_t>() == port) {
-      return &b;
+  for (const json& s : report.at("services")) {
+    if (s.at("name").get<std::string>() != service) {
+      continue;
+    }
+    for (const json& b : s.at("backends")) {
+      if (IpAddress::parse(b.at("address").get<std::string>()) == addr &&
+          b.at("port").get<uint16_t>() == port) {
+        return &b;
+      }
     }
   }
   return nullptr;
@@ -473,8 +513,8 @@ TEST(ReplayDr, EveryFlowSticksToOneBackendAndFramesAreUnchangedButTheMacs) {
   const ReplayResult r = replay(dir, "dr", configText(kDrServices, kGatewayHeader), in, true);
   ASSERT_TRUE(r.ok()) << r.error;
   checkReportInvariants(r.report, in.size(), r.out.size());
-  EXPECT_EQ(num(r.report, "packets_out"), in.size());
-  EXPECT_EQ(num(r.report, "dropped_total"), 0u);
+  EXPECT_EQ(num(r.report.at("total"), "packets_out"), in.size());
+  EXPECT_EQ(num(r.report.at("total"), "dropped"), 0u);
   ASSERT_EQ(r.out.size(), in.size()) << "every packet of a service with backends is forwarded";
 
   const auto port_mac = portMacOf(r.out);
@@ -531,17 +571,17 @@ TEST(ReplayDr, EveryFlowSticksToOneBackendAndFramesAreUnchangedButTheMacs) {
       ASSERT_NE(jb, nullptr) << s.name << " " << b.address;
       EXPECT_EQ(num(*jb, "packets"), per_mac[b.macAddr()][0]) << b.address;
       EXPECT_EQ(num(*jb, "bytes"), per_mac[b.macAddr()][1]) << b.address;
-      EXPECT_EQ(num(*jb, "flows"), flows_per_mac[b.macAddr()]) << b.address;
+      EXPECT_EQ(num(*jb, "new_flows"), flows_per_mac[b.macAddr()]) << b.address;
       EXPECT_EQ(num(*jb, "reply_packets"), 0u);
       sum_packets += num(*jb, "packets");
-      sum_flows += num(*jb, "flows");
+      sum_flows += num(*jb, "new_flows");
     }
   }
   EXPECT_EQ(sum_packets, in.size());
   EXPECT_EQ(sum_flows, n_flows);
-  EXPECT_EQ(num(r.report.at("flows"), "created"), n_flows);
-  EXPECT_EQ(num(r.report.at("flows"), "evicted"), 0u);
-  EXPECT_EQ(num(r.report.at("flows"), "rescheduled"), 0u);
+  EXPECT_EQ(num(r.report.at("total"), "flows_created"), n_flows);
+  EXPECT_EQ(num(r.report.at("total"), "flows_evicted"), 0u);
+  EXPECT_EQ(num(r.report.at("total"), "flows_rescheduled"), 0u);
 
   // --flows: one entry per flow, naming the backend its packets went to.
   ASSERT_TRUE(r.report.contains("flow_list"));
@@ -549,7 +589,7 @@ TEST(ReplayDr, EveryFlowSticksToOneBackendAndFramesAreUnchangedButTheMacs) {
   EXPECT_EQ(fl.size(), n_flows);
   std::map<std::pair<std::string, std::string>, const json*> listed;
   for (const json& e : fl) {
-    listed[{e.at("client").get<std::string>(), e.at("vip").get<std::string>()}] = &e;
+    listed[{e.at("client").get<std::string>(), vipEndpoint(e)}] = &e;
   }
   for (const auto& [flow, macs] : macs_per_flow) {
     const auto it = listed.find({sluice::formatEndpoint(flow.src, flow.sport),
@@ -775,7 +815,7 @@ TEST(ReplayNat, ForwardAndReplyRewritesWithValidChecksums) {
   ASSERT_TRUE(both.ok()) << both.error;
   checkReportInvariants(both.report, frames.size(), both.out.size());
   EXPECT_EQ(dropped(both.report, "no_service"), 1u);
-  EXPECT_EQ(num(both.report, "dropped_total"), 1u);
+  EXPECT_EQ(num(both.report.at("total"), "dropped"), 1u);
   ASSERT_EQ(both.out.size(), frames.size() - 1);
   for (size_t i = 0; i < client_frames.size(); ++i) {
     EXPECT_EQ(both.out[i].data, fwd.out[i].data) << "client packet " << i << " changed between runs";
@@ -885,7 +925,7 @@ TEST(ReplayNat, WithoutGatewayMacRepliesGoToTheLastNatClientsMac) {
   ASSERT_TRUE(r.ok()) << r.error;
   checkReportInvariants(r.report, frames.size(), r.out.size());
   EXPECT_EQ(dropped(r.report, "no_next_hop"), 1u);
-  EXPECT_EQ(num(r.report, "dropped_total"), 1u);
+  EXPECT_EQ(num(r.report.at("total"), "dropped"), 1u);
   ASSERT_EQ(r.out.size(), frames.size() - 1);
   for (size_t i = 1; i < steps.size(); ++i) {
     SCOPED_TRACE(fmt::format("step {}", i));
@@ -1169,7 +1209,7 @@ TEST(ReplayNat, VlanOptionsPaddingExtensionHeadersAndChecksumCornerValues) {
   const ReplayResult r = replay(dir, "nat-edge", config, records(frames));
   ASSERT_TRUE(r.ok()) << r.error;
   checkReportInvariants(r.report, frames.size(), r.out.size());
-  ASSERT_EQ(r.out.size(), frames.size()) << r.report.at("dropped").dump();
+  ASSERT_EQ(r.out.size(), frames.size()) << r.report.at("total").at("drops").dump();
   const auto port_mac = portMacOf(r.out);
   ASSERT_TRUE(port_mac.has_value());
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -1230,7 +1270,7 @@ TEST(ReplayWeights, FlowsSplitInProportionToWeights) {
   for (const BackendDef& b : services[0].backends) {
     const json* jb = findBackend(r.report, "weighted", b.ipAddr(), 5000);
     ASSERT_NE(jb, nullptr);
-    const uint64_t flows = num(*jb, "flows");
+    const uint64_t flows = num(*jb, "new_flows");
     EXPECT_EQ(flows, seen[b.macAddr()]) << b.address << ": JSON and wire disagree";
     if (b.weight == 0) {
       EXPECT_EQ(flows, 0u) << "a drained backend (weight 0) must get no new flows";
@@ -1586,11 +1626,11 @@ TEST(ReplayMalformed, EachIsCountedUnderItsReasonAndNeverTransmitted) {
   ASSERT_TRUE(r.ok()) << r.error;
   checkReportInvariants(r.report, frames.size(), r.out.size());
   std::map<std::string, uint64_t> got;
-  for (const auto& [reason, count] : r.report.at("dropped").items()) {
+  for (const auto& [reason, count] : r.report.at("total").at("drops").items()) {
     got[reason] = count.get<uint64_t>();
   }
-  EXPECT_EQ(got, expected) << r.report.at("dropped").dump(1);
-  EXPECT_EQ(num(r.report, "dropped_total"), bad.size());
+  EXPECT_EQ(got, expected) << r.report.at("total").at("drops").dump(1);
+  EXPECT_EQ(num(r.report.at("total"), "dropped"), bad.size());
 
   // On a miscount, replay each malformed frame alone so that the failure names the frame (a
   // DPDK start per frame is too slow to do every time).
@@ -1601,7 +1641,7 @@ TEST(ReplayMalformed, EachIsCountedUnderItsReasonAndNeverTransmitted) {
                                       records({bad[i].frame}));
       ASSERT_TRUE(one.ok()) << bad[i].what << ": " << one.error;
       EXPECT_EQ(dropped(one.report, bad[i].reason), 1u)
-          << bad[i].what << ": dropped " << one.report.at("dropped").dump();
+          << bad[i].what << ": dropped " << one.report.at("total").at("drops").dump();
     }
   }
 
@@ -1828,8 +1868,8 @@ TEST(ReplayErrors, OddButReadableCaptureRecords) {
   const json j = json::parse(r2.out);
   const std::vector<PcapRecord> written = pktgen::readPcap(out);
   checkReportInvariants(j, 5, written.size());
-  EXPECT_EQ(dropped(j, "truncated"), 3u) << j.at("dropped").dump();
-  EXPECT_EQ(dropped(j, "bad_ip_length"), 1u) << j.at("dropped").dump();
+  EXPECT_EQ(dropped(j, "truncated"), 3u) << j.at("total").at("drops").dump();
+  EXPECT_EQ(dropped(j, "bad_ip_length"), 1u) << j.at("total").at("drops").dump();
   ASSERT_EQ(written.size(), 1u);
   EXPECT_EQ(afterMacs(written[0].data), afterMacs(good));
 }
@@ -1860,8 +1900,8 @@ PacketSpec withFlags(PacketSpec s, uint8_t flags, uint32_t seq) {
 
 uint64_t backendFlows(const json& report) {
   uint64_t n = 0;
-  for (const json& b : report.at("backends")) {
-    n += num(b, "flows");
+  for (const json& b : allBackends(report)) {
+    n += num(b, "new_flows");
   }
   return n;
 }
@@ -1875,9 +1915,9 @@ TEST(ReplayExpiry, UdpFlowExpiresAfterIdleTimeoutInCaptureTime) {
     ASSERT_TRUE(r.ok()) << r.error;
     checkReportInvariants(r.report, 2, r.out.size());
     EXPECT_EQ(r.out.size(), 2u);
-    const json& f = r.report.at("flows");
-    EXPECT_EQ(num(f, "created"), 2u) << "400 s idle > udp timeout 300 s: a new flow\n" << f.dump();
-    EXPECT_GE(num(f, "expired"), 1u) << f.dump();
+    const json& f = r.report.at("total");
+    EXPECT_EQ(num(f, "flows_created"), 2u) << "400 s idle > udp timeout 300 s: a new flow\n" << f.dump();
+    EXPECT_GE(num(f, "flows_expired"), 1u) << f.dump();
     EXPECT_EQ(backendFlows(r.report), 2u);
   }
   {
@@ -1885,10 +1925,10 @@ TEST(ReplayExpiry, UdpFlowExpiresAfterIdleTimeoutInCaptureTime) {
         replay(dir, "udp-10s", expiryConfig(), at({{kStartUs, u}, {kStartUs + 10 * kSecondUs, u}}));
     ASSERT_TRUE(r.ok()) << r.error;
     EXPECT_EQ(r.out.size(), 2u);
-    const json& f = r.report.at("flows");
-    EXPECT_EQ(num(f, "created"), 1u) << f.dump();
-    EXPECT_EQ(num(f, "expired"), 0u) << f.dump();
-    EXPECT_EQ(num(f, "active"), 1u) << f.dump();
+    const json& f = r.report.at("total");
+    EXPECT_EQ(num(f, "flows_created"), 1u) << f.dump();
+    EXPECT_EQ(num(f, "flows_expired"), 0u) << f.dump();
+    EXPECT_EQ(num(f, "flows_active"), 1u) << f.dump();
   }
   {
     // Just inside and just past the timeout: 299 s keeps the flow, 301 s does not.
@@ -1896,7 +1936,7 @@ TEST(ReplayExpiry, UdpFlowExpiresAfterIdleTimeoutInCaptureTime) {
         dir, "udp-edges", expiryConfig(),
         at({{kStartUs, u}, {kStartUs + 299 * kSecondUs, u}, {kStartUs + 600 * kSecondUs, u}}));
     ASSERT_TRUE(r.ok()) << r.error;
-    EXPECT_EQ(num(r.report.at("flows"), "created"), 2u) << r.report.at("flows").dump();
+    EXPECT_EQ(num(r.report.at("total"), "flows_created"), 2u) << r.report.at("total").dump();
   }
 }
 
@@ -1916,9 +1956,9 @@ TEST(ReplayExpiry, OldCaptureTimestampsDoNotExpireFlowsByWallClock) {
   const ReplayResult r = replay(dir, "old", expiryConfig(), in);
   ASSERT_TRUE(r.ok()) << r.error;
   checkReportInvariants(r.report, in.size(), r.out.size());
-  EXPECT_EQ(num(r.report.at("flows"), "created"), 500u) << r.report.at("flows").dump();
-  EXPECT_EQ(num(r.report.at("flows"), "expired"), 0u) << r.report.at("flows").dump();
-  EXPECT_EQ(num(r.report.at("flows"), "active"), 500u) << r.report.at("flows").dump();
+  EXPECT_EQ(num(r.report.at("total"), "flows_created"), 500u) << r.report.at("total").dump();
+  EXPECT_EQ(num(r.report.at("total"), "flows_expired"), 0u) << r.report.at("total").dump();
+  EXPECT_EQ(num(r.report.at("total"), "flows_active"), 500u) << r.report.at("total").dump();
 }
 
 TEST(ReplayExpiry, TcpFinLingerAndIdleTimeout) {
@@ -1936,9 +1976,9 @@ TEST(ReplayExpiry, TcpFinLingerAndIdleTimeout) {
     ASSERT_TRUE(r.ok()) << r.error;
     checkReportInvariants(r.report, 4, r.out.size());
     EXPECT_EQ(r.out.size(), 4u);
-    const json& f = r.report.at("flows");
-    EXPECT_EQ(num(f, "created"), 2u) << f.dump();
-    EXPECT_GE(num(f, "expired"), 1u) << f.dump();
+    const json& f = r.report.at("total");
+    EXPECT_EQ(num(f, "flows_created"), 2u) << f.dump();
+    EXPECT_GE(num(f, "flows_expired"), 1u) << f.dump();
     EXPECT_EQ(backendFlows(r.report), 2u);
   }
   {
@@ -1950,7 +1990,7 @@ TEST(ReplayExpiry, TcpFinLingerAndIdleTimeout) {
                                       {kStartUs + 5 * kSecondUs, withFlags(t, 0x02, 9000)}}));
     ASSERT_TRUE(r.ok()) << r.error;
     EXPECT_EQ(r.out.size(), 3u);
-    EXPECT_EQ(num(r.report.at("flows"), "expired"), 0u) << r.report.at("flows").dump();
+    EXPECT_EQ(num(r.report.at("total"), "flows_expired"), 0u) << r.report.at("total").dump();
     EXPECT_EQ(backendFlows(r.report), 2u) << "a SYN after FIN is a new connection";
   }
   {
@@ -1962,7 +2002,7 @@ TEST(ReplayExpiry, TcpFinLingerAndIdleTimeout) {
                                       {kStartUs + 9 * kSecondUs, withFlags(t, 0x10, 102)},
                                       {kStartUs + 20 * kSecondUs + 3000, withFlags(t, 0x10, 103)}}));
     ASSERT_TRUE(r.ok()) << r.error;
-    EXPECT_EQ(num(r.report.at("flows"), "created"), 2u) << r.report.at("flows").dump();
+    EXPECT_EQ(num(r.report.at("total"), "flows_created"), 2u) << r.report.at("total").dump();
   }
   {
     // Established flow idle 1000 s (tcp = 900): the next packet starts a new flow; 800 s: not.
@@ -1972,8 +2012,8 @@ TEST(ReplayExpiry, TcpFinLingerAndIdleTimeout) {
                                       {kStartUs + 1800 * kSecondUs, withFlags(t, 0x10, 102)}}));
     ASSERT_TRUE(r.ok()) << r.error;
     EXPECT_EQ(r.out.size(), 3u);
-    EXPECT_EQ(num(r.report.at("flows"), "created"), 2u) << r.report.at("flows").dump();
-    EXPECT_EQ(num(r.report.at("flows"), "expired"), 1u) << r.report.at("flows").dump();
+    EXPECT_EQ(num(r.report.at("total"), "flows_created"), 2u) << r.report.at("total").dump();
+    EXPECT_EQ(num(r.report.at("total"), "flows_expired"), 1u) << r.report.at("total").dump();
   }
 }
 
@@ -2015,8 +2055,8 @@ TEST(ReplayExpiry, NanosecondCapturesUseTheSameClock) {
         dir);
     ASSERT_EQ(r.status, 0) << r.describe();
     const json j = json::parse(r.out);
-    EXPECT_EQ(num(j, "packets_out"), 2u);
-    EXPECT_EQ(num(j.at("flows"), "created"), c.created) << j.at("flows").dump();
+    EXPECT_EQ(num(j.at("total"), "packets_out"), 2u);
+    EXPECT_EQ(num(j.at("total"), "flows_created"), c.created) << j.at("total").dump();
   }
 }
 
@@ -2066,9 +2106,9 @@ TEST(ReplayDeterminism, SameCaptureTwiceGivesTheSameOutput) {
   for (size_t i = 0; i < a.out.size(); ++i) {
     ASSERT_EQ(a.out[i].data, b.out[i].data) << "output packet " << i << " differs";
   }
-  EXPECT_EQ(a.report.at("backends"), b.report.at("backends"));
-  EXPECT_EQ(a.report.at("dropped"), b.report.at("dropped"));
-  EXPECT_EQ(a.report.at("flows"), b.report.at("flows"));
+  EXPECT_EQ(allBackends(a.report), allBackends(b.report));
+  EXPECT_EQ(a.report.at("total").at("drops"), b.report.at("total").at("drops"));
+  EXPECT_EQ(a.report.at("total"), b.report.at("total"));
   EXPECT_EQ(a.report.at("flow_list"), b.report.at("flow_list"));
 }
 
@@ -2095,7 +2135,7 @@ TEST(ReplayDeterminism, BackendChoiceDoesNotDependOnBackendOrderInConfig) {
     std::map<std::string, std::string> m;
     for (const json& e : report.at("flow_list")) {
       m[e.at("protocol").get<std::string>() + " " + e.at("client").get<std::string>() + " -> " +
-        e.at("vip").get<std::string>()] = e.at("backend").get<std::string>();
+        vipEndpoint(e)] = e.at("backend").get<std::string>();
     }
     return m;
   };
@@ -2131,8 +2171,8 @@ TEST(ReplayDefaults, SampleCaptureWithDefaultConfig) {
   const json j = json::parse(r.out);
   const std::vector<PcapRecord> written = pktgen::readPcap(out);
   checkReportInvariants(j, in.size(), written.size());
-  EXPECT_EQ(num(j, "packets_in"), in.size());
-  EXPECT_GT(num(j, "packets_out"), 0u);
+  EXPECT_EQ(num(j.at("total"), "packets_in"), in.size());
+  EXPECT_GT(num(j.at("total"), "packets_out"), 0u);
 }
 
 TEST(ReplayDefaults, BuiltInConfigServesItsThreeServices) {
@@ -2190,12 +2230,12 @@ TEST(ReplayLarge, FiftyThousandUdpFlowsTwoPacketsEach) {
   const ReplayResult r = replay(dir, "large", configText(services, kGatewayHeader), in);
   ASSERT_TRUE(r.ok()) << r.error;
   checkReportInvariants(r.report, in.size(), r.out.size());
-  EXPECT_EQ(num(r.report, "packets_in"), 100000u);
-  EXPECT_EQ(num(r.report, "packets_out"), num(r.report, "packets_in"));
-  EXPECT_EQ(num(r.report, "dropped_total"), 0u);
+  EXPECT_EQ(num(r.report.at("total"), "packets_in"), 100000u);
+  EXPECT_EQ(num(r.report.at("total"), "packets_out"), num(r.report.at("total"), "packets_in"));
+  EXPECT_EQ(num(r.report.at("total"), "dropped"), 0u);
   ASSERT_EQ(r.out.size(), in.size());
-  EXPECT_EQ(num(r.report.at("flows"), "created"), 50000u) << r.report.at("flows").dump();
-  EXPECT_EQ(num(r.report.at("flows"), "evicted"), 0u);
+  EXPECT_EQ(num(r.report.at("total"), "flows_created"), 50000u) << r.report.at("total").dump();
+  EXPECT_EQ(num(r.report.at("total"), "flows_evicted"), 0u);
 
   std::map<std::pair<IpAddress, uint16_t>, MacAddress> backend_of;
   size_t mismatched = 0;
@@ -2260,15 +2300,15 @@ TEST(ReplayWorkers, ThreeWorkersScheduleLikeOneAndRewriteRepliesOnAnyWorker) {
   const auto [one, one_out] = run("1");
   const auto [three, three_out] = run("3");
 
-  EXPECT_EQ(num(three, "packets_in"), in.size());
-  EXPECT_EQ(num(three, "packets_out"), num(one, "packets_out"));
-  EXPECT_EQ(three.at("dropped"), one.at("dropped"));
-  EXPECT_EQ(three.at("backends"), one.at("backends"));
+  EXPECT_EQ(num(three.at("total"), "packets_in"), in.size());
+  EXPECT_EQ(num(three.at("total"), "packets_out"), num(one.at("total"), "packets_out"));
+  EXPECT_EQ(three.at("total").at("drops"), one.at("total").at("drops"));
+  EXPECT_EQ(allBackends(three), allBackends(one));
   // Each flow's backend is the same; only the worker that holds it differs.
   auto flowBackends = [](const json& report) {
     std::map<std::string, std::string> m;
     for (const json& f : report.at("flow_list")) {
-      m[f.at("client").get<std::string>() + ">" + f.at("vip").get<std::string>()] =
+      m[f.at("client").get<std::string>() + ">" + vipEndpoint(f)] =
           f.at("backend").get<std::string>();
     }
     return m;

@@ -774,7 +774,11 @@ TEST_F(ReadOnlyCli, ListAndStatsJsonMatchTheCapture) {
   // The configuration part of list --json is the configuration file.
   EXPECT_EQ(l.at("ok"), true);
   EXPECT_EQ(l.at("generation"), 1) << "no change since the start";
-  EXPECT_EQ(l.at("workers"), 1);
+  EXPECT_EQ(l.at("worker_count"), 1);
+  // One schema (docs/json.md): list and stats carry the same service and backend objects.
+  EXPECT_EQ(l.at("schema"), 1);
+  EXPECT_EQ(s.at("schema"), 1);
+  EXPECT_EQ(l.at("services"), s.at("services"));
   const auto services = servicesByName(l);
   ASSERT_TRUE(services.contains("web") && services.contains("dns") && services.contains("web6"));
   const json& web = services.at("web");
@@ -1168,6 +1172,11 @@ TEST_F(EditCli, ServiceAddEditDel) {
                                       {"forwarding", "nat"},
                                       {"scheduler", "maglev"},
                                       {"table_size", 251},
+                                      {"packets", 0},
+                                      {"bytes", 0},
+                                      {"new_flows", 0},
+                                      {"reply_packets", 0},
+                                      {"reply_bytes", 0},
                                       {"active_flows", 0},
                                       {"backends", json::array()}}));
 
@@ -1263,7 +1272,12 @@ TEST_F(EditCli, BackendAddEditDrainDel) {
                      {"port", 5353},
                      {"mac", "02:00:00:00:02:23"},
                      {"weight", 5},
-                     {"state", "active"}}));
+                     {"state", "active"},
+                     {"packets", 0},
+                     {"bytes", 0},
+                     {"new_flows", 0},
+                     {"reply_packets", 0},
+                     {"reply_bytes", 0}}));
 
   // Defaults: the service port, weight 1. Text mode prints nothing.
   EXPECT_TRUE(ok({"backend", "add", "web", "10.0.0.14", "--mac", "02:00:00:00:01:14"}).empty());

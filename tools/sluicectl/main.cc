@@ -62,7 +62,7 @@ json call(const std::string& socket, const json& request) {
 void printList(const json& r) {
   std::string out = fmt::format("Sluice {} (generation {}, {} worker{})\n",
                                 r.value("version", std::string("?")), u(r, "generation"),
-                                u(r, "workers"), u(r, "workers") == 1 ? "" : "s");
+                                u(r, "worker_count"), u(r, "worker_count") == 1 ? "" : "s");
   out += "Prot LocalAddress:Port Scheduler Forward Name\n";
   out += fmt::format("  -> {:<40} {:>6} {:<9} {:>11}\n", "RemoteAddress:Port", "Weight", "State",
                      "ActiveFlows");
@@ -128,7 +128,7 @@ json rates(const json& a, const json& b, double seconds) {
     const uint64_t after = u(y, key);
     return after >= before ? static_cast<double>(after - before) / seconds : 0.0;
   };
-  json out = {{"ok", true}, {"interval_s", seconds}};
+  json out = {{"ok", true}, {"schema", b.at("schema")}, {"interval_s", seconds}};
   json services = json::array();
   for (const json& sb : b.at("services")) {
     json sa = json::object();
