@@ -34,6 +34,38 @@ typedef uint64_t lb_u64;
 #define LB_PROTO_TCP 6
 #define LB_PROTO_UDP 17
 
+/*
+ * Wire constants of the two parsers (src/dataplane/packet.h and bpf/lib/parse.h), defined once so
+ * that both walk the same headers with the same bounds.
+ */
+#define LB_ETH_HLEN 14
+#define LB_ETH_P_IPV4 0x0800
+#define LB_ETH_P_IPV6 0x86DD
+#define LB_ETH_P_VLAN 0x8100   /* 802.1Q */
+#define LB_ETH_P_QINQ 0x88A8   /* 802.1ad */
+#define LB_MAX_VLAN_TAGS 2
+#define LB_MAX_IPV6_EXT_HDRS 6
+
+/* IPv6 extension headers the parsers walk (RFC 8200 section 4; AH: RFC 4302). */
+#define LB_IPPROTO_HOPOPTS 0
+#define LB_IPPROTO_ROUTING 43
+#define LB_IPPROTO_FRAGMENT 44
+#define LB_IPPROTO_AH 51
+#define LB_IPPROTO_DSTOPTS 60
+
+#define LB_TCP_FIN 0x01
+#define LB_TCP_SYN 0x02
+#define LB_TCP_RST 0x04
+#define LB_TCP_ACK 0x10
+
+/* What a parser returns for a packet it accepts; otherwise it returns an lb_drop_reason. */
+#define LB_PARSE_OK (-1)
+
+/* The [timeouts] defaults of the configuration (IPVS's), in seconds. */
+#define LB_DEFAULT_TCP_TIMEOUT_S 900
+#define LB_DEFAULT_TCP_FIN_TIMEOUT_S 10
+#define LB_DEFAULT_UDP_TIMEOUT_S 300
+
 /* Backend id 0 means "no backend" (Maglev table slots of an empty service). */
 #define LB_BACKEND_NONE 0u
 
@@ -160,8 +192,9 @@ static inline lb_u32 lb_flow_hash(const struct lb_flow_key *k)
 }
 
 /*
- * The XDP data path's maps (bpf/lib/maps.h), written by the same control plane that builds the
- * DPDK snapshot (src/control/xdp_maps.cc). Values mirror the Snapshot's entries.
+ * The XDP data path's maps (bpf/lib/maps.h), written from the same Snapshot the DPDK workers
+ * read by the XDP loader's map programmer (XdpDataplane::apply in src/xdp/xdp_dataplane.cc).
+ * Values mirror the Snapshot's entries.
  */
 #define LB_MAX_SERVICES 4096
 #define LB_MAX_BACKENDS 65536      /* backend ids 1..65535, as kMaxBackendIds */

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/lb_abi.h"
 #include "common/net.h"
 #include "common/snapshot.h"
 
@@ -43,9 +44,9 @@ struct ServiceConfig {
 };
 
 struct TimeoutConfig {
-  uint32_t tcp_s = 900;     // idle timeout of an established TCP flow (IPVS default)
-  uint32_t tcp_fin_s = 10;  // linger after FIN or RST
-  uint32_t udp_s = 300;     // idle timeout of a UDP flow
+  uint32_t tcp_s = LB_DEFAULT_TCP_TIMEOUT_S;         // idle timeout of an established TCP flow
+  uint32_t tcp_fin_s = LB_DEFAULT_TCP_FIN_TIMEOUT_S;  // linger after FIN or RST
+  uint32_t udp_s = LB_DEFAULT_UDP_TIMEOUT_S;          // idle timeout of a UDP flow
 };
 
 enum class DataplaneMode : uint8_t { kDpdk, kXdp };

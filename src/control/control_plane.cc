@@ -275,7 +275,15 @@ json ControlPlane::reload() noexcept {
 
 json ControlPlane::handle(const json& req) noexcept {
   try {
+    if (!req.is_object()) {
+      throw RequestError("the request must be a JSON object");
+    }
     const std::string cmd = stringField(req, "command");
+    if (cmd == "version" || cmd == "list" || cmd == "stats" || cmd == "save" || cmd == "reload") {
+      // They take no arguments: a field a client expected to matter ("reload" with a "path")
+      // must not be silently ignored.
+      rejectUnknown(req, {"command"}, "the request");
+    }
     if (cmd == "version") {
       return {{"ok", true}, {"version", SLUICE_VERSION}, {"generation", generation_}};
     }
@@ -311,6 +319,9 @@ json ControlPlane::handle(const json& req) noexcept {
       sc.forwarding = forwardingField(s, "forwarding");
       setServiceFields(sc, s);
       if (s.contains("backends")) {
+        if (!s.at("backends").is_array()) {
+          throw RequestError("\"backends\" must be an array of backends");
+        }
         for (const json& b : s.at("backends")) {
           sc.backends.push_back(backendFromRequest(b, sc));
         }

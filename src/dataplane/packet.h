@@ -10,17 +10,18 @@
 
 namespace sluice {
 
-inline constexpr uint16_t kEtherTypeIpv4 = 0x0800;
-inline constexpr uint16_t kEtherTypeIpv6 = 0x86DD;
-inline constexpr uint16_t kEtherTypeVlan = 0x8100;
-inline constexpr uint16_t kEtherTypeQinQ = 0x88A8;
-inline constexpr int kMaxVlanTags = 2;
-inline constexpr int kMaxIpv6ExtHeaders = 6;
+// The wire constants are lb_abi.h's, shared with the XDP parser (bpf/lib/parse.h).
+inline constexpr uint16_t kEtherTypeIpv4 = LB_ETH_P_IPV4;
+inline constexpr uint16_t kEtherTypeIpv6 = LB_ETH_P_IPV6;
+inline constexpr uint16_t kEtherTypeVlan = LB_ETH_P_VLAN;
+inline constexpr uint16_t kEtherTypeQinQ = LB_ETH_P_QINQ;
+inline constexpr int kMaxVlanTags = LB_MAX_VLAN_TAGS;
+inline constexpr int kMaxIpv6ExtHeaders = LB_MAX_IPV6_EXT_HDRS;
 
-inline constexpr uint8_t kTcpFin = 0x01;
-inline constexpr uint8_t kTcpSyn = 0x02;
-inline constexpr uint8_t kTcpRst = 0x04;
-inline constexpr uint8_t kTcpAck = 0x10;
+inline constexpr uint8_t kTcpFin = LB_TCP_FIN;
+inline constexpr uint8_t kTcpSyn = LB_TCP_SYN;
+inline constexpr uint8_t kTcpRst = LB_TCP_RST;
+inline constexpr uint8_t kTcpAck = LB_TCP_ACK;
 
 /** What the parser learned of a frame. Offsets are from the start of the frame. */
 struct ParsedPacket {
@@ -31,7 +32,13 @@ struct ParsedPacket {
   bool fragment;        // IPv4 MF or offset != 0, or an IPv6 fragment header
 };
 
-inline constexpr int kParseOk = -1;
+inline constexpr int kParseOk = LB_PARSE_OK;
+
+/** The IPv6 extension headers the parser walks: hop-by-hop, routing, fragment, AH, dest opts. */
+inline bool isIpv6ExtHeader(uint8_t proto) noexcept {
+  return proto == LB_IPPROTO_HOPOPTS || proto == LB_IPPROTO_ROUTING ||
+         proto == LB_IPPROTO_FRAGMENT || proto == LB_IPPROTO_AH || proto == LB_IPPROTO_DSTOPTS;
+}
 
 inline uint16_t loadBe16(const uint8_t* p) noexcept {
   return static_cast<uint16_t>(p[0] << 8 | p[1]);
@@ -110,7 +117,7 @@ inline int parsePacket(const uint8_t* data, uint32_t data_len, uint32_t pkt_len,
     l4 = off + 40;
     int ext = 0;
     for (; ext < kMaxIpv6ExtHeaders; ++ext) {
-      if (proto != 0 && proto != 43 && proto != 60 && proto != 44 && proto != 51) {
+      if (!isIpv6ExtHeader(proto)) {
         break;
       }
       if (l4 + 8 > data_len) [[unlikely]] {
@@ -118,10 +125,10 @@ inline int parsePacket(const uint8_t* data, uint32_t data_len, uint32_t pkt_len,
       }
       const uint8_t* eh = data + l4;
       uint32_t len;
-      if (proto == 44) {
+      if (proto == LB_IPPROTO_FRAGMENT) {
         out.fragment = true;
         len = 8;
-      } else if (proto == 51) {
+      } else if (proto == LB_IPPROTO_AH) {
         len = (eh[1] + 2u) * 4u;  // AH counts 4-byte words (RFC 4302)
       } else {
         len = (eh[1] + 1u) * 8u;
@@ -132,8 +139,7 @@ inline int parsePacket(const uint8_t* data, uint32_t data_len, uint32_t pkt_len,
         return LB_DROP_BAD_IP_LENGTH;
       }
     }
-    if (ext == kMaxIpv6ExtHeaders && (proto == 0 || proto == 43 || proto == 60 || proto == 44 ||
-                                      proto == 51)) [[unlikely]] {
+    if (ext == kMaxIpv6ExtHeaders && isIpv6ExtHeader(proto)) [[unlikely]] {
       return LB_DROP_IPV6_EXT_LIMIT;
     }
   } else {
