@@ -1,5 +1,7 @@
-// `sluiced replay`: run a capture through the real DPDK pipeline (net_pcap virtual device, no NIC
-// or hugepages), write what it transmits to a capture, and report where packets and flows went.
+// `sluiced replay`: run a capture through a real data path (the DPDK pipeline on a net_pcap
+// virtual device, no NIC or hugepages; or the XDP program through BPF_PROG_TEST_RUN), write what
+// it transmits to a capture, and report where packets and flows went. An application: it wires
+// the control plane's config and snapshot builder to a data path, as sluiced run does.
 #pragma once
 
 #include <cstdint>
@@ -15,9 +17,10 @@ struct ReplayOptions {
   std::string in_pcap;
   std::string out_pcap;
   bool json = false;
-  bool list_flows = false;
-  std::string dataplane = "dpdk";  // dpdk | xdp
-  uint32_t workers = 1;     // worker lcores; more than one splits the capture by flow hash (RSS)  // also list every flow and the backend it went to
+  bool list_flows = false;          // also list every flow and the backend it went to
+  std::string dataplane = "dpdk";   // dpdk | xdp
+  uint32_t workers = 1;             // DPDK worker lcores; more than one splits the capture by flow
+                                    // hash, as RSS would
   std::vector<std::string> eal_args;  // extra EAL arguments
 };
 
