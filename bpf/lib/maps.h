@@ -2,8 +2,9 @@
 /*
  * maps.h - the maps and runtime globals of the XDP data path.
  *
- * The control plane (src/control/xdp_maps.cc) fills them from the same Snapshot the DPDK
- * workers read; the map and global names are its interface (bpftool skeleton).
+ * The XDP loader's map programmer (XdpDataplane::apply in src/xdp/xdp_dataplane.cc) fills them
+ * from the same Snapshot the DPDK workers read; the map and global names are its interface
+ * (bpftool skeleton).
  */
 #ifndef SLUICE_BPF_MAPS_H
 #define SLUICE_BPF_MAPS_H

@@ -187,10 +187,6 @@ void setServiceFields(ServiceConfig& s, const json& obj) {
   }
 }
 
-json backendKeyJson(const BackendConfig& b) {
-  return {{"address", b.address.str()}, {"port", b.port}};
-}
-
 }  // namespace
 
 ControlPlane::ControlPlane(Config config, std::string config_path, DataplaneHandle& dataplane)

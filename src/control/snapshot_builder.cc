@@ -85,6 +85,10 @@ IdRegistry::Assignment IdRegistry::assign(const Config& config) {
   return out;
 }
 
+std::string maglevBackendKey(const IpAddress& address, uint16_t port) {
+  return formatEndpoint(address, port);
+}
+
 SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation,
                           const Snapshot* previous) {
   const IdRegistry::Assignment assigned = ids.assign(config);
@@ -148,7 +152,7 @@ SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t genera
       be.port = bc.port;
       // The Maglev key is the backend's endpoint alone, so every host (and the XDP path) that
       // has the same backends builds the same table whatever ids it handed out.
-      mb.push_back({bid, formatEndpoint(bc.address, bc.port), bc.weight});
+      mb.push_back({bid, maglevBackendKey(bc.address, bc.port), bc.weight});
       if (sc.forwarding == Forwarding::kNat) {
         snap->nat_reply_map.insert(bk, {sid, bid});
       }

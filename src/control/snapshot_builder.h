@@ -42,6 +42,17 @@ class IdRegistry {
 };
 
 /**
+ * The key that seeds a backend's Maglev permutation: its endpoint alone ("10.0.0.11:80",
+ * "[2001:db8:1::11]:8443"), never its id, so that every host (and the XDP path) with the same
+ * backends builds the same table whatever ids it handed out. Part of the cross-host contract:
+ * changing it reshuffles every service on upgrade (pinned in tests/unit/golden_test.cc).
+ * @param address the backend's address
+ * @param port the backend's port (host order)
+ * @return the key
+ */
+std::string maglevBackendKey(const IpAddress& address, uint16_t port);
+
+/**
  * Build the snapshot for config.
  * @param previous the snapshot being replaced, if any: the Maglev tables of services whose
  *        backends, weights and table size did not change are shared with it, not rebuilt

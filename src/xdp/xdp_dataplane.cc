@@ -11,10 +11,13 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <map>
 #include <set>
+#include <utility>
 
 #include "bpf/xdp_lb.skel.h"
 
@@ -27,14 +30,228 @@ namespace {
 
 std::string why(int err) { return std::strerror(err < 0 ? -err : err); }
 
+// The kernel's ENOTSUPP (not in the userspace headers): a map type without batch operations.
+constexpr int kEnotsupp = 524;
+
 bool keyLess(const lb_endpoint_key& a, const lb_endpoint_key& b) {
   return std::memcmp(&a, &b, sizeof(a)) < 0;
 }
 
 using KeySet = std::set<lb_endpoint_key, decltype(&keyLess)>;
 
-/** Delete every key of a hash map that is not in keep. */
-void pruneHash(int fd, const KeySet& keep) {
+/** An fd that is closed when it goes out of scope, unless released. */
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() {
+    if (fd_ >= 0) {
+      close(fd_);
+    }
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
+
+/**
+ * The map writes of one publish, each recorded before it is made so that the publish can be
+ * taken back whole: a key's previous value or its absence, and for a Maglev table an fd that
+ * holds the inner map it replaces (a userspace lookup of an ARRAY_OF_MAPS entry gives the inner
+ * map's id; bpf_map_get_fd_by_id keeps it alive). rollback() replays the log in reverse, which
+ * walks back through the same consistent states the writes went through. The destructor closes
+ * the held fds: on commit the replaced tables are freed once no program run uses them.
+ */
+class MapTxn {
+ public:
+  /** @param fail_after fault injection: writes made before the next one fails (< 0: none) */
+  explicit MapTxn(int fail_after) : fail_after_(fail_after) {}
+  ~MapTxn() {
+    for (const Undo& u : log_) {
+      if (u.inner_fd >= 0) {
+        close(u.inner_fd);
+      }
+    }
+  }
+  MapTxn(const MapTxn&) = delete;
+  MapTxn& operator=(const MapTxn&) = delete;
+
+  /** map[key] = value, unless it holds that already. @throws XdpError */
+  template <class K, class V>
+  void put(int fd, const K& key, const V& value, const char* what) {
+    Undo u = previous<K, V>(fd, key, what);
+    if (u.prev == Prev::kValue && std::memcmp(u.value.data(), &value, sizeof(V)) == 0) {
+      return;
+    }
+    log_.push_back(u);
+    if (fault() || bpf_map_update_elem(fd, &key, &value, BPF_ANY) != 0) {
+      const int e = errno;
+      throw XdpError(fmt::format("cannot write the {} map: {}", what, why(e)));
+    }
+  }
+
+  /** Delete map[key]; a key that is gone already (ENOENT) is not a failure. @throws XdpError */
+  template <class V, class K>
+  void erase(int fd, const K& key, const char* what) {
+    Undo u = previous<K, V>(fd, key, what);
+    if (u.prev == Prev::kAbsent) {
+      return;
+    }
+    log_.push_back(u);
+    if (fault() || (bpf_map_delete_elem(fd, &key) != 0 && errno != ENOENT)) {
+      const int e = errno;
+      throw XdpError(fmt::format("cannot delete from the {} map: {}", what, why(e)));
+    }
+  }
+
+  /** outer[sid] = the inner map inner, holding the one it replaces. @throws XdpError */
+  void putInner(int outer, uint32_t sid, int inner, const std::string& service) {
+    holdInner(outer, sid, service);
+    if (fault() || bpf_map_update_elem(outer, &sid, &inner, BPF_ANY) != 0) {
+      const int e = errno;
+      throw XdpError(fmt::format("cannot install the Maglev table of {:?}: {}", service, why(e)));
+    }
+  }
+
+  /** Remove outer[sid], holding the inner map it had. @throws XdpError */
+  void eraseInner(int outer, uint32_t sid) {
+    const std::string service = fmt::format("service {}", sid);
+    if (!holdInner(outer, sid, service)) {
+      return;
+    }
+    if (fault() || (bpf_map_delete_elem(outer, &sid) != 0 && errno != ENOENT)) {
+      const int e = errno;
+      throw XdpError(fmt::format("cannot remove the Maglev table of {}: {}", service, why(e)));
+    }
+  }
+
+  /** Fill a new inner map that no program sees yet: counted, nothing to undo. @throws XdpError */
+  void fill(int inner, const MaglevSlots& slots) {
+    const uint32_t n = static_cast<uint32_t>(slots.size());
+    if (n == 0) {
+      return;
+    }
+    std::vector<uint32_t> keys(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      keys[i] = i;
+    }
+    uint32_t count = n;
+    if (fault()) {
+      throw XdpError(fmt::format("cannot fill a Maglev table map: {}", why(errno)));
+    }
+    if (bpf_map_update_batch(inner, keys.data(), slots.begin(), &count, nullptr) == 0) {
+      return;
+    }
+    if (errno != EINVAL && errno != EOPNOTSUPP && errno != kEnotsupp) {
+      throw XdpError(fmt::format("cannot fill a Maglev table map: {}", why(errno)));
+    }
+    for (uint32_t i = 0; i < n; ++i) {  // kernels without batch ops
+      if (fault() || bpf_map_update_elem(inner, &keys[i], slots.begin() + i, BPF_ANY) != 0) {
+        throw XdpError(fmt::format("cannot fill a Maglev table map: {}", why(errno)));
+      }
+    }
+  }
+
+  /**
+   * Put back what the logged writes replaced, newest first.
+   * @return how many entries could not be put back (0: the maps are as before)
+   */
+  size_t rollback() noexcept {
+    size_t lost = 0;
+    for (auto it = log_.rbegin(); it != log_.rend(); ++it) {
+      const Undo& u = *it;
+      int rc = 0;
+      switch (u.prev) {
+        case Prev::kValue:
+          rc = bpf_map_update_elem(u.fd, u.key.data(), u.value.data(), BPF_ANY);
+          break;
+        case Prev::kInner:
+          rc = bpf_map_update_elem(u.fd, u.key.data(), &u.inner_fd, BPF_ANY);
+          break;
+        case Prev::kAbsent:
+          rc = bpf_map_delete_elem(u.fd, u.key.data()) != 0 && errno != ENOENT ? -1 : 0;
+          break;
+      }
+      lost += rc != 0 ? 1 : 0;
+    }
+    return lost;
+  }
+
+ private:
+  static constexpr size_t kMaxKey = sizeof(lb_endpoint_key);
+  static constexpr size_t kMaxValue = std::max({sizeof(lb_backend), sizeof(lb_service),
+                                                sizeof(lb_nat_reply), sizeof(uint32_t)});
+  enum class Prev : uint8_t { kValue, kAbsent, kInner };
+  struct Undo {
+    int fd = -1;
+    Prev prev = Prev::kAbsent;
+    std::array<uint8_t, kMaxKey> key{};
+    std::array<uint8_t, kMaxValue> value{};
+    int inner_fd = -1;  // kInner: holds the replaced inner map until commit or rollback
+  };
+
+  /** What map[key] holds now. @throws XdpError when it cannot be read */
+  template <class K, class V>
+  Undo previous(int fd, const K& key, const char* what) {
+    static_assert(sizeof(K) <= kMaxKey && sizeof(V) <= kMaxValue);
+    Undo u;
+    u.fd = fd;
+    std::memcpy(u.key.data(), &key, sizeof(K));
+    if (bpf_map_lookup_elem(fd, &key, u.value.data()) == 0) {
+      u.prev = Prev::kValue;
+    } else if (errno != ENOENT) {
+      const int e = errno;
+      throw XdpError(fmt::format("cannot read the {} map: {}", what, why(e)));
+    }
+    return u;
+  }
+
+  /** Log outer[sid] with an fd on its inner map. @return false when the entry is empty */
+  bool holdInner(int outer, uint32_t sid, const std::string& service) {
+    Undo u;
+    u.fd = outer;
+    std::memcpy(u.key.data(), &sid, sizeof(sid));
+    uint32_t id = 0;
+    if (bpf_map_lookup_elem(outer, &sid, &id) != 0) {
+      if (errno != ENOENT) {
+        const int e = errno;
+        throw XdpError(fmt::format("cannot read the Maglev table of {}: {}", service, why(e)));
+      }
+      log_.push_back(u);
+      return false;
+    }
+    UniqueFd held(bpf_map_get_fd_by_id(id));
+    if (held.get() < 0) {
+      const int e = errno;
+      throw XdpError(fmt::format("cannot hold the Maglev table of {} (map id {}): {}", service, id,
+                                 why(e)));
+    }
+    u.prev = Prev::kInner;
+    log_.push_back(u);
+    log_.back().inner_fd = held.release();
+    return true;
+  }
+
+  /** Every write passes here just before its syscall: the injected fault fails it with EIO. */
+  bool fault() {
+    const bool hit = writes_++ == fail_after_;
+    if (hit) {
+      errno = EIO;
+    }
+    return hit;
+  }
+
+  std::vector<Undo> log_;
+  int fail_after_;
+  int writes_ = 0;
+};
+
+/** Delete every key of a hash map (values V) that is not in keep. @throws XdpError */
+template <class V>
+void pruneHash(MapTxn& txn, int fd, const KeySet& keep, const char* what) {
   lb_endpoint_key key{};
   lb_endpoint_key next{};
   std::vector<lb_endpoint_key> gone;
@@ -46,14 +263,32 @@ void pruneHash(int fd, const KeySet& keep) {
     key = next;
     prev = &key;
   }
+  if (errno != ENOENT) {
+    const int e = errno;
+    throw XdpError(fmt::format("cannot list the {} map: {}", what, why(e)));
+  }
   for (const lb_endpoint_key& k : gone) {
-    bpf_map_delete_elem(fd, &k);
+    txn.erase<V>(fd, k, what);
   }
 }
 
-void update(int fd, const void* key, const void* value, const char* what) {
-  if (int rc = bpf_map_update_elem(fd, key, value, BPF_ANY); rc != 0) {
-    throw XdpError(fmt::format("cannot write the {} map: {}", what, why(errno)));
+/** Whether the maps can hold snap at all: checked before any write. @throws XdpError */
+void checkFits(const Snapshot& snap) {
+  if (snap.backends.size() > LB_MAX_BACKENDS) {
+    throw XdpError("more backend ids than the XDP path holds");
+  }
+  for (const ServiceEntry& s : snap.services) {
+    if (!s.present) {
+      continue;
+    }
+    if (s.id >= LB_MAX_SERVICES) {
+      throw XdpError(fmt::format("service id {} is beyond the XDP path's {} services", s.id,
+                                 LB_MAX_SERVICES));
+    }
+    if (s.maglev.size() > LB_MAX_MAGLEV) {
+      throw XdpError(fmt::format("service {:?}: table_size {} is larger than the XDP path's {}",
+                                 s.name, s.maglev.size(), LB_MAX_MAGLEV));
+    }
   }
 }
 
@@ -133,8 +368,27 @@ void XdpDataplane::detach() {
 }
 
 void XdpDataplaneHandle::publish(SnapshotPtr next) {
-  for (const auto& p : programs_) {
-    p->apply(*next);
+  for (size_t k = 0; k < programs_.size(); ++k) {
+    try {
+      programs_[k]->apply(*next);
+    } catch (const std::exception& e) {
+      // Program k rolled itself back; 0..k-1 took next already: give them the snapshot in force
+      // again (before the first publish, an empty one: the maps as loaded).
+      const Snapshot none;
+      const Snapshot& in_force = current_ ? *current_ : none;
+      std::string lost;
+      for (size_t j = 0; j < k; ++j) {
+        try {
+          programs_[j]->apply(in_force);
+        } catch (const std::exception& again) {
+          lost += fmt::format("; program {} keeps the new snapshot: {}", j, again.what());
+        }
+      }
+      if (!lost.empty()) {
+        throw XdpError(fmt::format("program {}: {}{}", k, e.what(), lost));
+      }
+      throw;
+    }
   }
   current_ = std::move(next);  // the programs read only the maps: nothing refers to the old one
 }
@@ -161,6 +415,8 @@ void XdpDataplane::setPortMac(const uint8_t mac[6]) { std::memcpy(skel_->bss->po
 void XdpDataplane::setClock(uint64_t now_ns) { skel_->bss->clock_override_ns = now_ns; }
 
 void XdpDataplane::apply(const Snapshot& snap) {
+  const int fail_after = std::exchange(fail_after_writes_, -1);  // armed for this call only
+  checkFits(snap);  // a snapshot the maps cannot hold is refused before anything is written
   const int backends_fd = bpf_map__fd(skel_->maps.backends);
   const int maglev_fd = bpf_map__fd(skel_->maps.maglev);
   const int services_fd = bpf_map__fd(skel_->maps.services);
@@ -168,137 +424,140 @@ void XdpDataplane::apply(const Snapshot& snap) {
   const int replies_fd = bpf_map__fd(skel_->maps.nat_replies);
   const int by_id_fd = bpf_map__fd(skel_->maps.service_by_id);
 
-  skel_->bss->tcp_timeout_ns = snap.tcp_timeout_ns;
-  skel_->bss->tcp_fin_timeout_ns = snap.tcp_fin_timeout_ns;
-  skel_->bss->udp_timeout_ns = snap.udp_timeout_ns;
-  skel_->bss->has_gateway = snap.has_gateway_mac ? 1 : 0;
-  std::memcpy(skel_->bss->gateway_mac, snap.gateway_mac, 6);
+  // Everything is written through txn, and this object's own record of what the maps hold is
+  // built on copies, taken over only when every write has succeeded.
+  MapTxn txn(fail_after);
+  std::vector<uint32_t> services_next = programmed_services_;
+  std::vector<MaglevSlots> tables_next = programmed_tables_;
+  std::vector<uint32_t> backends_next;
+  auto* bss = skel_->bss;
+  const auto globals = *bss;  // the .bss globals as they were (only this thread writes them)
+  auto restoreGlobals = [bss, &globals] {
+    bss->tcp_timeout_ns = globals.tcp_timeout_ns;
+    bss->tcp_fin_timeout_ns = globals.tcp_fin_timeout_ns;
+    bss->udp_timeout_ns = globals.udp_timeout_ns;
+    bss->has_gateway = globals.has_gateway;
+    std::memcpy(bss->gateway_mac, globals.gateway_mac, 6);
+  };
 
-  // 1. Backends that exist (new ids and epochs first, so no table names an unwritten one).
-  if (snap.backends.size() > LB_MAX_BACKENDS) {
-    throw XdpError("more backend ids than the XDP path holds");
-  }
-  for (uint32_t id = 1; id < snap.backends.size(); ++id) {
-    const BackendEntry& b = snap.backends[id];
-    if (!b.present) {
-      continue;
-    }
-    lb_backend v{};
-    std::memcpy(v.addr, b.addr, sizeof(v.addr));
-    v.port = b.port_be;
-    std::memcpy(v.mac, b.mac, 6);
-    v.epoch = b.epoch;
-    v.service_id = b.service_id;
-    v.weight = b.weight;
-    update(backends_fd, &id, &v, "backends");
-  }
+  try {
+    bss->tcp_timeout_ns = snap.tcp_timeout_ns;
+    bss->tcp_fin_timeout_ns = snap.tcp_fin_timeout_ns;
+    bss->udp_timeout_ns = snap.udp_timeout_ns;
+    bss->has_gateway = snap.has_gateway_mac ? 1 : 0;
+    std::memcpy(bss->gateway_mac, snap.gateway_mac, 6);
 
-  // 2. Maglev tables: a fresh inner array per changed service, swapped in with one update.
-  std::set<uint32_t> live_services;
-  KeySet service_keys(&keyLess);
-  KeySet vip_keys(&keyLess);
-  KeySet reply_keys(&keyLess);
-  for (const ServiceEntry& s : snap.services) {
-    if (!s.present) {
-      continue;
-    }
-    if (s.id >= LB_MAX_SERVICES) {
-      throw XdpError(fmt::format("service id {} is beyond the XDP path's {} services", s.id,
-                                 LB_MAX_SERVICES));
-    }
-    if (s.maglev.size() > LB_MAX_MAGLEV) {
-      throw XdpError(fmt::format("service {:?}: table_size {} is larger than the XDP path's {}",
-                                 s.name, s.maglev.size(), LB_MAX_MAGLEV));
-    }
-    live_services.insert(s.id);
-    if (programmed_services_.size() <= s.id) {
-      programmed_services_.resize(s.id + 1, 0);
-    }
-    const uint32_t sid = s.id;
-    if (programmed_tables_.size() <= sid) {
-      programmed_tables_.resize(sid + 1);
-    }
-    if (programmed_services_[sid] == 0 || programmed_tables_[sid].begin() != s.maglev.begin()) {
-      const int inner = bpf_map_create(BPF_MAP_TYPE_ARRAY, "maglev_table", sizeof(uint32_t),
-                                       sizeof(uint32_t), LB_MAX_MAGLEV, nullptr);
-      if (inner < 0) {
-        throw XdpError(fmt::format("cannot create a Maglev table map: {}", why(errno)));
+    // 1. Backends that exist (new ids and epochs first, so no table names an unwritten one).
+    for (uint32_t id = 1; id < snap.backends.size(); ++id) {
+      const BackendEntry& b = snap.backends[id];
+      if (!b.present) {
+        continue;
       }
-      std::vector<uint32_t> keys(s.maglev.size());
-      for (uint32_t i = 0; i < keys.size(); ++i) {
-        keys[i] = i;
+      lb_backend v{};
+      std::memcpy(v.addr, b.addr, sizeof(v.addr));
+      v.port = b.port_be;
+      std::memcpy(v.mac, b.mac, 6);
+      v.epoch = b.epoch;
+      v.service_id = b.service_id;
+      v.weight = b.weight;
+      txn.put(backends_fd, id, v, "backends");
+      backends_next.push_back(id);
+    }
+
+    // 2. Maglev tables: a fresh inner array per changed service, swapped in with one update.
+    std::set<uint32_t> live_services;
+    KeySet service_keys(&keyLess);
+    KeySet vip_keys(&keyLess);
+    KeySet reply_keys(&keyLess);
+    for (const ServiceEntry& s : snap.services) {
+      if (!s.present) {
+        continue;
       }
-      uint32_t count = static_cast<uint32_t>(keys.size());
-      if (count > 0 &&
-          bpf_map_update_batch(inner, keys.data(), s.maglev.begin(), &count, nullptr) != 0) {
-        for (uint32_t i = 0; i < keys.size(); ++i) {  // kernels without batch ops
-          update(inner, &keys[i], s.maglev.begin() + i, "maglev table");
+      const uint32_t sid = s.id;
+      live_services.insert(sid);
+      if (services_next.size() <= sid) {
+        services_next.resize(sid + 1, 0);
+      }
+      if (tables_next.size() <= sid) {
+        tables_next.resize(sid + 1);
+      }
+      if (services_next[sid] == 0 || tables_next[sid].begin() != s.maglev.begin()) {
+        UniqueFd inner(bpf_map_create(BPF_MAP_TYPE_ARRAY, "maglev_table", sizeof(uint32_t),
+                                      sizeof(uint32_t), LB_MAX_MAGLEV, nullptr));
+        if (inner.get() < 0) {
+          throw XdpError(fmt::format("cannot create a Maglev table map: {}", why(errno)));
+        }
+        txn.fill(inner.get(), s.maglev);
+        txn.putInner(maglev_fd, sid, inner.get(), s.name);
+        tables_next[sid] = s.maglev;
+      }  // inner closes here: the outer map holds the table now
+      services_next[sid] = 1;
+
+      // 3. The lookup maps.
+      const lb_endpoint_key sk = s.key;
+      lb_service sv{};
+      sv.id = sid;
+      sv.forwarding = s.forwarding == Forwarding::kNat ? LB_FWD_NAT : LB_FWD_DR;
+      sv.table_size = static_cast<uint32_t>(s.maglev.size());
+      std::memcpy(sv.addr, s.key.addr, sizeof(sv.addr));
+      sv.port = s.key.port;
+      txn.put(by_id_fd, sid, sv, "service_by_id");
+      txn.put(services_fd, sk, sv, "services");
+      service_keys.insert(sk);
+      lb_endpoint_key vk = sk;
+      vk.port = 0;
+      vk.proto = 0;
+      txn.put(vips_fd, vk, sid, "vip_addrs");
+      vip_keys.insert(vk);
+      if (s.forwarding == Forwarding::kNat) {
+        for (uint32_t bid : s.backend_ids) {
+          const BackendEntry& b = snap.backends[bid];
+          const lb_endpoint_key rk =
+              makeEndpointKey(b.address, b.port, static_cast<uint8_t>(s.protocol));
+          const lb_nat_reply rv{sid, bid};
+          txn.put(replies_fd, rk, rv, "nat_replies");
+          reply_keys.insert(rk);
         }
       }
-      if (bpf_map_update_elem(maglev_fd, &sid, &inner, BPF_ANY) != 0) {
-        const int e = errno;
-        close(inner);
-        throw XdpError(fmt::format("cannot install the Maglev table of {:?}: {}", s.name, why(e)));
-      }
-      close(inner);  // the outer map holds it now
-      programmed_tables_[sid] = s.maglev;
     }
-    programmed_services_[s.id] = 1;
 
-    // 3. The lookup maps.
-    const lb_endpoint_key sk = s.key;
-    lb_service sv{};
-    sv.id = s.id;
-    sv.forwarding = s.forwarding == Forwarding::kNat ? LB_FWD_NAT : LB_FWD_DR;
-    sv.table_size = static_cast<uint32_t>(s.maglev.size());
-    std::memcpy(sv.addr, s.key.addr, sizeof(sv.addr));
-    sv.port = s.key.port;
-    update(by_id_fd, &sid, &sv, "service_by_id");
-    update(services_fd, &sk, &sv, "services");
-    service_keys.insert(sk);
-    lb_endpoint_key vk = sk;
-    vk.port = 0;
-    vk.proto = 0;
-    update(vips_fd, &vk, &sid, "vip_addrs");
-    vip_keys.insert(vk);
-    if (s.forwarding == Forwarding::kNat) {
-      for (uint32_t bid : s.backend_ids) {
-        const BackendEntry& b = snap.backends[bid];
-        const lb_endpoint_key rk =
-            makeEndpointKey(b.address, b.port, static_cast<uint8_t>(s.protocol));
-        const lb_nat_reply rv{s.id, bid};
-        update(replies_fd, &rk, &rv, "nat_replies");
-        reply_keys.insert(rk);
+    // 4. Remove what is gone: lookups first, then tables, then backends.
+    pruneHash<lb_service>(txn, services_fd, service_keys, "services");
+    pruneHash<uint32_t>(txn, vips_fd, vip_keys, "vip_addrs");
+    pruneHash<lb_nat_reply>(txn, replies_fd, reply_keys, "nat_replies");
+    for (uint32_t sid = 0; sid < services_next.size(); ++sid) {
+      if (services_next[sid] != 0 && !live_services.contains(sid)) {
+        const lb_service none{};
+        txn.put(by_id_fd, sid, none, "service_by_id");
+        txn.eraseInner(maglev_fd, sid);
+        tables_next[sid] = MaglevSlots();
+        services_next[sid] = 0;
       }
     }
+    // Exactly the ids that were programmed and are gone, wherever they are in the id space:
+    // O(removed) map calls.
+    const lb_backend empty{};
+    for (uint32_t id : programmed_backends_) {
+      if (id >= snap.backends.size() || !snap.backends[id].present) {
+        txn.put(backends_fd, id, empty, "backends");
+      }
+    }
+  } catch (const std::exception& e) {
+    const size_t lost = txn.rollback();
+    restoreGlobals();
+    if (lost != 0) {
+      throw XdpError(fmt::format("{}; and {} map entries could not be put back", e.what(), lost));
+    }
+    throw;
+  } catch (...) {
+    txn.rollback();
+    restoreGlobals();
+    throw;
   }
-
-  // 4. Remove what is gone: lookups first, then tables, then backends.
-  pruneHash(services_fd, service_keys);
-  pruneHash(vips_fd, vip_keys);
-  pruneHash(replies_fd, reply_keys);
-  for (uint32_t sid = 0; sid < programmed_services_.size(); ++sid) {
-    if (programmed_services_[sid] != 0 && !live_services.contains(sid)) {
-      const lb_service none{};
-      update(by_id_fd, &sid, &none, "service_by_id");
-      bpf_map_delete_elem(maglev_fd, &sid);
-      programmed_tables_[sid] = MaglevSlots();
-      programmed_services_[sid] = 0;
-    }
-  }
-  const lb_backend empty{};
-  for (uint32_t id = 1; id < LB_MAX_BACKENDS; ++id) {
-    if (id < snap.backends.size() && snap.backends[id].present) {
-      continue;
-    }
-    lb_backend cur{};
-    if (bpf_map_lookup_elem(backends_fd, &id, &cur) == 0 && cur.epoch != 0) {
-      update(backends_fd, &id, &empty, "backends");
-    }
-    if (id >= snap.backends.size() && id > 4096) {
-      break;  // ids are handed out densely from 1: nothing beyond was ever written
-    }
-  }
+  // Commit. txn's destructor then closes the fds held on replaced Maglev tables.
+  programmed_services_ = std::move(services_next);
+  programmed_tables_ = std::move(tables_next);
+  programmed_backends_ = std::move(backends_next);
 }
 
 int XdpDataplane::run(std::span<const uint8_t> in, std::vector<uint8_t>& out) {

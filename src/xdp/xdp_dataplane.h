@@ -45,9 +45,24 @@ class XdpDataplane {
   /**
    * Write snap into the maps. Order keeps every intermediate state consistent for the program:
    * backends first, then each service's Maglev table (a new inner map swapped in whole), then
-   * the lookup maps, and last the removal of what is gone. @throws XdpError
+   * the lookup maps, and last the removal of what is gone.
+   *
+   * All or nothing: every map entry and .bss global it writes is first recorded in an undo log
+   * (the key's previous value, or its absence; for a Maglev table, an fd holding the previous
+   * inner map), and on any failure the log is played back in reverse before the error is
+   * rethrown, so the program sees the snapshot it had before. Each entry is read (for the log)
+   * and written only if it changes, and only the backend ids that were programmed and are gone
+   * are cleared: a publish makes O(changed) map writes and O(removed) calls for removals.
+   * @throws XdpError (the maps as they were before the call)
    */
   void apply(const Snapshot& snap);
+
+  /**
+   * Fault injection for tests: the next apply() makes n map writes (updates and deletes) and then
+   * fails the next one with EIO, exactly where a failed bpf syscall would fail, and so takes the
+   * real rollback path. Applies once; a negative n disarms it.
+   */
+  void failAfterWrites(int n) { fail_after_writes_ = n; }
 
   /** The source MAC of transmitted frames (the interface's, or the replay port's). */
   void setPortMac(const uint8_t mac[6]);
@@ -84,12 +99,16 @@ class XdpDataplane {
   xdp_lb* skel_ = nullptr;
   int ncpus_ = 1;
   std::vector<uint32_t> programmed_services_;  // service ids with a table in `maglev`
+  // Backend ids with a non-zero epoch in `backends`, ascending: the ones a publish must clear
+  // when the snapshot no longer has them (any id below LB_MAX_BACKENDS, not only the low ones).
+  std::vector<uint32_t> programmed_backends_;
   // The table each service id was last given: a snapshot that shares it (unchanged service) needs
   // no new inner map, so a publish costs O(changed services) here too.
   std::vector<MaglevSlots> programmed_tables_;
   // Frames shorter than an Ethernet header never reach an XDP program (the kernel refuses them,
   // as a NIC drops runts); replay counts them here as the DPDK path does: truncated.
   uint64_t runts_ = 0;
+  int fail_after_writes_ = -1;  // failAfterWrites(): armed for the next apply() when >= 0
 };
 
 /** The XDP path behind the control plane: one loaded program per interface, all fed the same
@@ -98,6 +117,12 @@ class XdpDataplaneHandle : public DataplaneHandle {
  public:
   explicit XdpDataplaneHandle(std::vector<std::unique_ptr<XdpDataplane>> programs)
       : programs_(std::move(programs)) {}
+  /**
+   * Apply next to every program, in order. All or nothing: when program k fails (it rolls
+   * itself back), programs 0..k-1, which took next already, are given the snapshot in force
+   * again (an empty one before the first publish), and current() stays what it was.
+   * @throws XdpError
+   */
   void publish(SnapshotPtr next) override;
   const Snapshot* current() const override { return current_.get(); }
   StatsTotals totals(const Snapshot& snap) const override;

@@ -11,6 +11,8 @@
 
 #include "common/lb_abi.h"
 #include "common/net.h"
+#include "control/config.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/run.h"
 #include "tools/pktgen/packet_builder.h"
 #include "tools/pktgen/pcap_io.h"
@@ -24,80 +26,36 @@ using pktgen::PacketSpec;
 using pktgen::PcapRecord;
 using sluice::IpAddress;
 using sluice::MacAddress;
+using testsupport::ip;
+using testsupport::mac;
 
 constexpr uint64_t kStartUs = 1700000000ull * 1'000'000ull;
 
-IpAddress ip(const char* s) { return *IpAddress::parse(s); }
-MacAddress mac(const char* s) { return *MacAddress::parse(s); }
-
-constexpr std::string_view kConfig = R"(
-[dataplane]
-gateway_mac = "02:00:00:00:00:fe"
-[timeouts]
-tcp = 900
-tcp_fin = 10
-udp = 300
-
-[[service]]
-name = "web"
-vip = "192.0.2.10"
-port = 80
-protocol = "tcp"
-forwarding = "dr"
-[[service.backend]]
-address = "10.0.0.11"
-mac = "02:00:00:00:01:11"
-weight = 100
-[[service.backend]]
-address = "10.0.0.12"
-mac = "02:00:00:00:01:12"
-weight = 100
-[[service.backend]]
-address = "10.0.0.13"
-mac = "02:00:00:00:01:13"
-weight = 200
-
-[[service]]
-name = "dns"
-vip = "192.0.2.53"
-port = 53
-protocol = "udp"
-forwarding = "nat"
-[[service.backend]]
-address = "10.0.1.21"
-port = 5353
-mac = "02:00:00:00:02:21"
-[[service.backend]]
-address = "10.0.1.22"
-port = 5353
-mac = "02:00:00:00:02:22"
-
-[[service]]
-name = "web6"
-vip = "2001:db8::10"
-port = 443
-protocol = "tcp"
-forwarding = "nat"
-[[service.backend]]
-address = "2001:db8:1::11"
-port = 8443
-mac = "02:00:00:00:03:11"
-[[service.backend]]
-address = "2001:db8:1::12"
-port = 8443
-mac = "02:00:00:00:03:12"
-
-[[service]]
-name = "drained"
-vip = "192.0.2.30"
-port = 80
-protocol = "udp"
-forwarding = "dr"
-[[service.backend]]
-address = "10.0.3.1"
-mac = "02:00:00:00:07:01"
-weight = 0
-)";
+/**
+ * The fixture's three services, with the timeouts the late packets of the capture rely on (a UDP
+ * flow idle for longer than udp, a SYN after FIN + tcp_fin), and one more service whose only
+ * backend is drained.
+ */
+std::string diffConfigText() {
+  sluice::Config c = testsupport::threeServices();
+  c.timeouts.tcp_s = 900;
+  c.timeouts.tcp_fin_s = 10;
+  c.timeouts.udp_s = 300;
+  sluice::ServiceConfig drained;
+  drained.name = "drained";
+  drained.vip = ip("192.0.2.30");
+  drained.port = 80;
+  drained.protocol = sluice::Protocol::kUdp;
+  drained.forwarding = sluice::Forwarding::kDr;
+  sluice::BackendConfig b;
+  b.address = ip("10.0.3.1");
+  b.port = 80;
+  b.mac = mac("02:00:00:00:07:01");
+  b.weight = 0;
+  drained.backends.push_back(b);
+  c.services.push_back(drained);
+  return testsupport::configText(c);
+}
 
 /** Client traffic to every service, NAT replies, malformed frames and traffic for nothing. */
 std::vector<PcapRecord> capture() {
@@ -211,7 +169,7 @@ Replay replay(const testsupport::TempDir& dir, const std::string& dataplane,
   const std::string in_path = dir.file("in.pcap");
   const std::string cfg = dir.file("sluice.toml");
   pktgen::writePcap(in_path, in);
-  testsupport::writeFile(cfg, kConfig);
+  testsupport::writeFile(cfg, diffConfigText());
   Replay r;
   const std::string out_path = dir.file(dataplane + "-out.pcap");
   r.run = testsupport::runProgram(

@@ -38,6 +38,7 @@
 
 #include "common/lb_abi.h"
 #include "common/net.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/run.h"
 #include "tools/pktgen/packet_builder.h"
 #include "tools/pktgen/pcap_io.h"
@@ -67,28 +68,14 @@ using pktgen::PacketSpec;
 using pktgen::PcapRecord;
 using sluice::IpAddress;
 using sluice::MacAddress;
+using testsupport::ip;
+using testsupport::mac;
 
 constexpr uint64_t kSecondUs = 1'000'000;
 constexpr uint64_t kStartUs = 1700000000ull * kSecondUs;
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-IpAddress ip(std::string_view text) {
-  auto a = IpAddress::parse(text);
-  if (!a) {
-    throw std::invalid_argument("bad IP address in test: " + std::string(text));
-  }
-  return *a;
-}
-
-MacAddress mac(std::string_view text) {
-  auto m = MacAddress::parse(text);
-  if (!m) {
-    throw std::invalid_argument("bad MAC in test: " + std::string(text));
-  }
-  return *m;
-}
 
 MacAddress dstMacOf(const Bytes& frame) {
   MacAddress m;
@@ -313,10 +300,8 @@ struct BackendDef {
   uint16_t port = 0;  // 0: leave it out (the service port)
 
   IpAddress ipAddr() const { return ip(address); }
-  MacAddress macAddr() const { return mac_(mac); }
-
- private:
-  static MacAddress mac_(std::string_view s) { return ::mac(s); }
+  // Qualified: the member `mac` hides the function of that name here.
+  MacAddress macAddr() const { return testsupport::mac(mac); }
 };
 
 struct ServiceDef {

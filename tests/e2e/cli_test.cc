@@ -44,6 +44,8 @@
 
 #include "common/lb_abi.h"
 #include "common/net.h"
+#include "control/config.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/run.h"
 #include "tools/pktgen/packet_builder.h"
 #include "tools/pktgen/pcap_io.h"
@@ -73,6 +75,8 @@ using testsupport::writeFile;
 using pktgen::PcapRecord;
 using sluice::IpAddress;
 using sluice::MacAddress;
+using testsupport::ip;
+using testsupport::mac;
 
 constexpr uint64_t kSecondUs = 1'000'000;
 constexpr uint64_t kStartUs = 1700000000ull * kSecondUs;
@@ -80,22 +84,6 @@ constexpr uid_t kNobody = 65534;
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-IpAddress ip(std::string_view text) {
-  auto a = IpAddress::parse(text);
-  if (!a) {
-    throw std::invalid_argument("bad IP address in test: " + std::string(text));
-  }
-  return *a;
-}
-
-MacAddress mac(std::string_view text) {
-  auto m = MacAddress::parse(text);
-  if (!m) {
-    throw std::invalid_argument("bad MAC in test: " + std::string(text));
-  }
-  return *m;
-}
 
 /** "10.0.0.1:80" or "[2001:db8::1]:80", as sluicectl prints endpoints. */
 std::string endpoint(const std::string& address, uint64_t port) {
@@ -171,76 +159,25 @@ void makeStaleSocket(const std::string& path) {
 // ---------------------------------------------------------------------------------------------
 // The configuration and the capture
 
-// Three services: DR/TCP/IPv4, NAT/UDP/IPv4, NAT/TCP/IPv6. The timeouts are long so that every
-// flow of the capture stays active for the whole test (TCP flows end with a FIN).
-constexpr std::string_view kBaseConfig = R"(# sluicectl end-to-end test configuration
-[dataplane]
-flow_table_size = 65536
-gateway_mac = "02:00:00:00:00:fe"
+// The fixture's three services: DR/TCP/IPv4, NAT/UDP/IPv4, NAT/TCP/IPv6. The timeouts are long
+// so that every flow of the capture stays active for the whole test (TCP flows end with a FIN);
+// dns and web6 get table sizes of their own (the tests name them), web keeps the default.
+sluice::Config baseConfig() {
+  sluice::Config c = testsupport::threeServices();
+  c.dataplane.flow_table_size = 65536;
+  c.timeouts.tcp_s = 3600;
+  c.timeouts.tcp_fin_s = 3600;
+  c.timeouts.udp_s = 3600;
+  testsupport::service(c, "dns").table_size = 251;
+  testsupport::service(c, "web6").table_size = 1009;
+  return c;
+}
 
-[timeouts]
-tcp = 3600
-tcp_fin = 3600
-udp = 3600
-
-[[service]]
-name = "web"
-vip = "192.0.2.10"
-port = 80
-protocol = "tcp"
-forwarding = "dr"
-
-[[service.backend]]
-address = "10.0.0.11"
-mac = "02:00:00:00:01:11"
-weight = 100
-
-[[service.backend]]
-address = "10.0.0.12"
-mac = "02:00:00:00:01:12"
-weight = 100
-
-[[service.backend]]
-address = "10.0.0.13"
-mac = "02:00:00:00:01:13"
-weight = 200
-
-[[service]]
-name = "dns"
-vip = "192.0.2.53"
-port = 53
-protocol = "udp"
-forwarding = "nat"
-table_size = 251
-
-[[service.backend]]
-address = "10.0.1.21"
-port = 5353
-mac = "02:00:00:00:02:21"
-
-[[service.backend]]
-address = "10.0.1.22"
-port = 5353
-mac = "02:00:00:00:02:22"
-
-[[service]]
-name = "web6"
-vip = "2001:db8::10"
-port = 443
-protocol = "tcp"
-forwarding = "nat"
-table_size = 1009
-
-[[service.backend]]
-address = "2001:db8:1::11"
-port = 8443
-mac = "02:00:00:00:03:11"
-
-[[service.backend]]
-address = "2001:db8:1::12"
-port = 8443
-mac = "02:00:00:00:03:12"
-)";
+/** baseConfig() as the file the daemons start from; the tests count its lines (FILE:LINE). */
+const std::string& baseConfigText() {
+  static const std::string text = testsupport::configText(baseConfig());
+  return text;
+}
 
 // What the capture holds.
 constexpr uint32_t kDnsFlows = 200, kDnsPacketsPerFlow = 3;   // UDP -> dns (NAT)
@@ -572,7 +509,7 @@ class DaemonSuite : public ::testing::Test {
       const std::string in = st.dir->file(tag + "-in.pcap");
       pktgen::writePcap(in, st.capture.records);
       const std::string config = st.dir->file(tag + ".toml");
-      writeFile(config, kBaseConfig);
+      writeFile(config, baseConfigText());
       st.error = st.daemon->start(st.dir->path(), tag, config, st.dir->file("s.sock"), in);
       if (st.error.empty()) {
         st.error = waitForReplay(st.daemon->socket(), st.dir->path(), st.capture.size());
@@ -641,7 +578,7 @@ class DaemonSuite : public ::testing::Test {
 
   /** Write the base configuration to the daemon's file and reload it. */
   void restore() const {
-    writeFile(daemon().config(), kBaseConfig);
+    writeFile(daemon().config(), baseConfigText());
     ok({"reload"});
   }
 };
@@ -800,7 +737,7 @@ TEST_F(ReadOnlyCli, ListAndStatsJsonMatchTheCapture) {
   EXPECT_EQ(dns.at("table_size"), 251);
   ASSERT_EQ(dns.at("backends").size(), 2u);
   EXPECT_EQ(dns.at("backends")[0].at("port"), 5353);
-  EXPECT_EQ(dns.at("backends")[0].at("weight"), 1) << "the default weight";
+  EXPECT_EQ(dns.at("backends")[0].at("weight"), 1) << "the fixture's weight";
   const json& web6 = services.at("web6");
   EXPECT_EQ(web6.at("vip"), "2001:db8::10");
   EXPECT_EQ(web6.at("table_size"), 1009);
@@ -1521,7 +1458,7 @@ TEST_F(EditCli, ReloadFromTheFile) {
   uint64_t gen = generation();
 
   // sluicectl reload: a service added to the file appears.
-  writeFile(path, withExtraService(kBaseConfig, std::string("\n") + std::string(kExtraService),
+  writeFile(path, withExtraService(baseConfigText(), std::string("\n") + std::string(kExtraService),
                                    nullptr));
   const RunResult plain = run({"reload"});
   ASSERT_EQ(plain.status, 0) << plain.describe();
@@ -1535,7 +1472,7 @@ TEST_F(EditCli, ReloadFromTheFile) {
   EXPECT_EQ(findBackend(l, "extra", "10.0.3.1", 7007).at("weight"), 3);
 
   // --json reload says what it did.
-  std::string text = withExtraService(kBaseConfig, "\n" + std::string(kExtraService), nullptr);
+  std::string text = withExtraService(baseConfigText(), "\n" + std::string(kExtraService), nullptr);
   text.replace(text.find("weight = 3"), 10, "weight = 4");
   writeFile(path, text);
   json r = parseJson(expectOk(run({"--json", "reload"})));
@@ -1556,9 +1493,13 @@ TEST_F(EditCli, ReloadFromTheFile) {
   EXPECT_TRUE(servicesByName(l).contains("web6"));
 
   // SIGHUP does the same.
-  text = std::string(kBaseConfig);
-  text.replace(text.find("weight = 200"), 12, "weight = 300");
-  writeFile(path, text);
+  sluice::Config heavier = baseConfig();
+  for (sluice::BackendConfig& b : testsupport::service(heavier, "web").backends) {
+    if (b.address == ip("10.0.0.13")) {
+      b.weight = 300;
+    }
+  }
+  writeFile(path, testsupport::configText(heavier));
   daemon().signal(SIGHUP);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (generation() == gen && std::chrono::steady_clock::now() < deadline) {
@@ -1573,7 +1514,7 @@ TEST_F(EditCli, ReloadFromTheFile) {
 
   // A broken file: refused with its file:line, the running configuration is kept.
   size_t first = 0;
-  writeFile(path, withExtraService(kBaseConfig, kBrokenService, &first));
+  writeFile(path, withExtraService(baseConfigText(), kBrokenService, &first));
   const size_t bad_line = first + kBrokenServiceBadLine - 1;
   const json before = list();
   const RunResult broken = run({"reload"});
@@ -1604,10 +1545,10 @@ TEST_F(EditCli, ReloadFromTheFile) {
   EXPECT_EQ(list(), before) << "a refused SIGHUP reload changed the running configuration";
 
   // A TOML syntax error, and a file that is gone.
-  writeFile(path, std::string(kBaseConfig) + "[[service]\n");
+  writeFile(path, std::string(baseConfigText()) + "[[service]\n");
   const RunResult syntax = run({"reload"});
   EXPECT_EQ(syntax.status, 1) << syntax.describe();
-  EXPECT_TRUE(contains(syntax.err, fmt::format("{}:{}:", path, lineCount(kBaseConfig) + 1)))
+  EXPECT_TRUE(contains(syntax.err, fmt::format("{}:{}:", path, lineCount(baseConfigText()) + 1)))
       << syntax.describe();
   EXPECT_EQ(lineCount(syntax.err), 1u) << syntax.describe();
   std::filesystem::remove(path);
@@ -1761,7 +1702,7 @@ TEST_F(NoDaemon, StaleSocketNoListener) {
 TEST_F(NoDaemon, DaemonRefusesABadConfiguration) {
   size_t first = 0;
   const std::string config = dir_.file("bad.toml");
-  writeFile(config, withExtraService(kBaseConfig, kBrokenService, &first));
+  writeFile(config, withExtraService(baseConfigText(), kBrokenService, &first));
   const std::string sock = dir_.file("s.sock");
   const std::string in = dir_.file("in.pcap");
   pktgen::writePcap(in, {});
@@ -1801,7 +1742,7 @@ TEST_F(NoDaemon, DaemonRefusesABadConfiguration) {
   EXPECT_FALSE(std::filesystem::exists(sock));
 
   // The socket path is taken by something that is not a socket.
-  writeFile(config, kBaseConfig);
+  writeFile(config, baseConfigText());
   writeFile(sock, "not a socket");
   const RunResult not_sock = sluiced({"run", "--config", config, "--socket", sock});
   EXPECT_EQ(not_sock.status, 1) << not_sock.describe();
@@ -1828,7 +1769,7 @@ TEST(Lifecycle, ChangesThenSigtermExitsZeroAndReportsPackets) {
   const std::string in = dir.file("in.pcap");
   pktgen::writePcap(in, capture.records);
   const std::string config = dir.file("c.toml");
-  writeFile(config, kBaseConfig);
+  writeFile(config, baseConfigText());
   const std::string sock = dir.file("run/sluiced.sock");  // a directory it creates
   Daemon d;
   const std::string err = d.start(dir.path(), "life", config, sock, in);
@@ -1859,7 +1800,7 @@ TEST(Lifecycle, ChangesThenSigtermExitsZeroAndReportsPackets) {
   run({"backend", "del", "web", "10.0.0.12"});
   run({"service", "del", "api"});
   EXPECT_EQ(ctl(sock, {"service", "del", "api"}, dir.path()).status, 1);
-  writeFile(config, withExtraService(kBaseConfig, "\n" + std::string(kExtraService), nullptr));
+  writeFile(config, withExtraService(baseConfigText(), "\n" + std::string(kExtraService), nullptr));
   d.signal(SIGHUP);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (!servicesByName(listJson(sock, dir.path())).contains("extra") &&
@@ -1908,7 +1849,7 @@ TEST(Lifecycle, AddedBackendDoesNotInheritTheCountersOfADeletedOne) {
   const std::string in = dir.file("in.pcap");
   pktgen::writePcap(in, capture.records);
   const std::string config = dir.file("c.toml");
-  writeFile(config, kBaseConfig);
+  writeFile(config, baseConfigText());
   const std::string sock = dir.file("s.sock");
   Daemon d;
   const std::string err = d.start(dir.path(), "reuse", config, sock, in);

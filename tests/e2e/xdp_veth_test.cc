@@ -20,9 +20,13 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "common/net.h"
+#include "control/config.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/run.h"
 #include "tools/pktgen/packet_builder.h"
 
@@ -68,36 +72,26 @@ class VethPair {
   bool ok_ = false;
 };
 
-constexpr std::string_view kConfig = R"(
-[dataplane]
-mode = "xdp"
-gateway_mac = "02:00:00:00:00:fe"
-flow_table_size = 65536
-
-[[service]]
-name = "web"
-vip = "192.0.2.10"
-port = 80
-protocol = "tcp"
-forwarding = "dr"
-[[service.backend]]
-address = "10.0.0.11"
-mac = "02:00:00:00:01:11"
-[[service.backend]]
-address = "10.0.0.12"
-mac = "02:00:00:00:01:12"
-
-[[service]]
-name = "dns"
-vip = "192.0.2.53"
-port = 53
-protocol = "udp"
-forwarding = "nat"
-[[service.backend]]
-address = "10.0.1.21"
-port = 5353
-mac = "02:00:00:00:02:21"
-)";
+/**
+ * The fixture on the XDP path, cut down to what the frames below exercise: web (DR) with two
+ * backends of equal weight, one of which is drained half-way, and dns (NAT) with one. No IPv6
+ * service: the test sends IPv4 frames only.
+ */
+std::string vethConfigText() {
+  sluice::Config c = testsupport::threeServices();
+  c.dataplane.mode = sluice::DataplaneMode::kXdp;
+  c.dataplane.flow_table_size = 65536;
+  std::erase_if(c.services, [](const sluice::ServiceConfig& s) { return s.name == "web6"; });
+  auto& web = testsupport::service(c, "web").backends;
+  std::erase_if(web, [](const sluice::BackendConfig& b) {
+    return b.address == testsupport::ip("10.0.0.13");
+  });
+  auto& dns = testsupport::service(c, "dns").backends;
+  std::erase_if(dns, [](const sluice::BackendConfig& b) {
+    return b.address == testsupport::ip("10.0.1.22");
+  });
+  return testsupport::configText(c);
+}
 
 /**
  * In the generator namespace (on this thread only): send frames on the interface and collect what
@@ -163,7 +157,7 @@ TEST(XdpVeth, RunForwardsRealFramesOnAVeth) {
   }
   testsupport::TempDir dir("sluice-xdp-veth");
   const std::string cfg = dir.file("sluice.toml");
-  testsupport::writeFile(cfg, kConfig);
+  testsupport::writeFile(cfg, vethConfigText());
   const std::string sock = dir.file("s.sock");
   const std::string log = dir.file("sluiced.log");
 

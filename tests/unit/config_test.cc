@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 
+#include "tests/support/fixtures.h"
+
 namespace sluice {
 namespace {
 
@@ -41,8 +43,8 @@ std::string validateError(const Config& config) {
   return "<no error>";
 }
 
-MacAddress mac(std::string_view text) { return MacAddress::parse(text).value(); }
-IpAddress ip(std::string_view text) { return IpAddress::parse(text).value(); }
+using testsupport::ip;
+using testsupport::mac;
 
 // A service as a one-line-per-field dump, without the source lines, to compare configurations.
 std::string describe(const Config& c) {

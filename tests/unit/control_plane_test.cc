@@ -4,9 +4,9 @@
 //
 // Every refusal must leave everything as it was: no publish, the same generation, the same
 // running configuration (compared as renderConfig text). Every success publishes exactly once and
-// raises the generation by one. The list and stats replies are checked only on the fields that
-// keep their place while their JSON layout changes ("ok", "generation", services[].name and
-// services[].backends[].address/port/weight); counters are looked for by value, wherever they are.
+// raises the generation by one. The list and stats replies are checked here on "ok", "generation",
+// services[].name and services[].backends[].address/port/weight, with counters looked for by
+// value; their field-by-field layout (docs/json.md) is checked end to end in tests/e2e/cli_test.cc.
 #include "control/control_plane.h"
 
 #include <gtest/gtest.h>

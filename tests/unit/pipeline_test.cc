@@ -23,6 +23,7 @@
 #include "control/snapshot_builder.h"
 #include "dataplane/pipeline.h"
 #include "common/snapshot.h"
+#include "tests/support/fixtures.h"
 #include "tools/pktgen/packet_builder.h"
 
 namespace sluice {
@@ -30,21 +31,11 @@ namespace {
 
 using pktgen::Bytes;
 using pktgen::PacketSpec;
+using testsupport::ip;
+using testsupport::mac;
 
 constexpr uint64_t kSec = 1'000'000'000ull;
 constexpr uint64_t kT0 = 1000 * kSec;
-
-IpAddress ip(const char* text) {
-  auto a = IpAddress::parse(text);
-  EXPECT_TRUE(a.has_value()) << text;
-  return a.value_or(IpAddress{});
-}
-
-MacAddress mac(const char* text) {
-  auto m = MacAddress::parse(text);
-  EXPECT_TRUE(m.has_value()) << text;
-  return m.value_or(MacAddress{});
-}
 
 const MacAddress kPortMac = mac("02:00:00:00:00:bb");
 const MacAddress kClientMac = mac("02:00:00:00:00:aa");
@@ -78,32 +69,29 @@ BackendConfig webB(uint32_t w = 1) { return backend("10.0.0.12", 80, "02:00:00:0
 BackendConfig webC(uint32_t w = 1) { return backend("10.0.0.13", 80, "02:00:00:00:01:13", w); }
 BackendConfig webD(uint32_t w = 1) { return backend("10.0.0.14", 80, "02:00:00:00:01:14", w); }
 
-// A configuration with DR and NAT services of both families and protocols.
+// A configuration with DR and NAT services of both families and protocols: the fixture's three
+// (web DR/TCP/IPv4 with the given backends, dns NAT/UDP/IPv4, web6 NAT/TCP/IPv6 on port 443),
+// then NAT/TCP/IPv4, NAT/UDP/IPv6, DR/TCP/IPv6 (port 80 of web6's VIP), a service whose backends
+// are all drained and one without backends.
 Config baseConfig(std::vector<BackendConfig> web = {webA(), webB(), webC()},
                   bool gateway = true) {
-  Config c;
+  Config c = testsupport::threeServices();
   c.dataplane.flow_table_size = 1u << 16;
+  c.dataplane.gateway_mac.reset();
   if (gateway) {
     c.dataplane.gateway_mac = kGatewayMac;
   }
   c.timeouts.tcp_s = 900;
   c.timeouts.tcp_fin_s = 10;
   c.timeouts.udp_s = 300;
-  c.services.push_back(
-      service("web", "192.0.2.10", 80, Protocol::kTcp, Forwarding::kDr, std::move(web)));
-  c.services.push_back(service("dns", "192.0.2.53", 53, Protocol::kUdp, Forwarding::kNat,
-                               {backend("10.0.1.1", 5353, "02:00:00:00:02:01"),
-                                backend("10.0.1.2", 5353, "02:00:00:00:02:02")}));
+  testsupport::service(c, "web").backends = std::move(web);
   c.services.push_back(service("api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
                                {backend("10.0.2.1", 8443, "02:00:00:00:03:01"),
                                 backend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
-  c.services.push_back(service("api6", "2001:db8::20", 443, Protocol::kTcp, Forwarding::kNat,
-                               {backend("2001:db8:1::1", 8443, "02:00:00:00:04:01"),
-                                backend("2001:db8:1::2", 8443, "02:00:00:00:04:02")}));
   c.services.push_back(service("dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
                                {backend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
                                 backend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
-  c.services.push_back(service("web6", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
+  c.services.push_back(service("web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
                                {backend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
                                 backend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
   c.services.push_back(service("drained", "192.0.2.30", 80, Protocol::kTcp, Forwarding::kDr,
@@ -227,36 +215,22 @@ uint64_t totalDrops(const WorkerCounters& c) {
 }
 
 TEST(PipelineConfig, SnapshotFromTomlText) {
-  // The same path as the daemon: TOML text -> Config -> Snapshot -> Pipeline.
-  const Config c = parseConfig(R"(
-[dataplane]
-gateway_mac = "02:00:00:00:00:fe"
-
-[timeouts]
-udp = 30
-
-[[service]]
-name = "dns"
-vip = "192.0.2.53"
-port = 53
-protocol = "udp"
-forwarding = "nat"
-
-[[service.backend]]
-address = "10.0.1.1"
-port = 5353
-mac = "02:00:00:00:02:01"
-)",
-                               "test");
+  // The same path as the daemon: TOML text -> Config -> Snapshot -> Pipeline. The text is the
+  // fixture written out as a file, with a UDP timeout of its own and dns down to one backend.
+  Config file = testsupport::threeServices();
+  file.timeouts.udp_s = 30;
+  std::erase_if(testsupport::service(file, "dns").backends,
+                [](const BackendConfig& b) { return b.address != ip("10.0.1.21"); });
+  const Config c = parseConfig(testsupport::configText(file), "test");
   Lb lb(c);
   EXPECT_EQ(lb.snap->udp_timeout_ns, 30 * kSec);
   const PacketSpec s = clientSpec(1, "192.0.2.53", 53, LB_PROTO_UDP);
   Bytes f = pktgen::build(s);
   ASSERT_TRUE(runOne(lb, f, kT0));
   PacketSpec expected = s;
-  expected.dst = ip("10.0.1.1");
+  expected.dst = ip("10.0.1.21");
   expected.dport = 5353;
-  expected.dst_mac = mac("02:00:00:00:02:01");
+  expected.dst_mac = mac("02:00:00:00:02:21");
   expected.src_mac = kPortMac;
   EXPECT_EQ(f, pktgen::build(expected));
   // The UDP timeout from the file applies.
@@ -483,7 +457,7 @@ TEST_P(PipelineNatTest, ForwardAndReplyOnAnotherCore) {
 INSTANTIATE_TEST_SUITE_P(PipelineAll, PipelineNatTest,
                          ::testing::Values(NatCase{"192.0.2.53", 53, LB_PROTO_UDP},
                                            NatCase{"192.0.2.20", 443, LB_PROTO_TCP},
-                                           NatCase{"2001:db8::20", 443, LB_PROTO_TCP},
+                                           NatCase{"2001:db8::10", 443, LB_PROTO_TCP},
                                            NatCase{"2001:db8::53", 53, LB_PROTO_UDP}),
                          [](const ::testing::TestParamInfo<NatCase>& info) {
                            return std::string(ip(info.param.vip).isV6() ? "Ipv6" : "Ipv4") +
@@ -531,12 +505,12 @@ TEST(PipelineNat, ReplyWithoutGatewayUsesLearnedMac) {
   const Config config = baseConfig({webA(), webB(), webC()}, /*gateway=*/false);
   Lb lb(config);
   ASSERT_FALSE(lb.snap->has_gateway_mac);
-  const uint32_t bid = backendId(*lb.snap, ip("10.0.1.1"), 5353);
+  const uint32_t bid = backendId(*lb.snap, ip("10.0.1.21"), 5353);
   ASSERT_NE(bid, 0u);
   PacketSpec reply;
-  reply.src_mac = mac("02:00:00:00:02:01");
+  reply.src_mac = mac("02:00:00:00:02:21");
   reply.dst_mac = kPortMac;
-  reply.src = ip("10.0.1.1");
+  reply.src = ip("10.0.1.21");
   reply.sport = 5353;
   reply.dst = ip("198.51.0.1");
   reply.dport = 20007;
@@ -596,7 +570,7 @@ TEST(PipelineNat, ReplyWithoutGatewayUsesLearnedMac) {
 TEST(PipelineNat, ReplyFromUnknownPortIsNoService) {
   Lb lb(baseConfig());
   PacketSpec reply;
-  reply.src = ip("10.0.1.1");
+  reply.src = ip("10.0.1.21");
   reply.sport = 5354;  // the backend listens on 5353
   reply.dst = ip("198.51.0.1");
   reply.dport = 20007;
@@ -1105,11 +1079,12 @@ TEST(PipelineDeterminism, SameChoiceOnEveryCoreAndEveryBuild) {
   // IPv6 NAT too: the same backend address.
   Lb n1(baseConfig());
   Config swapped = baseConfig();
-  std::reverse(swapped.services[3].backends.begin(), swapped.services[3].backends.end());
+  std::vector<BackendConfig>& web6 = testsupport::service(swapped, "web6").backends;
+  std::reverse(web6.begin(), web6.end());
   std::reverse(swapped.services.begin(), swapped.services.end());
   Lb n2(swapped);
   for (uint32_t i = 0; i < 500; ++i) {
-    Bytes a = pktgen::build(clientSpec(i, "2001:db8::20", 443, LB_PROTO_TCP, 0x02));
+    Bytes a = pktgen::build(clientSpec(i, "2001:db8::10", 443, LB_PROTO_TCP, 0x02));
     Bytes b = a;
     ASSERT_TRUE(runOne(n1, a, kT0));
     ASSERT_TRUE(runOne(n2, b, kT0));
@@ -1166,7 +1141,7 @@ TEST(PipelineFuzz, MutatedFramesAreHandledAndAccountedFor) {
   for (const auto& [vip, port, proto] :
        std::vector<std::tuple<const char*, uint16_t, uint8_t>>{
            {"192.0.2.10", 80, LB_PROTO_TCP},   {"192.0.2.53", 53, LB_PROTO_UDP},
-           {"192.0.2.20", 443, LB_PROTO_TCP},  {"2001:db8::20", 443, LB_PROTO_TCP},
+           {"192.0.2.20", 443, LB_PROTO_TCP},  {"2001:db8::10", 443, LB_PROTO_TCP},
            {"2001:db8::53", 53, LB_PROTO_UDP}, {"2001:db8::10", 80, LB_PROTO_TCP}}) {
     seeds.push_back(pktgen::build(clientSpec(1, vip, port, proto)));
   }
