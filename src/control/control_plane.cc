@@ -394,6 +394,9 @@ json ControlPlane::handle(const json& req) noexcept {
 }
 
 json ControlPlane::list() const {
+  if (dataplane_.current() == nullptr) {
+    throw RequestError("nothing is published yet: the control plane has not started");
+  }
   const Snapshot& snap = *dataplane_.current();
   return {{"ok", true},
           {"schema", kJsonSchema},
@@ -404,6 +407,9 @@ json ControlPlane::list() const {
 }
 
 json ControlPlane::stats() const {
+  if (dataplane_.current() == nullptr) {
+    throw RequestError("nothing is published yet: the control plane has not started");
+  }
   const Snapshot& snap = *dataplane_.current();
   const StatsTotals t = dataplane_.totals(snap);
   return {{"ok", true},

@@ -422,6 +422,18 @@ TEST_F(ControlPlaneTest, Version) {
   EXPECT_EQ(r.at("generation"), 1u);
 }
 
+// Before start() nothing is published: list and stats answer with an error, not a crash.
+TEST(ControlPlaneBeforeStart, ListAndStatsRefuseWithoutASnapshot) {
+  FakeDataplane fake;
+  ControlPlane cp(threeServices(), "", fake);
+  for (const char* cmd : {"list", "stats"}) {
+    const json r = cp.handle({{"command", cmd}});
+    EXPECT_EQ(r.value("ok", true), false) << cmd;
+    EXPECT_EQ(r.value("error", ""), "nothing is published yet: the control plane has not started");
+  }
+  EXPECT_EQ(fake.publishes(), 0u);
+}
+
 TEST_F(ControlPlaneTest, ListShowsTheSnapshotInForce) {
   StatsTotals t;
   t.workers.resize(2);
