@@ -43,6 +43,7 @@ typedef uint64_t lb_u64;
 #define LB_ETH_P_IPV6 0x86DD
 #define LB_ETH_P_VLAN 0x8100   /* 802.1Q */
 #define LB_ETH_P_QINQ 0x88A8   /* 802.1ad */
+#define LB_ETH_P_ARP 0x0806
 #define LB_MAX_VLAN_TAGS 2
 #define LB_MAX_IPV6_EXT_HDRS 6
 
@@ -52,6 +53,23 @@ typedef uint64_t lb_u64;
 #define LB_IPPROTO_FRAGMENT 44
 #define LB_IPPROTO_AH 51
 #define LB_IPPROTO_DSTOPTS 60
+#define LB_IPPROTO_ICMP 1
+#define LB_IPPROTO_ICMPV6 58
+
+/* The ICMP messages the data paths answer themselves (RFC 792, RFC 4443, RFC 4861). */
+#define LB_ICMP_ECHO_REPLY 0
+#define LB_ICMP_ECHO_REQUEST 8
+#define LB_ICMPV6_ECHO_REQUEST 128
+#define LB_ICMPV6_ECHO_REPLY 129
+#define LB_ICMPV6_NEIGH_SOLICIT 135
+#define LB_ICMPV6_NEIGH_ADVERT 136
+#define LB_ND_OPT_SOURCE_LLADDR 1
+#define LB_ND_OPT_TARGET_LLADDR 2
+/* An answered Neighbour Solicitation becomes an advertisement of this size (ICMPv6 header,
+ * flags, target, one target link-layer address option). */
+#define LB_ND_NA_LEN 32
+#define LB_ARP_LEN 28             /* Ethernet/IPv4 ARP (RFC 826) */
+#define LB_REPLY_HOP_LIMIT 64     /* TTL / hop limit of an answered echo */
 
 #define LB_TCP_FIN 0x01
 #define LB_TCP_SYN 0x02
@@ -100,6 +118,7 @@ enum lb_drop_reason {
 	LB_DROP_NO_BACKEND,        /* service has no backend with weight > 0 */
 	LB_DROP_NO_NEXT_HOP,       /* NAT reply, but no gateway MAC configured or learned yet */
 	LB_DROP_TX_FULL,           /* transmit queue did not take the packet */
+	LB_DROP_NOT_FOR_US,        /* destination MAC is not the port's, broadcast, or ND multicast */
 	LB_DROP__COUNT
 };
 
@@ -117,6 +136,7 @@ static inline const char *lb_drop_reason_name(unsigned int reason)
 	case LB_DROP_NO_BACKEND: return "no_backend";
 	case LB_DROP_NO_NEXT_HOP: return "no_next_hop";
 	case LB_DROP_TX_FULL: return "tx_full";
+	case LB_DROP_NOT_FOR_US: return "not_for_us";
 	default: return "unknown";
 	}
 }
@@ -219,6 +239,9 @@ struct lb_service {
 	lb_u16 pad;
 };
 
+/* lb_backend.flags */
+#define LB_BACKEND_F_RESCHEDULE 1u  /* down: its flows pick a live backend on their next packet */
+
 struct lb_backend {
 	lb_u32 addr[4];
 	lb_u16 port;        /* network order */
@@ -226,6 +249,7 @@ struct lb_backend {
 	lb_u32 epoch;       /* 0: no backend has this id */
 	lb_u32 service_id;
 	lb_u32 weight;
+	lb_u32 flags;       /* LB_BACKEND_F_* */
 };
 
 struct lb_nat_reply {
@@ -248,9 +272,10 @@ struct lb_flow {
 struct lb_cpu_counters {
 	lb_u64 rx_packets;
 	lb_u64 tx_packets;
-	lb_u64 passed;      /* XDP_PASS: no service, handed to the kernel */
+	lb_u64 passed;      /* handed to the kernel: the host's own traffic, no service, non-IP */
 	lb_u64 flows_created;
 	lb_u64 flows_rescheduled;
+	lb_u64 answered;    /* ARP, Neighbour Solicitations and echo requests answered in place */
 	lb_u64 drops[LB_DROP__COUNT];
 };
 

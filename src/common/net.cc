@@ -110,3 +110,47 @@ std::string formatEndpoint(const IpAddress& addr, uint16_t port) {
 }
 
 }  // namespace sluice
+
+namespace sluice {
+
+std::optional<IpPrefix> IpPrefix::parse(std::string_view text) {
+  const size_t slash = text.find('/');
+  if (slash == std::string_view::npos || slash + 1 >= text.size() || text.size() - slash > 4) {
+    return std::nullopt;
+  }
+  const auto addr = IpAddress::parse(text.substr(0, slash));
+  if (!addr) {
+    return std::nullopt;
+  }
+  unsigned len = 0;
+  for (char c : text.substr(slash + 1)) {
+    if (c < '0' || c > '9') {
+      return std::nullopt;
+    }
+    len = len * 10 + static_cast<unsigned>(c - '0');
+  }
+  if (len > (addr->isV4() ? 32u : 128u)) {
+    return std::nullopt;
+  }
+  return IpPrefix{*addr, static_cast<uint8_t>(len)};
+}
+
+std::string IpPrefix::str() const { return address.str() + "/" + std::to_string(length); }
+
+bool IpPrefix::contains(const IpAddress& a) const {
+  if (a.family != address.family) {
+    return false;
+  }
+  const unsigned full = length / 8;
+  if (std::memcmp(a.bytes.data(), address.bytes.data(), full) != 0) {
+    return false;
+  }
+  const unsigned rest = length % 8;
+  if (rest == 0) {
+    return true;
+  }
+  const uint8_t mask = static_cast<uint8_t>(0xff << (8 - rest));
+  return (a.bytes[full] & mask) == (address.bytes[full] & mask);
+}
+
+}  // namespace sluice

@@ -33,6 +33,21 @@ struct IpAddress {
   bool operator==(const IpAddress&) const = default;
 };
 
+/** An address with a prefix length: one of Sluice's own addresses and its on-link subnet. */
+struct IpPrefix {
+  IpAddress address;
+  uint8_t length = 0;  // 0..32 (IPv4) or 0..128 (IPv6)
+
+  /** "198.51.100.2/24", "2001:db8:b::2/64"; nullopt when malformed or the length is too long. */
+  static std::optional<IpPrefix> parse(std::string_view text);
+  std::string str() const;
+  /** Whether a is in this prefix's subnet (same family, same first `length` bits). */
+  bool contains(const IpAddress& a) const;
+
+  auto operator<=>(const IpPrefix&) const = default;
+  bool operator==(const IpPrefix&) const = default;
+};
+
 /** An Ethernet MAC address. */
 struct MacAddress {
   std::array<uint8_t, 6> bytes{};

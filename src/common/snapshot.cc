@@ -52,4 +52,15 @@ EndpointKey makeEndpointKey(const IpAddress& addr, uint16_t port, uint8_t proto)
   return k;
 }
 
+const char* backendStateName(BackendState s) {
+  switch (s) {
+    case BackendState::kUp: return "up";
+    case BackendState::kDrained: return "drained";
+    case BackendState::kDown: return "down";
+    case BackendState::kMaintenance: return "maintenance";
+    case BackendState::kUnresolved: return "unresolved";
+  }
+  return "unknown";
+}
+
 }  // namespace sluice

@@ -129,11 +129,23 @@ class MaglevSlots {
   uint64_t fastmod_ = 0;
 };
 
+/** Why a backend does or does not take new flows; what `sluicectl list` shows. */
+enum class BackendState : uint8_t {
+  kUp,           // in the Maglev table
+  kDrained,      // weight 0: keeps its flows, gets no new ones
+  kDown,         // its health check failed
+  kMaintenance,  // forced down by the operator (sluicectl backend down)
+  kUnresolved,   // no MAC yet: neither in the configuration nor resolved by ARP/ND
+};
+const char* backendStateName(BackendState s);
+
 struct BackendEntry {
   bool present = false;    // false: the id is free; flows pinned to it are rescheduled
   uint32_t service_id = 0;
   uint32_t epoch = 0;      // bumped when the id is given to another backend
-  uint32_t weight = 0;     // 0 = drained: keeps its flows, gets no new ones
+  uint32_t weight = 0;     // configured; 0 = drained: keeps its flows, gets no new ones
+  BackendState state = BackendState::kUp;  // only kUp backends are in the Maglev table
+  uint32_t flags = 0;      // LB_BACKEND_F_RESCHEDULE: its flows leave it on their next packet
   uint32_t addr[4] = {};   // wire layout
   uint16_t port_be = 0;
   uint8_t mac[6] = {};
@@ -164,12 +176,17 @@ struct Snapshot {
   std::vector<BackendEntry> backends;  // indexed by backend id; [0] is never present
   EndpointMap service_map;             // VIP:port/proto -> service
   EndpointMap nat_reply_map;           // NAT backend addr:port/proto -> service, backend
-  EndpointMap vip_addresses;           // VIP address alone (port 0, proto 0): fragments
+  EndpointMap vip_addresses;           // VIP address alone (port 0, proto 0): fragments, ARP/ND, echo
+  EndpointMap local_addresses;         // Sluice's own addresses (port 0, proto 0): to the kernel
   uint64_t tcp_timeout_ns = 0;
   uint64_t tcp_fin_timeout_ns = 0;
   uint64_t udp_timeout_ns = 0;
-  bool has_gateway_mac = false;
+  // NAT replies' next hop per family (configured gateway_mac, or the resolved gateway); when
+  // unknown, the port's learned router MAC.
+  bool has_gateway_mac = false;  // IPv4
   uint8_t gateway_mac[6] = {};
+  bool has_gateway_mac6 = false;
+  uint8_t gateway_mac6[6] = {};
 };
 
 using SnapshotPtr = std::unique_ptr<Snapshot>;

@@ -15,6 +15,8 @@ void addTotals(WorkerTotals& into, const WorkerTotals& w) {
   into.flows_evicted += w.flows_evicted;
   into.flows_active += w.flows_active;
   into.flows_rescheduled += w.flows_rescheduled;
+  into.passed += w.passed;
+  into.answered += w.answered;
 }
 
 void addTotals(BackendTotals& into, const BackendTotals& b) {

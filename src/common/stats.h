@@ -33,6 +33,8 @@ struct WorkerTotals {
   uint64_t flows_evicted = 0;
   uint64_t flows_active = 0;
   uint64_t flows_rescheduled = 0;
+  uint64_t passed = 0;    // handed to the kernel (XDP_PASS, the DPDK exception port)
+  uint64_t answered = 0;  // ARP, Neighbour Solicitations and echo requests answered in place
 };
 
 struct StatsTotals {

@@ -355,7 +355,8 @@ IpAddress parseAddress(const Scope& scope, std::string_view key, std::string_vie
 
 void parseDataplane(std::string_view source, const toml::table& table, DataplaneConfig& out) {
   Scope scope(source, table, "[dataplane]", "dataplane.");
-  scope.rejectUnknownKeys({"flow_table_size", "gateway_mac", "mode", "interfaces", "xdp_attach"});
+  scope.rejectUnknownKeys({"flow_table_size", "gateway_mac", "mode", "interfaces", "xdp_attach",
+                           "addresses", "gateway", "exception_interface", "promiscuous"});
   if (auto mode = scope.optString("mode")) {
     if (*mode == "dpdk") {
       out.mode = DataplaneMode::kDpdk;
@@ -397,6 +398,146 @@ void parseDataplane(std::string_view source, const toml::table& table, Dataplane
   if (auto text = scope.optString("gateway_mac")) {
     out.gateway_mac = parseMac(scope, "gateway_mac", *text, "dataplane.gateway_mac");
   }
+  if (const toml::node* node = scope.find("addresses")) {
+    const toml::array* list = node->as_array();
+    if (list == nullptr) {
+      scope.fail(lineOf(*node), "dataplane.addresses must be an array of address/prefix strings "
+                                "like \"198.51.100.2/24\"");
+    }
+    for (const toml::node& item : *list) {
+      const auto* text = item.as_string();
+      const auto prefix = text != nullptr ? IpPrefix::parse(text->get()) : std::nullopt;
+      if (!prefix) {
+        scope.fail(lineOf(item),
+                   fmt::format("dataplane.addresses: {} is not an address with a prefix length "
+                               "(like \"198.51.100.2/24\" or \"2001:db8:b::2/64\")",
+                               text != nullptr ? fmt::format("{:?}", text->get())
+                                               : std::string(typeName(item.type()))));
+      }
+      out.addresses.push_back(*prefix);
+    }
+  }
+  if (const toml::node* node = scope.find("gateway")) {
+    // One address, or one per family.
+    std::vector<const toml::node*> items;
+    if (const toml::array* list = node->as_array()) {
+      for (const toml::node& item : *list) {
+        items.push_back(&item);
+      }
+    } else {
+      items.push_back(node);
+    }
+    for (const toml::node* item : items) {
+      const auto* text = item->as_string();
+      if (text == nullptr) {
+        scope.fail(lineOf(*item), "dataplane.gateway must be an address, or an array of one "
+                                  "IPv4 and one IPv6 address");
+      }
+      out.gateways.push_back(
+          parseAddress(scope, "gateway", text->get(), "dataplane.gateway"));
+    }
+  }
+  bool exception_given = false;
+  if (auto name = scope.optString("exception_interface")) {
+    if (name->size() > 15 || name->find_first_of("/ \t") != std::string_view::npos) {
+      scope.fail(scope.lineOf("exception_interface"),
+                 "dataplane.exception_interface must be an interface name (1..15 characters) "
+                 "or \"\" for none");
+    }
+    out.exception_interface = std::string(*name);
+    exception_given = true;
+  }
+  if (!exception_given && !out.addresses.empty()) {
+    out.exception_interface = "sluice0";
+  }
+  if (const toml::node* node = scope.find("promiscuous")) {
+    const auto* b = node->as_boolean();
+    if (b == nullptr) {
+      scope.fail(lineOf(*node), fmt::format("dataplane.promiscuous must be true or false, not {}",
+                                            typeName(node->type())));
+    }
+    out.promiscuous = b->get();
+  }
+}
+
+// keepalived's and Envoy's ranges, roughly: probes at least every hour, at most 100 per second.
+constexpr int64_t kMinProbeInterval = 10;
+constexpr int64_t kMaxProbeInterval = 3'600'000;
+constexpr int64_t kMaxThreshold = 100;
+
+std::optional<std::string> healthCheckProblem(const HealthCheckConfig& h) {
+  if (auto p = rangeProblem("health_check.interval_ms", h.interval_ms, kMinProbeInterval,
+                            kMaxProbeInterval)) {
+    return p;
+  }
+  if (auto p = rangeProblem("health_check.timeout_ms", h.timeout_ms, 1, h.interval_ms)) {
+    return *p + " (a probe must end before the next one is due)";
+  }
+  if (auto p = rangeProblem("health_check.rise", h.rise, 1, kMaxThreshold)) {
+    return p;
+  }
+  if (auto p = rangeProblem("health_check.fall", h.fall, 1, kMaxThreshold)) {
+    return p;
+  }
+  if (h.path.empty() || h.path[0] != '/' || h.path.size() > 1024 ||
+      std::any_of(h.path.begin(), h.path.end(),
+                  [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; })) {
+    return fmt::format("health_check.path {:?} must start with / and hold no spaces or control "
+                       "characters (at most 1024 bytes)",
+                       h.path);
+  }
+  if (auto p = rangeProblem("health_check.expect_status", h.expect_status, 100, 599)) {
+    return p;
+  }
+  return std::nullopt;
+}
+
+/** A [service.health_check] or [service.backend.health_check] table over base (the defaults). */
+HealthCheckConfig parseHealthCheck(std::string_view source, const toml::table& table,
+                                   const std::string& where, const std::string& prefix,
+                                   HealthCheckConfig base) {
+  Scope scope(source, table, where, "health_check.");
+  scope.setPrefix(prefix);
+  scope.rejectUnknownKeys({"type", "interval_ms", "timeout_ms", "rise", "fall", "port", "path",
+                           "expect_status"});
+  HealthCheckConfig h = std::move(base);
+  if (auto type = scope.optString("type")) {
+    if (*type == "none") {
+      h.type = HealthCheckType::kNone;
+    } else if (*type == "tcp") {
+      h.type = HealthCheckType::kTcp;
+    } else if (*type == "http") {
+      h.type = HealthCheckType::kHttp;
+    } else {
+      scope.fail(scope.lineOf("type"),
+                 fmt::format("health_check.type {:?} is not tcp, http or none", *type));
+    }
+  }
+  if (auto v = scope.optInteger("interval_ms", kMinProbeInterval, kMaxProbeInterval)) {
+    h.interval_ms = static_cast<uint32_t>(*v);
+  }
+  if (auto v = scope.optInteger("timeout_ms", 1, kMaxProbeInterval)) {
+    h.timeout_ms = static_cast<uint32_t>(*v);
+  }
+  if (auto v = scope.optInteger("rise", 1, kMaxThreshold)) {
+    h.rise = static_cast<uint32_t>(*v);
+  }
+  if (auto v = scope.optInteger("fall", 1, kMaxThreshold)) {
+    h.fall = static_cast<uint32_t>(*v);
+  }
+  if (auto v = scope.optInteger("port", 1, 65535)) {
+    h.port = static_cast<uint16_t>(*v);
+  }
+  if (auto v = scope.optString("path")) {
+    h.path = std::string(*v);
+  }
+  if (auto v = scope.optInteger("expect_status", 100, 599)) {
+    h.expect_status = static_cast<uint16_t>(*v);
+  }
+  if (auto p = healthCheckProblem(h)) {
+    scope.fail(scope.line(), *p);
+  }
+  return h;
 }
 
 void parseTimeouts(std::string_view source, const toml::table& table, TimeoutConfig& out) {
@@ -418,7 +559,7 @@ BackendConfig parseBackend(std::string_view source, const toml::table& table,
   const std::string service_prefix = fmt::format("service {:?}: ", service.name);
   Scope scope(source, table, "[[service.backend]]");
   scope.setPrefix(service_prefix);
-  scope.rejectUnknownKeys({"address", "port", "mac", "weight"});
+  scope.rejectUnknownKeys({"address", "port", "mac", "weight", "health_check"});
 
   BackendConfig backend;
   backend.line = scope.line();
@@ -438,9 +579,20 @@ BackendConfig parseBackend(std::string_view source, const toml::table& table,
     }
     backend.port = static_cast<uint16_t>(*port);
   }
-  backend.mac = parseMac(scope, "mac", scope.reqString("mac"), "mac");
+  if (auto text = scope.optString("mac")) {
+    backend.mac = parseMac(scope, "mac", *text, "mac");
+  }
   if (auto weight = scope.optInteger("weight", 0, kMaxWeight)) {
     backend.weight = static_cast<uint32_t>(*weight);
+  }
+  if (const toml::table* hc = scope.optTable("health_check")) {
+    backend.health_check =
+        parseHealthCheck(source, *hc, "[service.backend.health_check]",
+                         fmt::format("{}backend {}: ", service_prefix, backend.address.str()),
+                         service.health_check);
+    if (*backend.health_check == service.health_check) {
+      backend.health_check.reset();  // says nothing the service does not
+    }
   }
   return backend;
 }
@@ -448,7 +600,8 @@ BackendConfig parseBackend(std::string_view source, const toml::table& table,
 ServiceConfig parseService(std::string_view source, const toml::table& table) {
   Scope scope(source, table, "[[service]]");
   scope.rejectUnknownKeys(
-      {"name", "vip", "port", "protocol", "forwarding", "scheduler", "table_size", "backend"});
+      {"name", "vip", "port", "protocol", "forwarding", "scheduler", "table_size", "backend",
+       "health_check", "on_backend_down"});
 
   ServiceConfig service;
   service.line = scope.line();
@@ -499,6 +652,22 @@ ServiceConfig parseService(std::string_view source, const toml::table& table) {
     service.table_size = static_cast<uint32_t>(size->get());
   }
 
+  // Before the backends: their health_check tables start from this one.
+  if (const toml::table* hc = scope.optTable("health_check")) {
+    service.health_check = parseHealthCheck(source, *hc, "[service.health_check]",
+                                            fmt::format("service {:?}: ", service.name), {});
+  }
+  if (auto policy = scope.optString("on_backend_down")) {
+    if (*policy == "keep") {
+      service.on_backend_down = DownPolicy::kKeep;
+    } else if (*policy == "reschedule") {
+      service.on_backend_down = DownPolicy::kReschedule;
+    } else {
+      scope.fail(scope.lineOf("on_backend_down"),
+                 fmt::format("on_backend_down {:?} is not keep or reschedule", *policy));
+    }
+  }
+
   if (const toml::array* backends = scope.optTableArray("backend", "[[service.backend]]")) {
     if (backends->size() > kMaxBackendsPerService) {
       scope.fail(lineOf(*backends->get(kMaxBackendsPerService)),
@@ -524,6 +693,44 @@ void validateGlobals(const Config& config, std::string_view source) {
   if (dp.gateway_mac) {
     if (auto p = macProblem("dataplane.gateway_mac", *dp.gateway_mac)) {
       fail(source, 0, *p);
+    }
+  }
+  for (size_t i = 0; i < dp.addresses.size(); ++i) {
+    const IpPrefix& a = dp.addresses[i];
+    if (auto p = addressProblem("dataplane.addresses", a.address)) {
+      fail(source, 0, *p);
+    }
+    if (a.length > (a.address.isV4() ? 32 : 128) || a.length == 0) {
+      fail(source, 0, fmt::format("dataplane.addresses: {} has prefix length {}; it must be "
+                                  "1..{}", a.address.str(), a.length, a.address.isV4() ? 32 : 128));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (dp.addresses[j].address == a.address) {
+        fail(source, 0, fmt::format("dataplane.addresses: {} is given twice", a.address.str()));
+      }
+    }
+  }
+  bool seen_family[2] = {false, false};
+  for (const IpAddress& g : dp.gateways) {
+    if (auto p = addressProblem("dataplane.gateway", g)) {
+      fail(source, 0, *p);
+    }
+    bool& seen = seen_family[g.isV4() ? 0 : 1];
+    if (seen) {
+      fail(source, 0, fmt::format("dataplane.gateway: two {} gateways; give at most one per "
+                                  "family", g.isV4() ? "IPv4" : "IPv6"));
+    }
+    seen = true;
+    if (onLinkPrefix(dp, g) == nullptr) {
+      fail(source, 0, fmt::format("dataplane.gateway {} is on none of the subnets of "
+                                  "dataplane.addresses; a gateway must be on-link",
+                                  g.str()));
+    }
+    for (const IpPrefix& a : dp.addresses) {
+      if (a.address == g) {
+        fail(source, 0, fmt::format("dataplane.gateway {} is one of Sluice's own addresses",
+                                    g.str()));
+      }
     }
   }
   const TimeoutConfig& t = config.timeouts;
@@ -575,8 +782,10 @@ void validateService(const ServiceConfig& s, std::string_view source) {
     if (s.forwarding == Forwarding::kDr && b.port != s.port) {
       failService(b.line, drPortMismatch(b.address, b.port, s.port));
     }
-    if (auto p = macProblem("mac", b.mac)) {
-      failService(b.line, backend_prefix + *p);
+    if (b.mac) {
+      if (auto p = macProblem("mac", *b.mac)) {
+        failService(b.line, backend_prefix + *p);
+      }
     }
     if (auto p = rangeProblem("weight", b.weight, 0, kMaxWeight)) {
       failService(b.line, backend_prefix + *p);
@@ -589,6 +798,16 @@ void validateService(const ServiceConfig& s, std::string_view source) {
       ++weighted;
     }
   }
+  if (auto p = healthCheckProblem(s.health_check)) {
+    failService(s.line, *p);
+  }
+  for (const BackendConfig& b : s.backends) {
+    if (b.health_check) {
+      if (auto p = healthCheckProblem(*b.health_check)) {
+        failService(b.line, fmt::format("backend {}: {}", b.address.str(), *p));
+      }
+    }
+  }
   if (weighted > s.table_size) {
     failService(s.line, fmt::format("table_size {} is smaller than the number of backends with "
                                     "weight > 0 ({}); each needs at least one slot",
@@ -597,6 +816,40 @@ void validateService(const ServiceConfig& s, std::string_view source) {
 }
 
 }  // namespace
+
+const char* healthCheckTypeName(HealthCheckType t) {
+  switch (t) {
+  case HealthCheckType::kNone:
+    return "none";
+  case HealthCheckType::kTcp:
+    return "tcp";
+  case HealthCheckType::kHttp:
+    return "http";
+  }
+  return "unknown";
+}
+
+const char* downPolicyName(DownPolicy p) {
+  return p == DownPolicy::kReschedule ? "reschedule" : "keep";
+}
+
+const IpAddress* gatewayFor(const DataplaneConfig& dp, uint8_t family) {
+  for (const IpAddress& g : dp.gateways) {
+    if (g.family == family) {
+      return &g;
+    }
+  }
+  return nullptr;
+}
+
+const IpPrefix* onLinkPrefix(const DataplaneConfig& dp, const IpAddress& a) {
+  for (const IpPrefix& p : dp.addresses) {
+    if (p.contains(a)) {
+      return &p;
+    }
+  }
+  return nullptr;
+}
 
 const char* schedulerName(Scheduler s) {
   switch (s) {
@@ -697,6 +950,39 @@ void validateConfig(const Config& config, std::string_view source_name) {
     }
   }
 
+  // A backend without a MAC is resolved by ARP/ND: itself when it is on one of Sluice's subnets,
+  // the gateway of its family otherwise. One that neither way could reach is a mistake.
+  const DataplaneConfig& dp = config.dataplane;
+  for (const ServiceConfig& s : config.services) {
+    for (const BackendConfig& b : s.backends) {
+      for (const IpPrefix& a : dp.addresses) {
+        if (a.address == b.address) {
+          fail(source_name, b.line,
+               fmt::format("service {:?}: backend {} is one of Sluice's own addresses", s.name,
+                           b.address.str()));
+        }
+      }
+      if (b.mac || onLinkPrefix(dp, b.address) != nullptr ||
+          gatewayFor(dp, b.address.family) != nullptr) {
+        continue;
+      }
+      fail(source_name, b.line,
+           fmt::format("service {:?}: backend {} has no mac, is on none of the subnets of "
+                       "dataplane.addresses, and there is no {} dataplane.gateway: its MAC "
+                       "could never be resolved (give its mac, or Sluice's address on its "
+                       "subnet)",
+                       s.name, b.address.str(), b.address.isV4() ? "IPv4" : "IPv6"));
+    }
+    for (const IpPrefix& a : dp.addresses) {
+      if (a.address == s.vip) {
+        fail(source_name, s.line,
+             fmt::format("service {:?}: the VIP {} is one of dataplane.addresses; the host's own "
+                         "address cannot be a VIP",
+                         s.name, s.vip.str()));
+      }
+    }
+  }
+
   // Replies from NAT backends are rewritten statelessly: the data plane looks up the reply's
   // source (backend address, port, protocol) and restores the VIP:port of the one service that
   // uses that backend. So the triple must identify exactly one NAT service, and must not be
@@ -744,6 +1030,25 @@ std::string renderConfig(const Config& config) {
   if (config.dataplane.gateway_mac) {
     out += fmt::format("gateway_mac = {}\n", quoted(config.dataplane.gateway_mac->str()));
   }
+  const DataplaneConfig& dp = config.dataplane;
+  if (!dp.addresses.empty()) {
+    std::string list;
+    for (const IpPrefix& a : dp.addresses) {
+      list += fmt::format("{}{}", list.empty() ? "" : ", ", quoted(a.str()));
+    }
+    out += fmt::format("addresses = [{}]\n", list);
+  }
+  if (!dp.gateways.empty()) {
+    std::string list;
+    for (const IpAddress& g : dp.gateways) {
+      list += fmt::format("{}{}", list.empty() ? "" : ", ", quoted(g.str()));
+    }
+    out += fmt::format("gateway = [{}]\n", list);
+  }
+  out += fmt::format("exception_interface = {}\n", quoted(dp.exception_interface));
+  if (dp.promiscuous) {
+    out += "promiscuous = true\n";
+  }
   out += fmt::format("\n[timeouts]\ntcp = {}\ntcp_fin = {}\nudp = {}\n", config.timeouts.tcp_s,
                      config.timeouts.tcp_fin_s, config.timeouts.udp_s);
   for (const ServiceConfig& s : config.services) {
@@ -752,12 +1057,31 @@ std::string renderConfig(const Config& config) {
         "scheduler = {}\ntable_size = {}\n",
         quoted(s.name), quoted(s.vip.str()), s.port, quoted(protocolName(s.protocol)),
         quoted(forwardingName(s.forwarding)), quoted(schedulerName(s.scheduler)), s.table_size);
+    out += fmt::format("on_backend_down = {}\n", quoted(downPolicyName(s.on_backend_down)));
+    auto renderCheck = [&](const HealthCheckConfig& h, std::string_view header) {
+      out += fmt::format(
+          "\n[{}]\ntype = {}\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n", header,
+          quoted(healthCheckTypeName(h.type)), h.interval_ms, h.timeout_ms, h.rise, h.fall);
+      if (h.port != 0) {
+        out += fmt::format("port = {}\n", h.port);
+      }
+      out += fmt::format("path = {}\nexpect_status = {}\n", quoted(h.path), h.expect_status);
+    };
+    if (s.health_check != HealthCheckConfig{}) {
+      renderCheck(s.health_check, "service.health_check");
+    }
     for (const BackendConfig& b : s.backends) {
       out += fmt::format("\n[[service.backend]]\naddress = {}\n", quoted(b.address.str()));
       if (s.forwarding == Forwarding::kNat || b.port != s.port) {
         out += fmt::format("port = {}\n", b.port);
       }
-      out += fmt::format("mac = {}\nweight = {}\n", quoted(b.mac.str()), b.weight);
+      if (b.mac) {
+        out += fmt::format("mac = {}\n", quoted(b.mac->str()));
+      }
+      out += fmt::format("weight = {}\n", b.weight);
+      if (b.health_check && *b.health_check != s.health_check) {
+        renderCheck(*b.health_check, "service.backend.health_check");
+      }
     }
   }
   return out;

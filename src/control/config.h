@@ -23,11 +23,42 @@ const char* schedulerName(Scheduler s);
 inline constexpr uint32_t kDefaultMaglevTableSize = 65537;
 inline constexpr uint32_t kMaxWeight = 65535;  // as ipvsadm: 0 (drain) .. 65535
 
+enum class HealthCheckType : uint8_t { kNone, kTcp, kHttp };
+const char* healthCheckTypeName(HealthCheckType t);
+
+/**
+ * How the daemon probes a backend (keepalived's TCP_CHECK / HTTP_GET; Envoy's thresholds): a
+ * probe every interval_ms, failed after timeout_ms; rise consecutive successes bring a backend
+ * up, fall consecutive failures take it down.
+ */
+struct HealthCheckConfig {
+  HealthCheckType type = HealthCheckType::kNone;
+  uint32_t interval_ms = 1000;
+  uint32_t timeout_ms = 500;
+  uint32_t rise = 2;
+  uint32_t fall = 2;
+  uint16_t port = 0;             // 0: the backend's port
+  std::string path = "/";        // http: the request target
+  uint16_t expect_status = 200;  // http: the status a healthy backend answers with
+
+  bool operator==(const HealthCheckConfig&) const = default;
+};
+
+/** What happens to a backend's established flows when it goes down (health check or admin). */
+enum class DownPolicy : uint8_t {
+  kKeep,        // they stay on it until they end or time out (IPVS expire_nodest_conn = 0)
+  kReschedule,  // their next packet picks a live backend (IPVS expire_nodest_conn = 1)
+};
+const char* downPolicyName(DownPolicy p);
+
 struct BackendConfig {
   IpAddress address;
   uint16_t port = 0;  // DR: always the service port; NAT: the port the backend listens on
-  MacAddress mac;     // next-hop MAC for this backend
+  // Next-hop MAC for this backend. Unset: resolved by ARP/ND (the backend's own MAC when it is on
+  // a subnet of [dataplane] addresses, the gateway's otherwise).
+  std::optional<MacAddress> mac;
   uint32_t weight = 1;
+  std::optional<HealthCheckConfig> health_check;  // overrides the service's
   int line = 0;       // where it was defined, for later messages; 0 when not from a file
 };
 
@@ -39,6 +70,8 @@ struct ServiceConfig {
   Forwarding forwarding = Forwarding::kDr;
   Scheduler scheduler = Scheduler::kMaglev;
   uint32_t table_size = kDefaultMaglevTableSize;  // Maglev lookup table size M, prime
+  HealthCheckConfig health_check;                 // type kNone: backends are taken as up
+  DownPolicy on_backend_down = DownPolicy::kKeep;
   std::vector<BackendConfig> backends;
   int line = 0;
 };
@@ -57,10 +90,30 @@ struct DataplaneConfig {
   std::vector<std::string> interfaces;  // XDP: the interfaces to attach to
   XdpAttach xdp_attach = XdpAttach::kAuto;  // auto: native where the driver has it, else generic
   uint32_t flow_table_size = 1u << 20;  // flow entries per worker core
-  // Where NAT replies (backend -> client) are sent. When unset, each port uses the source MAC of
-  // the last client packet it received for a NAT service (the upstream router, in practice).
+  // Sluice's own addresses (one-port form): answered for ARP/ND, the source of health probes, the
+  // gateway of NAT backends; their prefixes say which backends are on-link.
+  std::vector<IpPrefix> addresses;
+  // The upstream routers, at most one per family: where NAT replies go and through which
+  // off-link backends are reached. Resolved by ARP/ND like a backend; gateway_mac is the static
+  // alternative.
+  std::vector<IpAddress> gateways;
+  // DPDK: the kernel exception interface (a net_tap with the port's MAC and `addresses`) that
+  // carries traffic for no service to the host's kernel and back. "" = none. Unset in the file:
+  // "sluice0" when addresses are given, none otherwise.
+  std::string exception_interface;
+  // Receive frames for any destination MAC (they are still dropped as not_for_us unless for the
+  // port's MAC, broadcast or ARP/ND multicast). Off: a switch flooding unknown unicast must not
+  // make two hosts forward the same frame.
+  bool promiscuous = false;
+  // Where NAT replies (backend -> client) are sent. When neither this nor gateway is set, each
+  // port uses the source MAC of the last client packet it received for a NAT service.
   std::optional<MacAddress> gateway_mac;
 };
+
+/** The gateway of a family, if configured. */
+const IpAddress* gatewayFor(const DataplaneConfig& dp, uint8_t family);
+/** The first of `addresses` whose subnet holds a (an on-link peer), if any. */
+const IpPrefix* onLinkPrefix(const DataplaneConfig& dp, const IpAddress& a);
 
 struct Config {
   DataplaneConfig dataplane;

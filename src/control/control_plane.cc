@@ -145,7 +145,9 @@ BackendConfig backendFromRequest(const json& b, const ServiceConfig& s) {
   out.address = addressField(b, "address");
   out.port = b.contains("port") ? static_cast<uint16_t>(uintField(b.at("port"), "port", 1, 65535))
                                 : s.port;
-  out.mac = macField(b, "mac");
+  if (b.contains("mac")) {
+    out.mac = macField(b, "mac");
+  }
   out.weight = b.contains("weight")
                    ? static_cast<uint32_t>(uintField(b.at("weight"), "weight", 0, kMaxWeight))
                    : 1;
@@ -215,7 +217,7 @@ json ControlPlane::apply(Config next, const std::string& what) {
   IdRegistry ids = ids_;
   SnapshotPtr snap;
   try {
-    snap = buildSnapshot(next, ids, generation_ + 1, dataplane_.current());
+    snap = buildSnapshot(next, ids, generation_ + 1, dataplane_.current(), &runtime_);
   } catch (const std::exception& e) {
     return {{"ok", false}, {"error", e.what()}};
   }
@@ -244,11 +246,41 @@ json ControlPlane::apply(Config next, const std::string& what) {
   }
   ++generation_;
   last_publish_us_ = std::chrono::duration<double, std::micro>(t1 - t0).count();
+  if (on_applied_) {
+    on_applied_(config_);
+  }
   return {{"ok", true},
           {"generation", generation_},
           {"publish_us", last_publish_us_},
           {"build_us", last_build_us_},
           {"change", what}};
+}
+
+json ControlPlane::republish(const std::string& why) noexcept {
+  try {
+    return apply(config_, why);
+  } catch (const std::exception& e) {
+    return {{"ok", false}, {"error", e.what()}};
+  }
+}
+
+json ControlPlane::setMaintenance(const json& req, bool down) {
+  rejectUnknown(req, {"command", "service", "address", "port"}, "the request");
+  const std::string name = stringField(req, "service");
+  Config& running = config_;
+  ServiceConfig& s = findService(running, name);
+  const BackendConfig& b = s.backends[findBackend(s, req)];
+  const BackendRef ref = backendRef(s, b);
+  BackendHealth& h = runtime_.health[ref];
+  const bool was = h.maintenance;
+  h.maintenance = down;
+  const std::string what = fmt::format("backend {} {} {}", down ? "down" : "up", name,
+                                       formatEndpoint(b.address, b.port));
+  json r = apply(config_, what);
+  if (!r.value("ok", false)) {
+    runtime_.health[ref].maintenance = was;
+  }
+  return r;
 }
 
 json ControlPlane::reload() noexcept {
@@ -357,6 +389,9 @@ json ControlPlane::handle(const json& req) noexcept {
       s.backends.push_back(std::move(b));
       return apply(std::move(next), what);
     }
+    if (cmd == "backend.down" || cmd == "backend.up") {
+      return setMaintenance(req, cmd == "backend.down");
+    }
     if (cmd == "backend.edit" || cmd == "backend.drain" || cmd == "backend.del") {
       if (cmd == "backend.edit") {
         rejectUnknown(req, {"command", "service", "address", "port", "set"}, "the request");
@@ -403,7 +438,36 @@ json ControlPlane::list() const {
           {"version", SLUICE_VERSION},
           {"generation", generation_},
           {"worker_count", dataplane_.workers()},
-          {"services", servicesJson(snap, dataplane_.totals(snap))}};
+          {"services", services(snap, dataplane_.totals(snap))}};
+}
+
+json ControlPlane::services(const Snapshot& snap, const StatsTotals& totals) const {
+  json out = servicesJson(snap, totals);
+  if (!annotate_) {
+    return out;
+  }
+  // servicesJson lists the snapshot's services by id and their backends in canonical order: find
+  // each one's configuration by its endpoint.
+  for (json& js : out) {
+    const auto vip = IpAddress::parse(js.at("vip").get<std::string>());
+    const uint16_t port = js.at("port").get<uint16_t>();
+    for (const ServiceConfig& sc : config_.services) {
+      if (!vip || sc.vip != *vip || sc.port != port ||
+          protocolName(sc.protocol) != js.at("protocol").get<std::string>()) {
+        continue;
+      }
+      for (json& jb : js.at("backends")) {
+        const auto addr = IpAddress::parse(jb.at("address").get<std::string>());
+        const uint16_t bport = jb.at("port").get<uint16_t>();
+        for (const BackendConfig& bc : sc.backends) {
+          if (addr && bc.address == *addr && bc.port == bport) {
+            annotate_(backendRef(sc, bc), jb);
+          }
+        }
+      }
+    }
+  }
+  return out;
 }
 
 json ControlPlane::stats() const {
@@ -415,7 +479,7 @@ json ControlPlane::stats() const {
   return {{"ok", true},
           {"schema", kJsonSchema},
           {"generation", generation_},
-          {"services", servicesJson(snap, t)},
+          {"services", services(snap, t)},
           {"workers", workersJson(t)},
           {"total", workerJson(t.all, false)}};
 }

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,22 @@ class ControlPlane {
   /** Read the configuration file again and apply it (SIGHUP, `sluicectl reload`). */
   nlohmann::json reload() noexcept;
 
+  /**
+   * Rebuild the running configuration with the current runtime state (health verdicts, resolved
+   * MACs) and publish it, through the same path as a CLI change. Never throws.
+   */
+  nlohmann::json republish(const std::string& why) noexcept;
+
+  /** What the daemon learned at run time; call republish() after changing it. */
+  RuntimeState& runtime() { return runtime_; }
+
+  /** Called after every successful publish with the configuration now running. */
+  void onApplied(std::function<void(const Config&)> f) { on_applied_ = std::move(f); }
+
+  /** Adds run-time fields (health results) to each backend of `list` and `stats`. */
+  using BackendAnnotator = std::function<void(const BackendRef&, nlohmann::json&)>;
+  void setBackendAnnotator(BackendAnnotator f) { annotate_ = std::move(f); }
+
   const Config& config() const { return config_; }
   uint64_t generation() const { return generation_; }
   /** How long the last publish took (build + swap + grace period), in microseconds. */
@@ -51,11 +68,18 @@ class ControlPlane {
   nlohmann::json apply(Config next, const std::string& what);
   nlohmann::json list() const;
   nlohmann::json stats() const;
+  /** servicesJson of the snapshot, with each backend annotated. */
+  nlohmann::json services(const Snapshot& snap, const StatsTotals& totals) const;
+  /** backend.down / backend.up: maintenance on or off. */
+  nlohmann::json setMaintenance(const nlohmann::json& req, bool down);
 
   Config config_;
   std::string config_path_;
   DataplaneHandle& dataplane_;
   IdRegistry ids_;
+  RuntimeState runtime_;
+  std::function<void(const Config&)> on_applied_;
+  BackendAnnotator annotate_;
   uint64_t generation_ = 0;
   double last_publish_us_ = 0;
   double last_build_us_ = 0;

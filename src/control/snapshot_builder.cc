@@ -89,8 +89,28 @@ std::string maglevBackendKey(const IpAddress& address, uint16_t port) {
   return formatEndpoint(address, port);
 }
 
+BackendRef backendRef(const ServiceConfig& s, const BackendConfig& b) {
+  return {s.vip, s.port, static_cast<uint8_t>(s.protocol), b.address, b.port};
+}
+
+std::optional<IpAddress> nextHopOf(const DataplaneConfig& dp, const IpAddress& backend) {
+  if (onLinkPrefix(dp, backend) != nullptr) {
+    return backend;
+  }
+  if (const IpAddress* g = gatewayFor(dp, backend.family)) {
+    return *g;
+  }
+  return std::nullopt;
+}
+
 SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation,
-                          const Snapshot* previous) {
+                          const Snapshot* previous, const RuntimeState* runtime) {
+  const RuntimeState none;
+  const RuntimeState& rt = runtime != nullptr ? *runtime : none;
+  auto resolved = [&](const IpAddress& a) -> const MacAddress* {
+    auto it = rt.neighbours.find(a);
+    return it != rt.neighbours.end() ? &it->second : nullptr;
+  };
   const IdRegistry::Assignment assigned = ids.assign(config);
   auto snap = std::make_unique<Snapshot>();
   snap->generation = generation;
@@ -98,8 +118,20 @@ SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t genera
   snap->tcp_fin_timeout_ns = uint64_t{config.timeouts.tcp_fin_s} * 1'000'000'000ull;
   snap->udp_timeout_ns = uint64_t{config.timeouts.udp_s} * 1'000'000'000ull;
   if (config.dataplane.gateway_mac) {
-    snap->has_gateway_mac = true;
+    snap->has_gateway_mac = snap->has_gateway_mac6 = true;
     std::memcpy(snap->gateway_mac, config.dataplane.gateway_mac->bytes.data(), 6);
+    std::memcpy(snap->gateway_mac6, config.dataplane.gateway_mac->bytes.data(), 6);
+  } else {
+    for (const IpAddress& g : config.dataplane.gateways) {
+      if (const MacAddress* m = resolved(g)) {
+        (g.isV4() ? snap->has_gateway_mac : snap->has_gateway_mac6) = true;
+        std::memcpy(g.isV4() ? snap->gateway_mac : snap->gateway_mac6, m->bytes.data(), 6);
+      }
+    }
+  }
+  snap->local_addresses.reserve(config.dataplane.addresses.size());
+  for (const IpPrefix& a : config.dataplane.addresses) {
+    snap->local_addresses.insert(makeEndpointKey(a.address, 0, 0), {});
   }
 
   uint32_t max_sid = 0;
@@ -147,12 +179,40 @@ SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t genera
       bc.address.toWords(be.addr);
       const EndpointKey bk = makeEndpointKey(bc.address, bc.port, proto);
       be.port_be = bk.port;
-      std::memcpy(be.mac, bc.mac.bytes.data(), 6);
+      const MacAddress* mac = bc.mac ? &*bc.mac : nullptr;
+      if (mac == nullptr) {
+        if (auto hop = nextHopOf(config.dataplane, bc.address)) {
+          mac = resolved(*hop);
+        }
+      }
+      if (mac != nullptr) {
+        std::memcpy(be.mac, mac->bytes.data(), 6);
+      }
       be.address = bc.address;
       be.port = bc.port;
+      BackendHealth health;
+      if (auto it = rt.health.find(backendRef(sc, bc)); it != rt.health.end()) {
+        health = it->second;
+      }
+      // Only an up backend is in the table; the others keep their id (and their flows, but for
+      // a down one whose service reschedules).
+      if (health.maintenance) {
+        be.state = BackendState::kMaintenance;
+      } else if (!health.up) {
+        be.state = BackendState::kDown;
+      } else if (mac == nullptr) {
+        be.state = BackendState::kUnresolved;
+      } else if (bc.weight == 0) {
+        be.state = BackendState::kDrained;
+      }
+      if ((be.state == BackendState::kDown || be.state == BackendState::kMaintenance) &&
+          sc.on_backend_down == DownPolicy::kReschedule) {
+        be.flags |= LB_BACKEND_F_RESCHEDULE;
+      }
+      const uint32_t table_weight = be.state == BackendState::kUp ? bc.weight : 0;
       // The Maglev key is the backend's endpoint alone, so every host (and the XDP path) that
       // has the same backends builds the same table whatever ids it handed out.
-      mb.push_back({bid, maglevBackendKey(bc.address, bc.port), bc.weight});
+      mb.push_back({bid, maglevBackendKey(bc.address, bc.port), table_weight});
       if (sc.forwarding == Forwarding::kNat) {
         snap->nat_reply_map.insert(bk, {sid, bid});
       }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -52,6 +53,28 @@ class IdRegistry {
  */
 std::string maglevBackendKey(const IpAddress& address, uint16_t port);
 
+/** A backend as the daemon names it at run time: (VIP, port, protocol, address, port). */
+using BackendRef = std::tuple<IpAddress, uint16_t, uint8_t, IpAddress, uint16_t>;
+BackendRef backendRef(const ServiceConfig& s, const BackendConfig& b);
+
+/** What a health check and the operator say of a backend (both up when nothing was said). */
+struct BackendHealth {
+  bool up = true;           // the health checker's verdict
+  bool maintenance = false; // forced down: sluicectl backend down
+};
+
+/**
+ * What the daemon learned at run time, beyond the configuration: health verdicts, and the MACs
+ * the kernel resolved by ARP/ND for backends and gateways that have none in the configuration.
+ */
+struct RuntimeState {
+  std::map<BackendRef, BackendHealth> health;
+  std::map<IpAddress, MacAddress> neighbours;
+};
+
+/** The address whose MAC a backend's frames go to: its own on-link, else its family's gateway. */
+std::optional<IpAddress> nextHopOf(const DataplaneConfig& dp, const IpAddress& backend);
+
 /**
  * Build the snapshot for config.
  * @param previous the snapshot being replaced, if any: the Maglev tables of services whose
@@ -59,6 +82,7 @@ std::string maglevBackendKey(const IpAddress& address, uint16_t port);
  * @throws ConfigError when the id space is exhausted
  */
 SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation,
-                          const Snapshot* previous = nullptr);
+                          const Snapshot* previous = nullptr,
+                          const RuntimeState* runtime = nullptr);
 
 }  // namespace sluice

@@ -32,9 +32,10 @@ json backendJson(const BackendEntry& b, const BackendTotals& c) {
   std::copy(b.mac, b.mac + 6, m.bytes.begin());
   json j = {{"address", b.address.str()},
             {"port", b.port},
-            {"mac", m.str()},
+            {"mac", m.isZero() ? json(nullptr) : json(m.str())},
             {"weight", b.weight},
-            {"state", b.weight > 0 ? "active" : "draining"}};
+            {"state", backendStateName(b.state)},
+            {"reschedules_flows", (b.flags & LB_BACKEND_F_RESCHEDULE) != 0}};
   addCounters(j, c);
   return j;
 }
@@ -80,6 +81,8 @@ json workerJson(const WorkerTotals& w, bool with_index) {
   j["flows_evicted"] = w.flows_evicted;
   j["flows_active"] = w.flows_active;
   j["flows_rescheduled"] = w.flows_rescheduled;
+  j["passed"] = w.passed;
+  j["answered"] = w.answered;
   return j;
 }
 

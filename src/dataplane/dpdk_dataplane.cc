@@ -20,6 +20,8 @@ StatsTotals collectStats(std::span<const Pipeline* const> pipelines, const Snaps
       w.dropped += w.drops[r];
     }
     w.flows_rescheduled = c.flows_rescheduled;
+    w.passed = c.passed;
+    w.answered = c.answered;
     const FlowTableStats& fs = p->flows().stats();
     w.flows_created = fs.inserted;
     w.flows_expired = fs.expired;

@@ -1,5 +1,7 @@
 #include "dataplane/eal.h"
 
+#include <rte_bus.h>
+#include <rte_dev.h>
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_ethdev.h>
@@ -47,6 +49,7 @@ PortInfo startPort(const PortConfig& cfg) {
   if (int rc = rte_eth_dev_info_get(port, &dev); rc != 0) {
     throw DpdkError(fmt::format("port {}: cannot read device info: {}", info.name, rte_strerror(-rc)));
   }
+  info.driver = dev.driver_name != nullptr ? dev.driver_name : "";
   if (cfg.queues > dev.max_rx_queues || cfg.queues > dev.max_tx_queues) {
     throw DpdkError(fmt::format("port {}: {} workers need {} queues but the device has {} RX/{} TX",
                                 info.name, cfg.queues, cfg.queues, dev.max_rx_queues,
@@ -56,7 +59,7 @@ PortInfo startPort(const PortConfig& cfg) {
   // RSS over addresses and ports spreads flows over the workers' queues. Each worker keeps its
   // own flow table, so a flow must always reach the same queue: the NIC's hash guarantees it.
   const uint64_t want_rss = RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP;
-  if (cfg.queues > 1 && (dev.flow_type_rss_offloads & want_rss) != 0) {
+  if (cfg.rss && cfg.queues > 1 && (dev.flow_type_rss_offloads & want_rss) != 0) {
     conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
     conf.rx_adv_conf.rss_conf.rss_hf = want_rss & dev.flow_type_rss_offloads;
     info.rss = true;
@@ -81,11 +84,35 @@ PortInfo startPort(const PortConfig& cfg) {
   if (int rc = rte_eth_dev_start(port); rc != 0) {
     throw DpdkError(fmt::format("port {}: cannot start: {}", info.name, rte_strerror(-rc)));
   }
-  rte_eth_promiscuous_enable(port);  // not every virtual device has it; not fatal
+  // Not every virtual device has these; neither is fatal. All-multicast lets the solicited-node
+  // groups of Neighbour Solicitations in without programming each one.
+  if (cfg.promiscuous) {
+    rte_eth_promiscuous_enable(port);
+  } else {
+    rte_eth_promiscuous_disable(port);
+    rte_eth_allmulticast_enable(port);
+  }
   rte_ether_addr mac{};
   rte_eth_macaddr_get(port, &mac);
   std::memcpy(info.mac, mac.addr_bytes, 6);
   return info;
+}
+
+uint16_t createKernelPort(uint16_t nic_port, const std::string& ifname, const uint8_t mac[6]) {
+  const std::string name = fmt::format("net_tap_sluice{}", nic_port);
+  const std::string args = fmt::format(
+      "{},iface={},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", name, ifname, mac[0], mac[1],
+      mac[2], mac[3], mac[4], mac[5]);
+  if (int rc = rte_dev_probe(args.c_str()); rc != 0) {
+    throw DpdkError(fmt::format("cannot create the kernel exception interface {} ({}): {}",
+                                ifname, args, rte_strerror(-rc)));
+  }
+  uint16_t port = 0;
+  if (int rc = rte_eth_dev_get_port_by_name(name.c_str(), &port); rc != 0) {
+    throw DpdkError(fmt::format("kernel exception interface {}: no port {}: {}", ifname, name,
+                                rte_strerror(-rc)));
+  }
+  return port;
 }
 
 void stopPort(uint16_t port_id) {

@@ -28,6 +28,7 @@ struct ParsedPacket {
   lb_flow_key key;      // 5-tuple as on the wire (ports 0 for fragments and other protocols)
   uint16_t l3_offset;   // start of the IP header
   uint16_t l4_offset;   // start of the TCP/UDP header
+  uint16_t l3_end;      // one past the last byte of the IP packet (frames may carry padding)
   uint8_t tcp_flags;    // TCP only
   bool fragment;        // IPv4 MF or offset != 0, or an IPv6 fragment header
 };
@@ -149,6 +150,7 @@ inline int parsePacket(const uint8_t* data, uint32_t data_len, uint32_t pkt_len,
   out.key.proto = proto;
   out.l3_offset = static_cast<uint16_t>(off);
   out.l4_offset = static_cast<uint16_t>(l4);
+  out.l3_end = static_cast<uint16_t>(l3_end);
   if (out.fragment) {
     return kParseOk;  // no L4 header to read; the pipeline decides what a fragment gets
   }

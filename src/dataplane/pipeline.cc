@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "dataplane/host.h"
 #include "dataplane/rewrite.h"
 
 namespace sluice {
@@ -29,6 +30,14 @@ EndpointKey dstEndpoint(const lb_flow_key& k) noexcept {
   e.port = k.dport;
   e.proto = k.proto;
   e.family = k.family;
+  return e;
+}
+
+/** The key of an address alone (port 0, protocol 0), as local_addresses and vip_addresses hold. */
+EndpointKey addressKey(const uint32_t* addr, uint8_t family) noexcept {
+  EndpointKey e{};
+  std::memcpy(e.addr, addr, sizeof(e.addr));
+  e.family = family;
   return e;
 }
 
@@ -72,25 +81,80 @@ void Pipeline::process(std::span<PacketRef> burst, const Snapshot& snap,
 }
 
 bool Pipeline::forward(PacketRef& p, const Snapshot& snap, PortContext& port) noexcept {
+  p.to_kernel = false;
+  p.new_len = 0;
+  if (p.data_len >= LB_ETH_HLEN && !port.accept_any_mac && !frameIsForPort(p.data, port.mac))
+      [[unlikely]] {
+    return drop(LB_DROP_NOT_FOR_US);  // flooded by a switch: another host's to forward
+  }
   if (p.status != kParseOk) [[unlikely]] {
+    if (p.status == LB_DROP_NON_IP) {
+      return host(p, snap, port);
+    }
     return drop(p.status);
   }
   const lb_flow_key& k = p.parsed.key;
+  if (port.complete_partial_checksums &&
+      completePartialChecksum(p.data, p.data_len, p.parsed)) [[unlikely]] {
+    ++counters_.checksums_completed;
+  }
   if (p.parsed.fragment) [[unlikely]] {
     // Without reassembly a non-first fragment has no ports: it cannot be scheduled. Fragments
-    // for a VIP are counted as such; others are traffic for no service.
-    EndpointKey vip = dstEndpoint(k);
-    vip.port = 0;
-    vip.proto = 0;
-    return drop(snap.vip_addresses.find(vip) != nullptr ? LB_DROP_FRAGMENT : LB_DROP_NO_SERVICE);
+    // for a VIP are counted as such; the host's own go to its kernel, which reassembles.
+    const EndpointKey dst = addressKey(k.dst, k.family);
+    if (snap.local_addresses.find(dst) != nullptr) {
+      return toKernel(p);
+    }
+    if (snap.vip_addresses.find(dst) != nullptr) {
+      return drop(LB_DROP_FRAGMENT);
+    }
+    return toKernel(p, LB_DROP_NO_SERVICE);
   }
   if (const EndpointMap::Value* v = snap.service_map.find(dstEndpoint(k)); v != nullptr) {
     return toBackend(p, snap, snap.services[v->service_id], port);
   }
+  if (k.proto == LB_IPPROTO_ICMPV6) [[unlikely]] {
+    const uint8_t* target = solicitTarget(p.data, p.parsed, p.parsed.l3_end);
+    if (target != nullptr) {
+      uint32_t words[4];
+      std::memcpy(words, target, 16);
+      const EndpointKey t = addressKey(words, LB_FAMILY_IPV6);
+      if (snap.local_addresses.find(t) != nullptr || snap.vip_addresses.find(t) != nullptr) {
+        p.new_len = answerSolicit(p.data, p.parsed, port.mac);
+        return answered();
+      }
+    }
+  }
+  const EndpointKey dst = addressKey(k.dst, k.family);
+  if (snap.local_addresses.size() != 0 && snap.local_addresses.find(dst) != nullptr) {
+    return toKernel(p);  // the host's own: SSH, BGP, ping, health-check answers
+  }
+  if ((k.proto == LB_IPPROTO_ICMP || k.proto == LB_IPPROTO_ICMPV6) &&
+      isEchoRequest(p.data, p.parsed, p.data_len) && snap.vip_addresses.find(dst) != nullptr)
+      [[unlikely]] {
+    answerEcho(p.data, p.parsed, port.mac);  // a VIP answers ping, as an IPVS host does
+    return answered();
+  }
   if (const EndpointMap::Value* v = snap.nat_reply_map.find(srcEndpoint(k)); v != nullptr) {
     return natReply(p, snap, *v, port);
   }
-  return drop(LB_DROP_NO_SERVICE);
+  return toKernel(p, LB_DROP_NO_SERVICE);
+}
+
+bool Pipeline::host(PacketRef& p, const Snapshot& snap, PortContext& port) noexcept {
+  // Not IPv4 or IPv6: an ARP request for one of the host's addresses or VIPs is answered here,
+  // everything else (ARP replies to the kernel's own requests, LLDP, ...) goes to the kernel.
+  const uint32_t off = arpOffset(p.data, p.data_len);
+  uint32_t target = 0;
+  if (off != 0 && off + LB_ARP_LEN <= p.data_len && arpRequestTarget(p.data + off, &target)) {
+    const uint32_t words[4] = {target, 0, 0, 0};
+    const EndpointKey t = addressKey(words, LB_FAMILY_IPV4);
+    if (snap.local_addresses.find(t) != nullptr || snap.vip_addresses.find(t) != nullptr) {
+      answerArp(p.data, p.data + off, port.mac);
+      return answered();
+    }
+  }
+  return toKernel(p, LB_DROP_NON_IP);
 }
 
 bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry& svc,
@@ -103,7 +167,8 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
   if (e != nullptr) {
     const uint32_t bid = e->backend_id;
     const bool valid = e->service_id == svc.id && bid < snap.backends.size() &&
-                       snap.backends[bid].present && snap.backends[bid].epoch == e->backend_epoch;
+                       snap.backends[bid].present && snap.backends[bid].epoch == e->backend_epoch &&
+                       (snap.backends[bid].flags & LB_BACKEND_F_RESCHEDULE) == 0;
     if (!valid) [[unlikely]] {
       ++counters_.flows_rescheduled;  // its backend is gone: a TCP peer will likely see a reset
       pick = true;
@@ -141,7 +206,7 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
 
   const BackendEntry& b = snap.backends[e->backend_id];
   if (svc.forwarding == Forwarding::kNat) {
-    if (!snap.has_gateway_mac) {
+    if (!(k.family == LB_FAMILY_IPV4 ? snap.has_gateway_mac : snap.has_gateway_mac6)) {
       const uint64_t client_mac = packMac(p.data + 6);
       if (port.learned_gateway.load(std::memory_order_relaxed) != client_mac) [[unlikely]] {
         // Relaxed: the value is a hint for replies; no other data is published with it.
@@ -161,8 +226,9 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
 bool Pipeline::natReply(PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v,
                         PortContext& port) noexcept {
   uint8_t next_hop[6];
-  if (snap.has_gateway_mac) {
-    std::memcpy(next_hop, snap.gateway_mac, 6);
+  const bool v4 = p.parsed.key.family == LB_FAMILY_IPV4;
+  if (v4 ? snap.has_gateway_mac : snap.has_gateway_mac6) {
+    std::memcpy(next_hop, v4 ? snap.gateway_mac : snap.gateway_mac6, 6);
   } else {
     const uint64_t learned = port.learned_gateway.load(std::memory_order_relaxed);
     if (learned == 0) [[unlikely]] {

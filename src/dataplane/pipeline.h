@@ -24,6 +24,9 @@ struct WorkerCounters {
   Counter tx_packets;
   Counter drops[LB_DROP__COUNT];
   Counter flows_rescheduled;  // a pinned backend was removed; the flow got a new one
+  Counter passed;             // handed to the kernel through the exception port
+  Counter answered;           // ARP, Neighbour Solicitations and echo requests answered in place
+  Counter checksums_completed;  // partial checksums of local senders completed (kernel-fed ports)
 };
 
 /** What a worker knows of the port a packet came in on (and goes out of: one-armed). */
@@ -33,6 +36,12 @@ struct PortContext {
   // last client packet this port received for a NAT service. Packed in the low 48 bits; 0 = none.
   // Shared by the workers of the port: relaxed loads, and a store only when the value changes.
   std::atomic<uint64_t> learned_gateway{0};
+  // Take frames whatever their destination MAC (replay of captures taken on other hosts); live
+  // ports drop what is not for them (not_for_us).
+  bool accept_any_mac = false;
+  // The port is fed by the kernel (net_af_packet, net_tap): frames from local senders may carry
+  // partial checksums, completed before they go anywhere (rewrite.h, completePartialChecksum).
+  bool complete_partial_checksums = false;
 };
 
 /** One packet of a burst. The caller fills the inputs; process() sets `transmit`. */
@@ -41,7 +50,9 @@ struct PacketRef {
   uint32_t data_len = 0;  // bytes in the first segment
   uint32_t pkt_len = 0;   // bytes in all segments
   uint64_t now_ns = 0;    // the clock for flow expiry
-  bool transmit = false;  // out: rewritten in place, send it; false: dropped and counted
+  bool transmit = false;  // out: rewritten in place, send it out of the port it came in on
+  bool to_kernel = false; // out: for the host's kernel (the exception port), unchanged
+  uint32_t new_len = 0;   // out: when non-zero, the frame's length after an in-place answer
   // Internal to the pipeline between its two stages.
   int status = 0;
   uint32_t hash = 0;
@@ -86,6 +97,21 @@ class Pipeline {
     ++counters_.drops[reason];
     return false;
   }
+  /** For the kernel, counted under reason too when it is one (non_ip, no_service: as XDP_PASS). */
+  bool toKernel(PacketRef& p, int reason = -1) noexcept {
+    if (reason >= 0) {
+      ++counters_.drops[reason];
+    }
+    ++counters_.passed;
+    p.to_kernel = true;
+    return false;
+  }
+  bool answered() noexcept {
+    ++counters_.answered;
+    return true;
+  }
+  /** A frame that is neither IPv4 nor IPv6: ARP answered, the rest to the kernel. */
+  bool host(PacketRef& p, const Snapshot& snap, PortContext& port) noexcept;
 
   FlowTable flows_;
   WorkerCounters counters_;

@@ -94,4 +94,80 @@ inline void rewriteL3L4(uint8_t* frame, const ParsedPacket& p, bool which_dst, c
   std::memcpy(port_at, &port_be, 2);
 }
 
+/** Fold a 32-bit one's-complement sum to 16 bits (end-around carry). */
+inline uint16_t foldSum(uint32_t sum) noexcept {
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(sum);
+}
+
+/** One's-complement sum of n bytes as 16-bit words in memory order; an odd last byte is padded. */
+inline uint32_t sumWords(const uint8_t* p, uint32_t n, uint32_t sum = 0) noexcept {
+  uint32_t i = 0;
+  for (; i + 1 < n; i += 2) {
+    uint16_t w;
+    std::memcpy(&w, p + i, 2);
+    sum += w;
+    sum = (sum & 0xffff) + (sum >> 16);  // keep the carry in range for any length
+  }
+  if (i < n) {
+    const uint8_t last[2] = {p[i], 0};
+    uint16_t w;
+    std::memcpy(&w, last, 2);
+    sum += w;
+  }
+  return sum;
+}
+
+/** The TCP/UDP pseudo-header sum of a parsed packet (RFC 793, RFC 768, RFC 8200 section 8.1). */
+inline uint32_t pseudoHeaderSum(const uint8_t* frame, const ParsedPacket& p) noexcept {
+  const uint8_t* ip = frame + p.l3_offset;
+  const bool v4 = p.key.family == LB_FAMILY_IPV4;
+  const uint32_t l4_len = p.l3_end - p.l4_offset;
+  uint32_t sum = sumWords(ip + (v4 ? 12 : 8), v4 ? 8 : 32);
+  const uint8_t tail[8] = {static_cast<uint8_t>(l4_len >> 24), static_cast<uint8_t>(l4_len >> 16),
+                           static_cast<uint8_t>(l4_len >> 8), static_cast<uint8_t>(l4_len),
+                           0, 0, 0, p.key.proto};
+  return sumWords(tail, 8, sum);
+}
+
+/**
+ * Complete a partial TCP/UDP checksum (Linux CHECKSUM_PARTIAL). A local sender (a veth, a
+ * container, a VM) leaves to the NIC the sum over the segment and puts only the folded
+ * pseudo-header sum in the checksum field; a packet socket (net_af_packet) hands the frame on
+ * like that and says nothing of it. Sluice's own transmissions through a packet socket or a tap
+ * are taken as complete, so such a frame would reach its backend, or the kernel, with a bad
+ * checksum. A checksum field equal to the pseudo-header sum is taken as partial and replaced by
+ * the full checksum; a complete checksum that happens to equal it (1 in 65536) is recomputed to
+ * the same value, so the test is never wrong, only occasionally wasted work.
+ * @param data_len the bytes of the first segment: the whole segment must be in it (else untouched)
+ * @return true when the checksum was completed
+ */
+inline bool completePartialChecksum(uint8_t* frame, uint32_t data_len,
+                                    const ParsedPacket& p) noexcept {
+  if (p.fragment || (p.key.proto != LB_PROTO_TCP && p.key.proto != LB_PROTO_UDP) ||
+      p.l3_end > data_len) {
+    return false;
+  }
+  uint8_t* l4 = frame + p.l4_offset;
+  uint8_t* csum_at = l4 + (p.key.proto == LB_PROTO_TCP ? 16 : 6);
+  uint16_t field;
+  std::memcpy(&field, csum_at, 2);
+  if (p.key.proto == LB_PROTO_UDP && p.key.family == LB_FAMILY_IPV4 && field == 0) {
+    return false;  // no checksum
+  }
+  const uint32_t pseudo = pseudoHeaderSum(frame, p);
+  if (field != foldSum(pseudo)) [[likely]] {
+    return false;
+  }
+  const uint16_t zero = 0;
+  std::memcpy(csum_at, &zero, 2);
+  uint16_t full = static_cast<uint16_t>(~foldSum(sumWords(l4, p.l3_end - p.l4_offset, pseudo)));
+  if (full == 0 && p.key.proto == LB_PROTO_UDP) {
+    full = 0xffff;  // RFC 768: a computed 0 is sent as all ones
+  }
+  std::memcpy(csum_at, &full, 2);
+  return true;
+}
+
 }  // namespace sluice

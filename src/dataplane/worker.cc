@@ -30,6 +30,21 @@ uint64_t Worker::clockNs() const noexcept {
   return static_cast<uint64_t>((static_cast<unsigned __int128>(rte_rdtsc()) * ns_mult_) >> 32);
 }
 
+uint16_t Worker::transmit(uint16_t port, rte_mbuf** pkts, uint16_t n,
+                          WorkerCounters& counters) noexcept {
+  uint16_t sent = 0;
+  for (int attempt = 0; attempt < 4 && sent < n; ++attempt) {
+    sent += rte_eth_tx_burst(port, static_cast<uint16_t>(index_), pkts + sent, n - sent);
+  }
+  if (sent < n) [[unlikely]] {
+    counters.drops[LB_DROP_TX_FULL] += n - sent;
+    for (uint16_t i = sent; i < n; ++i) {
+      rte_pktmbuf_free(pkts[i]);
+    }
+  }
+  return sent;
+}
+
 int Worker::run() noexcept {
   if (queues_.empty()) {
     return 0;  // this lcore has nothing to do
@@ -46,6 +61,7 @@ int Worker::run() noexcept {
   std::array<rte_mbuf*, kBurst> mbufs;
   std::array<PacketRef, kBurst> refs;
   std::array<rte_mbuf*, kBurst> out;
+  std::array<rte_mbuf*, kBurst> kernel;
   WorkerCounters& counters = pipeline_.counters();
   uint64_t last_now = 0;
   uint32_t idle_passes = 0;
@@ -78,24 +94,34 @@ int Worker::run() noexcept {
       pipeline_.process(std::span(refs.data(), n), snap, *q.ctx);
 
       uint16_t nout = 0;
+      uint16_t nkernel = 0;
       for (uint16_t i = 0; i < n; ++i) {
         if (refs[i].transmit) {
+          if (refs[i].new_len != 0 && refs[i].new_len < mbufs[i]->pkt_len) [[unlikely]] {
+            rte_pktmbuf_trim(mbufs[i], static_cast<uint16_t>(mbufs[i]->pkt_len - refs[i].new_len));
+          }
           out[nout++] = mbufs[i];
+        } else if (refs[i].to_kernel && q.kernel_port != kNoPort) {
+          kernel[nkernel++] = mbufs[i];
         } else {
           rte_pktmbuf_free(mbufs[i]);
         }
       }
-      uint16_t sent = 0;
-      for (int attempt = 0; attempt < 4 && sent < nout; ++attempt) {
-        sent += rte_eth_tx_burst(q.port, static_cast<uint16_t>(index_), out.data() + sent,
-                                 nout - sent);
+      counters.tx_packets += transmit(q.port, out.data(), nout, counters);
+      if (nkernel != 0) {
+        transmit(q.kernel_port, kernel.data(), nkernel, counters);
       }
-      counters.tx_packets += sent;
-      if (sent < nout) [[unlikely]] {
-        counters.drops[LB_DROP_TX_FULL] += nout - sent;
-        for (uint16_t i = sent; i < nout; ++i) {
-          rte_pktmbuf_free(out[i]);
-        }
+    }
+    // What the host's kernel sends (ARP and ND of its own, SSH, BGP, health probes) leaves
+    // through the NIC as it is.
+    for (const RxQueueRef& q : queues_) {
+      if (q.kernel_port == kNoPort) {
+        continue;
+      }
+      const uint16_t n = rte_eth_rx_burst(q.kernel_port, q.queue, mbufs.data(), kBurst);
+      if (n != 0) {
+        got += n;
+        transmit(q.port, mbufs.data(), n, counters);
       }
     }
     pipeline_.sweep(last_now);

@@ -7,6 +7,8 @@
 #include <rte_config.h>
 #include <rte_rcu_qsbr.h>
 
+struct rte_mbuf;
+
 #include <atomic>
 #include <cstdint>
 #include <vector>
@@ -17,10 +19,16 @@
 
 namespace sluice {
 
+inline constexpr uint16_t kNoPort = 0xffff;
+
 struct RxQueueRef {
   uint16_t port = 0;
   uint16_t queue = 0;
   PortContext* ctx = nullptr;
+  // The port's kernel exception port (net_tap), or kNoPort. The worker sends what the pipeline
+  // hands to the kernel on its own TX queue of it, and sends what the kernel transmits (its RX
+  // queue of the same index) out of `port` unchanged.
+  uint16_t kernel_port = kNoPort;
 };
 
 struct WorkerOptions {
@@ -49,6 +57,8 @@ class alignas(RTE_CACHE_LINE_SIZE) Worker {
 
  private:
   uint64_t clockNs() const noexcept;
+  /** tx_burst on this worker's queue of port, a few tries; what is left is counted tx_full. */
+  uint16_t transmit(uint16_t port, rte_mbuf** pkts, uint16_t n, WorkerCounters& counters) noexcept;
 
   uint32_t index_;
   WorkerOptions opts_;

@@ -1,5 +1,6 @@
 #include "sluiced/daemon.h"
 
+#include <event2/event.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -18,6 +19,7 @@
 #include <memory>
 #include <vector>
 
+#include "control/backend_monitor.h"
 #include "control/config.h"
 #include "control/control_plane.h"
 #include "control/control_socket.h"
@@ -56,46 +58,126 @@ std::string macString(const uint8_t* m) {
   return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
 }
 
-/** The control plane's loop: control socket requests and signals, until SIGINT or SIGTERM. */
-void serveUntilStopped(spdlog::logger& log, int sig_fd, ControlServer& server,
-                       ControlPlane& control, const std::string& config_path) {
-  bool running = true;
-  while (running) {
-    pollfd fds[2] = {{sig_fd, POLLIN, 0}, {server.fd(), POLLIN, 0}};
-    const int n = ::poll(fds, 2, -1);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      log.error("poll: {}", std::strerror(errno));
-      break;
+/**
+ * The control plane's event loop (libevent): control socket requests, signals, and what the
+ * backend monitor watches (health probes, the kernel's neighbour table), until SIGINT or SIGTERM.
+ */
+class DaemonLoop {
+ public:
+  DaemonLoop(spdlog::logger& log, int sig_fd, ControlServer& server, const std::string& config_path)
+      : log_(log), sig_fd_(sig_fd), server_(server), config_path_(config_path),
+        base_(makeBase()) {
+    if (base_ == nullptr) {
+      throw std::runtime_error("cannot create the event loop");
     }
-    if (fds[0].revents & POLLIN) {
-      signalfd_siginfo si{};
-      while (::read(sig_fd, &si, sizeof(si)) == sizeof(si)) {
-        if (si.ssi_signo == SIGHUP) {
-          const nlohmann::json r = control.reload();
-          if (r.value("ok", false)) {
-            log.info("SIGHUP: configuration reloaded from {} (generation {}, published in {:.0f} us)",
-                      config_path, control.generation(), control.lastPublishMicros());
+  }
+  ~DaemonLoop() {
+    monitor_.reset();
+    host_.reset();
+    for (event* e : {sig_event_, server_event_}) {
+      if (e != nullptr) {
+        event_free(e);
+      }
+    }
+    event_base_free(base_);
+  }
+
+  event_base* base() { return base_; }
+
+  /**
+   * The loop with the precise monotonic clock: with libevent's default (the coarse clock, 4 ms
+   * ticks) health probes would start 2-3 ms after their slots (docs/health-checks.md).
+   */
+  static event_base* makeBase() {
+    event_config* cfg = event_config_new();
+    if (cfg == nullptr) {
+      return nullptr;
+    }
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    event_base* base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    return base;
+  }
+
+  /**
+   * The kernel interface that carries Sluice's addresses, configured with them: the DPDK
+   * exception port or the XDP interface. @throws HostInterfaceError
+   */
+  HostInterface* openHost(const std::string& ifname, const std::vector<IpPrefix>& addresses) {
+    host_ = std::make_unique<HostInterface>(ifname);
+    host_->setUp();
+    host_->ensureAddresses(addresses);
+    std::string list;
+    for (const IpPrefix& a : addresses) {
+      list += (list.empty() ? "" : ", ") + a.str();
+    }
+    log_.info("host interface {} (mac {}): {}", ifname, host_->mac().str(),
+              list.empty() ? "no addresses" : list);
+    return host_.get();
+  }
+
+  /** Serve until a stop signal. */
+  void run(ControlPlane& control) {
+    control_ = &control;
+    monitor_ = std::make_unique<BackendMonitor>(
+        base_, control, host_.get(), [this](bool warning, const std::string& m) {
+          if (warning) {
+            log_.warn("{}", m);
           } else {
-            log.error("SIGHUP: {}", r.value("error", std::string("reload failed")));
+            log_.info("{}", m);
           }
+        });
+    monitor_->start();
+    sig_event_ = event_new(base_, sig_fd_, EV_READ | EV_PERSIST, onSignal, this);
+    server_event_ = event_new(base_, server_.fd(), EV_READ | EV_PERSIST, onRequest, this);
+    event_add(sig_event_, nullptr);
+    event_add(server_event_, nullptr);
+    event_base_dispatch(base_);
+    monitor_.reset();
+  }
+
+ private:
+  static void onSignal(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<DaemonLoop*>(arg);
+    signalfd_siginfo si{};
+    while (::read(self->sig_fd_, &si, sizeof(si)) == sizeof(si)) {
+      if (si.ssi_signo == SIGHUP) {
+        const nlohmann::json r = self->control_->reload();
+        if (r.value("ok", false)) {
+          self->log_.info("SIGHUP: configuration reloaded from {} (generation {}, published in "
+                          "{:.0f} us)",
+                          self->config_path_, self->control_->generation(),
+                          self->control_->lastPublishMicros());
         } else {
-          log.info("{}: shutting down", strsignal(static_cast<int>(si.ssi_signo)));
-          running = false;
+          self->log_.error("SIGHUP: {}", r.value("error", std::string("reload failed")));
         }
-      }
-    }
-    if (running && (fds[1].revents & POLLIN)) {
-      const std::string summary =
-          server.serveOne([&](const nlohmann::json& req) { return control.handle(req); });
-      if (!summary.empty()) {
-        log.info("request {}", summary);
+      } else {
+        self->log_.info("{}: shutting down", strsignal(static_cast<int>(si.ssi_signo)));
+        event_base_loopbreak(self->base_);
       }
     }
   }
-}
+
+  static void onRequest(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<DaemonLoop*>(arg);
+    const std::string summary = self->server_.serveOne(
+        [self](const nlohmann::json& req) { return self->control_->handle(req); });
+    if (!summary.empty()) {
+      self->log_.info("request {}", summary);
+    }
+  }
+
+  spdlog::logger& log_;
+  int sig_fd_;
+  ControlServer& server_;
+  const std::string& config_path_;
+  event_base* base_;
+  ControlPlane* control_ = nullptr;
+  std::unique_ptr<HostInterface> host_;
+  std::unique_ptr<BackendMonitor> monitor_;
+  event* sig_event_ = nullptr;
+  event* server_event_ = nullptr;
+};
 
 #ifdef SLUICE_HAS_XDP
 /** `sluiced run` on the XDP path: one program per interface, no DPDK. */
@@ -110,13 +192,19 @@ int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, in
       programs.push_back(std::move(p));
     }
     XdpDataplaneHandle handle(std::move(programs));
+    DaemonLoop loop(log, sig_fd, server, opts.config_path);
+    if (!config.dataplane.addresses.empty()) {
+      // The one-port form: Sluice's addresses live on the first interface, whose kernel answers
+      // what the program passes (XDP_PASS) and resolves the neighbours.
+      loop.openHost(config.dataplane.interfaces.front(), config.dataplane.addresses);
+    }
     ControlPlane control(config, opts.config_path, handle);
     control.start();
     log.info("sluiced {} running on the XDP path: {} service(s), {} interface(s), flow table {} "
              "entries per CPU, control socket {}",
              SLUICE_VERSION, config.services.size(), config.dataplane.interfaces.size(),
              config.dataplane.flow_table_size, server.path());
-    serveUntilStopped(log, sig_fd, server, control, opts.config_path);
+    loop.run(control);
     const nlohmann::json s = control.handle({{"command", "stats"}});
     const auto& total = s.at("total");
     log.info("stopped: {} packets in, {} out, {} dropped; XDP programs detached",
@@ -124,6 +212,9 @@ int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, in
              total.at("dropped").get<uint64_t>());
     return 0;  // the programs detach as the handle goes
   } catch (const XdpError& e) {
+    log.error("{}", e.what());
+    return 1;
+  } catch (const HostInterfaceError& e) {
     log.error("{}", e.what());
     return 1;
   } catch (const ConfigError& e) {
@@ -194,6 +285,7 @@ int runDaemon(const RunOptions& opts) {
   eal.insert(eal.end(), opts.eal_args.begin(), opts.eal_args.end());
   try {
     Eal env(eal);
+    DaemonLoop loop(*log, sig_fd, *server, opts.config_path);
     const uint16_t nports = rte_eth_dev_count_avail();
     if (nports == 0) {
       throw DpdkError("no ports: give DPDK a NIC (-a PCI address) or a virtual device (--vdev)");
@@ -205,25 +297,57 @@ int runDaemon(const RunOptions& opts) {
           "plane, the others run workers");
     }
     // Enough mbufs to fill every RX and TX ring of every queue, plus what is in flight.
-    const uint32_t mbufs = std::max<uint32_t>(8191, nports * nworkers * (1024 + 1024 + 64) + 4095);
+    // The kernel exception ports double the rings when there are some.
+    const uint32_t rings = config.dataplane.exception_interface.empty() ? 1 : 2;
+    const uint32_t mbufs =
+        std::max<uint32_t>(8191, rings * nports * nworkers * (1024 + 1024 + 64) + 4095);
     rte_mempool* pool = createMbufPool("sluiced_mbufs", mbufs, static_cast<int>(rte_socket_id()));
 
     std::vector<uint16_t> ports;
+    std::vector<uint16_t> kernel_ports;  // parallel to ports: its exception port, or kNoPort
     std::vector<std::unique_ptr<PortContext>> port_ctx;
+    std::vector<uint16_t> nics;
     uint16_t port_id = 0;
     RTE_ETH_FOREACH_DEV(port_id) {
+      nics.push_back(port_id);  // before the exception ports join the list
+    }
+    for (const uint16_t nic : nics) {
       PortConfig pc;
-      pc.port_id = port_id;
+      pc.port_id = nic;
       pc.queues = static_cast<uint16_t>(nworkers);
       pc.pool = pool;
+      pc.promiscuous = config.dataplane.promiscuous;
       const PortInfo info = startPort(pc);
       auto ctx = std::make_unique<PortContext>();
       std::memcpy(ctx->mac, info.mac, 6);
-      log->info("port {} ({}): mac {}, {} queue pair(s), {}", port_id, info.name,
+      // A packet socket on a kernel interface passes on the partial checksums of local senders.
+      ctx->complete_partial_checksums = info.driver == "net_af_packet";
+      log->info("port {} ({}): mac {}, {} queue pair(s), {}{}", nic, info.name,
                 macString(info.mac), nworkers,
                 nworkers > 1 ? (info.rss ? "RSS on" : "no RSS: all traffic reaches queue 0")
-                             : "single queue");
-      ports.push_back(port_id);
+                             : "single queue",
+                config.dataplane.promiscuous ? ", promiscuous" : "");
+      uint16_t kernel = kNoPort;
+      if (!config.dataplane.exception_interface.empty()) {
+        // One exception interface per NIC port: the configured name for the first, with the
+        // port's index appended for the others.
+        const std::string ifname =
+            nic == nics.front() ? config.dataplane.exception_interface
+                                : fmt::format("{}p{}", config.dataplane.exception_interface, nic);
+        kernel = createKernelPort(nic, ifname, info.mac);
+        PortConfig kc;
+        kc.port_id = kernel;
+        kc.queues = static_cast<uint16_t>(nworkers);
+        kc.pool = pool;
+        kc.rss = false;  // the kernel picks the queue it sends on; any worker may carry it
+        startPort(kc);
+        log->info("port {}: kernel exception interface {} (port {})", nic, ifname, kernel);
+        if (nic == nics.front()) {
+          loop.openHost(ifname, config.dataplane.addresses);
+        }
+      }
+      ports.push_back(nic);
+      kernel_ports.push_back(kernel);
       port_ctx.push_back(std::move(ctx));
     }
 
@@ -237,7 +361,7 @@ int runDaemon(const RunOptions& opts) {
     for (uint32_t w = 0; w < nworkers; ++w) {
       std::vector<RxQueueRef> queues;
       for (size_t p = 0; p < ports.size(); ++p) {
-        queues.push_back({ports[p], static_cast<uint16_t>(w), port_ctx[p].get()});
+        queues.push_back({ports[p], static_cast<uint16_t>(w), port_ctx[p].get(), kernel_ports[p]});
       }
       workers.push_back(std::make_unique<Worker>(w, wo, std::move(queues), slot, stop));
       pipelines.push_back(&workers.back()->pipeline());
@@ -261,12 +385,15 @@ int runDaemon(const RunOptions& opts) {
               SLUICE_VERSION, config.services.size(), ports.size(), nworkers,
               wo.flow_capacity, server->path());
 
-    serveUntilStopped(*log, sig_fd, *server, control, opts.config_path);
+    loop.run(control);
 
     stop.store(true);
     rte_eal_mp_wait_lcore();
-    for (uint16_t p : ports) {
-      stopPort(p);
+    for (size_t p = 0; p < ports.size(); ++p) {
+      stopPort(ports[p]);
+      if (kernel_ports[p] != kNoPort) {
+        stopPort(kernel_ports[p]);
+      }
     }
     const nlohmann::json s = control.handle({{"command", "stats"}});
     const auto& total = s.at("total");
@@ -278,6 +405,9 @@ int runDaemon(const RunOptions& opts) {
     ::close(sig_fd);
     return 0;
   } catch (const DpdkError& e) {
+    log->error("{}", e.what());
+    return 1;
+  } catch (const HostInterfaceError& e) {
     log->error("{}", e.what());
     return 1;
   } catch (const ConfigError& e) {

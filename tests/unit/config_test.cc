@@ -52,13 +52,38 @@ std::string describe(const Config& c) {
       "flow_table_size={} gateway_mac={} tcp={} tcp_fin={} udp={}\n", c.dataplane.flow_table_size,
       c.dataplane.gateway_mac ? c.dataplane.gateway_mac->str() : "none", c.timeouts.tcp_s,
       c.timeouts.tcp_fin_s, c.timeouts.udp_s);
+  if (!c.dataplane.addresses.empty() || !c.dataplane.gateways.empty() ||
+      !c.dataplane.exception_interface.empty() || c.dataplane.promiscuous) {
+    out += "addresses=";
+    for (const IpPrefix& a : c.dataplane.addresses) {
+      out += a.str() + " ";
+    }
+    out += "gateways=";
+    for (const IpAddress& g : c.dataplane.gateways) {
+      out += g.str() + " ";
+    }
+    out += fmt::format("exception={} promiscuous={}\n", c.dataplane.exception_interface,
+                       c.dataplane.promiscuous);
+  }
+  auto check = [](const HealthCheckConfig& h) {
+    return fmt::format("{} every {} ms timeout {} ms rise {} fall {} port {} path {} expect {}",
+                       healthCheckTypeName(h.type), h.interval_ms, h.timeout_ms, h.rise, h.fall,
+                       h.port, h.path, h.expect_status);
+  };
   for (const ServiceConfig& s : c.services) {
-    out += fmt::format("service {} {} {} {} {} M={}\n", s.name,
+    out += fmt::format("service {} {} {} {} {} M={}{}{}\n", s.name,
                        formatEndpoint(s.vip, s.port), protocolName(s.protocol),
-                       forwardingName(s.forwarding), schedulerName(s.scheduler), s.table_size);
+                       forwardingName(s.forwarding), schedulerName(s.scheduler), s.table_size,
+                       s.on_backend_down == DownPolicy::kKeep
+                           ? ""
+                           : fmt::format(" down={}", downPolicyName(s.on_backend_down)),
+                       s.health_check == HealthCheckConfig{}
+                           ? ""
+                           : " check=" + check(s.health_check));
     for (const BackendConfig& b : s.backends) {
-      out += fmt::format("  backend {} mac={} weight={}\n", formatEndpoint(b.address, b.port),
-                         b.mac.str(), b.weight);
+      out += fmt::format("  backend {} mac={} weight={}{}\n", formatEndpoint(b.address, b.port),
+                         b.mac ? b.mac->str() : "resolved", b.weight,
+                         b.health_check ? " check=" + check(*b.health_check) : "");
     }
   }
   return out;
@@ -373,9 +398,9 @@ TEST(ConfigTest, UnknownKeyInSections) {
   EXPECT_EQ(errorOf(R"(
 [dataplane]
 flow_table_size = 65536
-gateway = "02:00:00:00:00:fe"
+next_hop = "02:00:00:00:00:fe"
 )"),
-            "t.toml:3: unknown key \"gateway\" in [dataplane]");
+            "t.toml:3: unknown key \"next_hop\" in [dataplane]");
   EXPECT_EQ(errorOf(R"(
 [timeouts]
 tcp = 900
@@ -566,8 +591,9 @@ forwarding = "dr"
 address = "10.0.0.11"
 weight = 5
 )"),
-            "t.toml:8: service \"web\": backend 10.0.0.11: missing required key \"mac\" in "
-            "[[service.backend]]");
+            "t.toml:8: service \"web\": backend 10.0.0.11 has no mac, is on none of the subnets "
+            "of dataplane.addresses, and there is no IPv4 dataplane.gateway: its MAC could never "
+            "be resolved (give its mac, or Sluice's address on its subnet)");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -524,7 +524,7 @@ TEST_F(ControlPlaneTest, SaveShowsEdits) {
   api.name = "api";
   api.vip = ip("192.0.2.20");
   api.port = 8080;
-  api.backends.push_back({ip("10.0.0.31"), 8080, mac("02:00:00:00:04:31"), 5, 0});
+  api.backends.push_back({ip("10.0.0.31"), 8080, mac("02:00:00:00:04:31"), 5, {}, 0});
   expected.services.push_back(api);
   EXPECT_EQ(renderConfig(back), configText(expected));
 }
@@ -983,9 +983,11 @@ std::vector<Refusal> refusals() {
        patched(as, R"({"service": {"backends": [{"address": "10.0.0",
            "mac": "02:00:00:00:04:31"}]}})"),
        R"(address "10.0.0" is not an IPv4 or IPv6 address)"},
-      {"ServiceAddBackendMissingMac",
+      {"ServiceAddBackendMacUnresolvable",
        patched(as, R"({"service": {"backends": [{"address": "10.0.0.31"}]}})"),
-       R"(missing "mac")"},
+       "service \"api\": backend 10.0.0.31 has no mac, is on none of the subnets of "
+       "dataplane.addresses, and there is no IPv4 dataplane.gateway: its MAC could never be "
+       "resolved (give its mac, or Sluice's address on its subnet)"},
       {"ServiceAddBackendBadMac",
        patched(as, R"({"service": {"backends": [{"address": "10.0.0.31",
            "mac": "02:00:00:00:04"}]}})"),
@@ -1140,8 +1142,10 @@ std::vector<Refusal> refusals() {
        R"("address" must be a string)"},
       {"BackendAddBadAddress", patched(ab, R"({"backend": {"address": "10.0.0.256"}})"),
        R"(address "10.0.0.256" is not an IPv4 or IPv6 address)"},
-      {"BackendAddMissingMac", patched(ab, R"({"backend": {"mac": null}})"),
-       R"(missing "mac")"},
+      {"BackendAddMacUnresolvable", patched(ab, R"({"backend": {"mac": null}})"),
+       "service \"web\": backend 10.0.0.14 has no mac, is on none of the subnets of "
+       "dataplane.addresses, and there is no IPv4 dataplane.gateway: its MAC could never be "
+       "resolved (give its mac, or Sluice's address on its subnet)"},
       {"BackendAddMacNotString", patched(ab, R"({"backend": {"mac": 2199023255828}})"),
        R"("mac" must be a string)"},
       {"BackendAddBadMac", patched(ab, R"({"backend": {"mac": "02:00:00:00:01:1g"}})"),
@@ -1353,7 +1357,7 @@ TEST_F(ControlPlaneReloadTest, AppliesTheFile) {
   api.port = 8080;
   api.forwarding = Forwarding::kNat;
   api.table_size = 11;
-  api.backends.push_back({ip("10.0.2.1"), 9000, mac("02:00:00:00:05:01"), 3, 0});
+  api.backends.push_back({ip("10.0.2.1"), 9000, mac("02:00:00:00:05:01"), 3, {}, 0});
   next.services.push_back(api);
   write(configText(next));
 

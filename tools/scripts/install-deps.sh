@@ -11,9 +11,12 @@ packages=(
   libcli11-dev                                  # command-line parsing
   libfmt-dev                                    # formatting
   libspdlog-dev                                 # daemon logging
+  libevent-dev                                  # the daemon's event loop, health-check probes (HTTP client)
+  libnl-route-3-dev                             # rtnetlink: neighbours (ARP/ND), addresses, links
   clang llvm libbpf-dev bpftool                 # the XDP data path (bpf/)
   libgtest-dev                                  # tests
   iproute2                                      # tests: network namespaces and veth pairs
+  nginx-light curl ethtool                      # the lab and its end-to-end tests: real HTTP servers
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -3,7 +3,7 @@
 //   sluicectl list                       services and backends (like ipvsadm -Ln)
 //   sluicectl stats [--rate]             packets, bytes, flows per service and backend; per worker
 //   sluicectl service add|edit|del ...   virtual services
-//   sluicectl backend add|edit|del|drain backends of a service
+//   sluicectl backend add|edit|del|drain|down|up  backends of a service (down/up: maintenance)
 //   sluicectl reload | save | version
 //
 // Every read command takes --json. Exit status: 0 done, 1 the daemon refused or could not be
@@ -59,22 +59,47 @@ json call(const std::string& socket, const json& request) {
   return r;
 }
 
+/** The health column of list: the check's last result and since when, or why it is unresolved. */
+std::string healthText(const json& b) {
+  std::string out;
+  if (b.contains("health")) {
+    const json& h = b.at("health");
+    if (h.value("maintenance", false)) {
+      out = "maintenance; ";
+    }
+    if (h.value("check", std::string("none")) == "none") {
+      out += "no check";
+    } else {
+      const std::string last = h.value("last_result", std::string());
+      out += last.empty() ? std::string("not probed yet") : last;
+      if (h.contains("last_change") && h.at("last_change").is_string()) {
+        out += ", since " + h.at("last_change").get<std::string>();
+      }
+    }
+  }
+  if (b.contains("unresolved_because")) {
+    out += (out.empty() ? "" : "; ") + b.at("unresolved_because").get<std::string>();
+  }
+  return out.empty() ? "-" : out;
+}
+
 void printList(const json& r) {
   std::string out = fmt::format("Sluice {} (generation {}, {} worker{})\n",
                                 r.value("version", std::string("?")), u(r, "generation"),
                                 u(r, "worker_count"), u(r, "worker_count") == 1 ? "" : "s");
   out += "Prot LocalAddress:Port Scheduler Forward Name\n";
-  out += fmt::format("  -> {:<40} {:>6} {:<9} {:>11}\n", "RemoteAddress:Port", "Weight", "State",
-                     "ActiveFlows");
+  out += fmt::format("  -> {:<40} {:>6} {:<11} {:>11}  {}\n", "RemoteAddress:Port", "Weight",
+                     "State", "ActiveFlows", "Health (last result, since)");
   for (const json& s : r.at("services")) {
     out += fmt::format("{:<4} {} {} {} {}\n", upper(s.at("protocol").get<std::string>()),
                        endpoint(s.at("vip").get<std::string>(), u(s, "port")),
                        s.at("scheduler").get<std::string>(), s.at("forwarding").get<std::string>(),
                        s.at("name").get<std::string>());
     for (const json& b : s.at("backends")) {
-      out += fmt::format("  -> {:<40} {:>6} {:<9} {:>11}\n",
+      out += fmt::format("  -> {:<40} {:>6} {:<11} {:>11}  {}\n",
                          endpoint(b.at("address").get<std::string>(), u(b, "port")),
-                         u(b, "weight"), b.at("state").get<std::string>(), u(b, "active_flows"));
+                         u(b, "weight"), b.at("state").get<std::string>(), u(b, "active_flows"),
+                         healthText(b));
     }
   }
   std::fputs(out.c_str(), stdout);
@@ -283,7 +308,8 @@ int main(int argc, char** argv) {
   };
   CLI::App* backend_add = backend->add_subcommand("add", "Add a backend (ipvsadm -a)");
   backendKey(backend_add);
-  backend_add->add_option("--mac", ba.mac, "Next-hop MAC of the backend")->required();
+  backend_add->add_option("--mac", ba.mac,
+                          "Next-hop MAC of the backend (default: resolved by ARP/ND)");
   backend_add->add_option("--weight", ba.weight, "Weight 0..65535 (default 1)");
   CLI::App* backend_edit = backend->add_subcommand("edit", "Change a backend (ipvsadm -e)");
   backendKey(backend_edit);
@@ -294,13 +320,20 @@ int main(int argc, char** argv) {
   CLI::App* backend_drain = backend->add_subcommand(
       "drain", "Weight 0: no new flows, existing flows stay until they end");
   backendKey(backend_drain);
+  CLI::App* backend_down = backend->add_subcommand(
+      "down", "Maintenance: take it out whatever its health check says (flows: on_backend_down)");
+  backendKey(backend_down);
+  CLI::App* backend_up = backend->add_subcommand(
+      "up", "End maintenance: it follows its health check again");
+  backendKey(backend_up);
 
   CLI::App* reload = app.add_subcommand("reload", "Re-read the configuration file (as SIGHUP)");
   CLI::App* save = app.add_subcommand("save", "Print the running configuration as a config file");
   CLI::App* version = app.add_subcommand("version", "Print the versions of sluicectl and sluiced");
 
   for (CLI::App* leaf : {service_add, service_edit, service_del, backend_add, backend_edit,
-                         backend_del, backend_drain, reload, save, version}) {
+                         backend_del, backend_drain, backend_down, backend_up, reload, save,
+                         version}) {
     leaf->add_flag("--json", as_json, "Print the daemon's answer as JSON");
   }
 
@@ -362,12 +395,14 @@ int main(int argc, char** argv) {
       const json r = call(socket, {{"command", "service.del"}, {"name", sa.name}});
       if (as_json) std::puts(r.dump(2).c_str());
     } else if (backend_add->parsed()) {
-      json b = {{"address", ba.address}, {"mac", ba.mac}};
+      json b = {{"address", ba.address}};
+      if (!ba.mac.empty()) b["mac"] = ba.mac;
       if (ba.port) b["port"] = *ba.port;
       if (ba.weight) b["weight"] = *ba.weight;
       const json r = call(socket, {{"command", "backend.add"}, {"service", ba.service}, {"backend", b}});
       if (as_json) std::puts(r.dump(2).c_str());
-    } else if (backend_edit->parsed() || backend_del->parsed() || backend_drain->parsed()) {
+    } else if (backend_edit->parsed() || backend_del->parsed() || backend_drain->parsed() ||
+               backend_down->parsed() || backend_up->parsed()) {
       json req = {{"service", ba.service}, {"address", ba.address}};
       if (ba.port) req["port"] = *ba.port;
       if (backend_edit->parsed()) {
@@ -380,7 +415,10 @@ int main(int argc, char** argv) {
         req["command"] = "backend.edit";
         req["set"] = set;
       } else {
-        req["command"] = backend_del->parsed() ? "backend.del" : "backend.drain";
+        req["command"] = backend_del->parsed()     ? "backend.del"
+                         : backend_drain->parsed() ? "backend.drain"
+                         : backend_down->parsed()  ? "backend.down"
+                                                   : "backend.up";
       }
       const json r = call(socket, req);
       if (as_json) std::puts(r.dump(2).c_str());
