@@ -570,6 +570,7 @@ TEST(PipelineNat, ReplyWithoutGatewayUsesLearnedMac) {
 TEST(PipelineNat, ReplyFromUnknownPortIsNoService) {
   Lb lb(baseConfig());
   PacketSpec reply;
+  reply.dst_mac = kPortMac;
   reply.src = ip("10.0.1.21");
   reply.sport = 5354;  // the backend listens on 5353
   reply.dst = ip("198.51.0.1");
