@@ -101,9 +101,9 @@ struct DataplaneConfig {
   // carries traffic for no service to the host's kernel and back. "" = none. Unset in the file:
   // "sluice0" when addresses are given, none otherwise.
   std::string exception_interface;
-  // Receive frames for any destination MAC (they are still dropped as not_for_us unless for the
-  // port's MAC, broadcast or ARP/ND multicast). Off: a switch flooding unknown unicast must not
-  // make two hosts forward the same frame.
+  // Take frames for any destination MAC as the port's (the NIC in promiscuous mode, and no
+  // not_for_us drop): a mirror port, a bump in the wire. Off: a switch flooding unknown unicast
+  // must not make two hosts forward the same frame.
   bool promiscuous = false;
   // Where NAT replies (backend -> client) are sent. When neither this nor gateway is set, each
   // port uses the source MAC of the last client packet it received for a NAT service.

@@ -322,6 +322,9 @@ int runDaemon(const RunOptions& opts) {
       std::memcpy(ctx->mac, info.mac, 6);
       // A packet socket on a kernel interface passes on the partial checksums of local senders.
       ctx->complete_partial_checksums = info.driver == "net_af_packet";
+      // Promiscuous: every frame is taken as the port's (a tap on a mirror port, a bump in the
+      // wire); otherwise frames for other MACs are not_for_us.
+      ctx->accept_any_mac = config.dataplane.promiscuous;
       log->info("port {} ({}): mac {}, {} queue pair(s), {}{}", nic, info.name,
                 macString(info.mac), nworkers,
                 nworkers > 1 ? (info.rss ? "RSS on" : "no RSS: all traffic reaches queue 0")
