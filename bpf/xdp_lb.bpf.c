@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * xdp_lb.bpf.c - Sluice's XDP data path: the twin of the DPDK pipeline, packet for packet
- * (src/dataplane/pipeline.cc). Forwarded packets leave through the port they came in on
- * (XDP_TX); malformed packets, fragments for a VIP, and packets with no backend or no next hop
- * are dropped; traffic for no service and non-IP frames go to the kernel (XDP_PASS). Every
- * outcome is counted as the DPDK workers count it.
+ * (src/dataplane/pipeline.cc, Pipeline::forward and Pipeline::host), decision for decision in the
+ * same order. Forwarded packets and the answers to ARP, Neighbour Solicitations and echo requests
+ * leave through the port they came in on (XDP_TX); frames for another MAC, malformed packets,
+ * fragments for a VIP, and packets with no backend or no next hop are dropped; the host's own
+ * traffic, traffic for no service and non-IP frames go to the kernel (XDP_PASS). Every outcome is
+ * counted as the DPDK workers count it.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -15,6 +17,7 @@
 #include "lib/csum.h"
 #include "lib/stats.h"
 #include "lib/lb.h"
+#include "lib/host.h"
 
 SEC("xdp")
 int xdp_lb(struct xdp_md *ctx)
@@ -32,24 +35,53 @@ int xdp_lb(struct xdp_md *ctx)
 		return XDP_PASS;	/* not reached: a one-entry array */
 	cc->rx_packets++;
 
+	/* 1. Flooded by a switch: another host's to forward. (A frame shorter than an Ethernet
+	 * header never reaches an XDP program.) */
+	if (!accept_any_mac && data + LB_ETH_HLEN <= data_end && !lb_frame_is_for_port(data))
+		return lb_drop(cc, LB_DROP_NOT_FOR_US);
+
 	/* Without frags support the frame is linear: pkt_len == data_len. */
 	ret = lb_parse(data, data_end, data_end - data, &p);
-	if (ret != LB_PARSE_OK)
-		return lb_drop(cc, ret);
+	if (ret != LB_PARSE_OK) {
+		if (ret == LB_DROP_NON_IP)
+			return lb_host(ctx, cc);	/* 2. ARP answered, the rest to the kernel */
+		return lb_drop(cc, ret);		/* 3. */
+	}
 	if (p.fragment)
-		return lb_fragment(&p, cc);
+		return lb_fragment(&p, cc);		/* 4. */
 
-	lb_dst_endpoint(&p.key, &ek);
+	lb_dst_endpoint(&p.key, &ek);			/* 5. */
 	svc = bpf_map_lookup_elem(&services, &ek);
 	if (svc)
 		return lb_forward_to_backend(ctx, &p, svc, cc);
 
-	lb_src_endpoint(&p.key, &ek);
+	if (p.key.proto == LB_IPPROTO_ICMPV6) {		/* 6. */
+		ret = lb_solicit(ctx, &p, cc);
+		if (ret >= 0)
+			return ret;
+	}
+
+	lb_address_key(p.key.dst, p.key.family, &ek);	/* 7. the host's own */
+	if (bpf_map_lookup_elem(&local_addrs, &ek))
+		return lb_pass(cc);
+
+	if (p.key.proto == LB_IPPROTO_ICMP || p.key.proto == LB_IPPROTO_ICMPV6) {	/* 8. */
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		if (lb_is_echo_request(data, data_end, &p) && bpf_map_lookup_elem(&vip_addrs, &ek)) {
+			/* A VIP answers ping, as an IPVS host does. */
+			if (lb_answer_echo(data, data_end, &p) != 0)
+				return lb_drop(cc, LB_DROP_TRUNCATED);	/* not reached */
+			return lb_answered(cc);
+		}
+	}
+
+	lb_src_endpoint(&p.key, &ek);			/* 9. */
 	reply = bpf_map_lookup_elem(&nat_replies, &ek);
 	if (reply)
 		return lb_forward_nat_reply(ctx, &p, reply, cc);
 
-	return lb_drop(cc, LB_DROP_NO_SERVICE);
+	return lb_drop(cc, LB_DROP_NO_SERVICE);		/* 10. */
 }
 
 char LICENSE[] SEC("license") = "BSD";

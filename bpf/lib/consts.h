@@ -30,6 +30,9 @@
 #define LB_DEFAULT_TCP_FIN_TIMEOUT_NS	(LB_DEFAULT_TCP_FIN_TIMEOUT_S * LB_NSEC_PER_SEC)
 #define LB_DEFAULT_UDP_TIMEOUT_NS	(LB_DEFAULT_UDP_TIMEOUT_S * LB_NSEC_PER_SEC)
 
+/* Entries of local_addrs: Sluice's own addresses (the loader refuses a snapshot with more). */
+#define LB_MAX_LOCAL_ADDRS	1024
+
 /* Default size of the flow map; the loader resizes it (flow_table_size) before load. */
 #define LB_FLOWS_DEFAULT_ENTRIES	65536
 

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * lb.h - the decisions and rewrites of the XDP data path, the twin of Pipeline::forward(),
- * toBackend() and natReply() in src/dataplane/pipeline.cc and of src/dataplane/rewrite.h.
+ * toBackend() and natReply() in src/dataplane/pipeline.cc and of src/dataplane/rewrite.h. What
+ * the host answers itself (ARP, ND, echo) is in host.h.
  */
 #ifndef SLUICE_BPF_LB_H
 #define SLUICE_BPF_LB_H
@@ -149,18 +150,22 @@ static __always_inline int lb_rewrite_l3l4(void *data, void *data_end, const str
 	}
 	port_at = l4 + (which_dst ? 2 : 0);
 
-	/* The address is in the IPv4 header sum and in the L4 pseudo-header. */
+	/* The address is in the IPv4 header sum and in the L4 pseudo-header. It is written in the
+	 * branch that checked its header: the verifier cannot tell that a second test of the
+	 * family takes the same way. */
 	if (v4) {
 		if ((void *)(ip + LB_IPV4_HLEN) > data_end)
 			return -1;
 		addr_at = ip + (which_dst ? 16 : 12);
 		pseudo = lb_csum_replace(0, addr_at, addr, 4);
 		*(__u16 *)(ip + 10) = lb_csum_apply(pseudo, *(__u16 *)(ip + 10));
+		__builtin_memcpy(addr_at, addr, 4);
 	} else {
 		if ((void *)(ip + LB_IPV6_HLEN) > data_end)
 			return -1;
 		addr_at = ip + (which_dst ? 24 : 8);
 		pseudo = lb_csum_replace(0, addr_at, addr, 16);
+		__builtin_memcpy(addr_at, addr, 16);
 	}
 	l4sum = lb_csum_replace(pseudo, port_at, &port_be, 2);
 	cur = *csum_at;
@@ -172,25 +177,24 @@ static __always_inline int lb_rewrite_l3l4(void *data, void *data_end, const str
 		cur = lb_csum_apply(l4sum, cur);
 		*csum_at = cur ? cur : 0xffff;
 	}
-	if (v4)
-		__builtin_memcpy(addr_at, addr, 4);
-	else
-		__builtin_memcpy(addr_at, addr, 16);
 	*(__u16 *)port_at = port_be;
 	return 0;
 }
 
 /*
- * A fragment has no ports and cannot be scheduled without reassembly: for a VIP address it
- * counts as a fragment drop, otherwise as traffic for no service.
+ * A fragment has no ports and cannot be scheduled without reassembly: the host's own go to its
+ * kernel, which reassembles (passed, no drop reason); for a VIP address it counts as a fragment
+ * drop; otherwise as traffic for no service.
  */
 static __always_inline int lb_fragment(const struct lb_parsed *p, struct lb_cpu_counters *cc)
 {
-	struct lb_endpoint_key vip = {};
+	struct lb_endpoint_key dst = {};
 
-	__builtin_memcpy(vip.addr, p->key.dst, sizeof(vip.addr));
-	vip.family = p->key.family;	/* port 0, proto 0: the address alone */
-	if (bpf_map_lookup_elem(&vip_addrs, &vip))
+	__builtin_memcpy(dst.addr, p->key.dst, sizeof(dst.addr));
+	dst.family = p->key.family;	/* port 0, proto 0: the address alone */
+	if (bpf_map_lookup_elem(&local_addrs, &dst))
+		return lb_pass(cc);
+	if (bpf_map_lookup_elem(&vip_addrs, &dst))
 		return lb_drop(cc, LB_DROP_FRAGMENT);
 	return lb_drop(cc, LB_DROP_NO_SERVICE);
 }
@@ -226,8 +230,9 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 		f = *e;
 		b = lb_backend_get(f.backend_id);
 		if (f.service_id != svc->id || !b || b->epoch == 0 ||
-		    b->epoch != f.backend_epoch) {
-			cc->flows_rescheduled++;	/* its backend is gone */
+		    b->epoch != f.backend_epoch || (b->flags & LB_BACKEND_F_RESCHEDULE)) {
+			/* its backend is gone, or down in a service that reschedules */
+			cc->flows_rescheduled++;
 			pick = 1;
 		} else if (tcp && f.state == LB_FLOW_CLOSING &&
 			   (flags & (LB_TCP_SYN | LB_TCP_ACK)) == LB_TCP_SYN) {
@@ -270,7 +275,8 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (svc->forwarding == LB_FWD_NAT) {
-		if (!has_gateway)
+		/* Learned only for a family without a gateway MAC: the one its replies use. */
+		if (!(p->key.family == LB_FAMILY_IPV4 ? has_gateway : has_gateway6))
 			lb_learn_gateway(data, data_end);
 		if (lb_rewrite_l3l4(data, data_end, p, 1, b->addr, b->port))
 			return lb_drop(cc, LB_DROP_TRUNCATED);
@@ -287,7 +293,8 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 
 /*
  * natReply(): a NAT backend's reply. Stateless: rewrite the source back to the VIP and send it
- * to the gateway (configured, or learned from client packets).
+ * to the gateway of its family (configured or resolved), else to the router learned from client
+ * packets.
  */
 static __always_inline int lb_forward_nat_reply(struct xdp_md *ctx, const struct lb_parsed *p,
 						const struct lb_nat_reply *v,
@@ -302,8 +309,10 @@ static __always_inline int lb_forward_nat_reply(struct xdp_md *ctx, const struct
 	void *data_end;
 	void *data;
 
-	if (has_gateway) {
+	if (p->key.family == LB_FAMILY_IPV4 && has_gateway) {
 		__builtin_memcpy(next_hop, gateway_mac, 6);
+	} else if (p->key.family != LB_FAMILY_IPV4 && has_gateway6) {
+		__builtin_memcpy(next_hop, gateway_mac6, 6);
 	} else {
 		__u32 zero = 0;
 		__u64 *gw = bpf_map_lookup_elem(&learned_gw, &zero);

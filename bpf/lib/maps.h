@@ -31,13 +31,25 @@ struct {
 	__type(value, struct lb_service);
 } service_by_id SEC(".maps");
 
-/* VIP address alone (port 0, proto 0) -> service id: tells fragments for a VIP. */
+/* VIP address alone (port 0, proto 0) -> service id: fragments for a VIP, ARP/ND, echo. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, LB_MAX_SERVICES);
 	__type(key, struct lb_endpoint_key);
 	__type(value, __u32);
 } vip_addrs SEC(".maps");
+
+/*
+ * Sluice's own addresses alone (port 0, proto 0) -> 1 (Snapshot::local_addresses): their ARP
+ * requests and Neighbour Solicitations are answered here, everything else for them goes to the
+ * kernel (SSH, BGP, ping, health-check answers).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_LOCAL_ADDRS);
+	__type(key, struct lb_endpoint_key);
+	__type(value, __u32);
+} local_addrs SEC(".maps");
 
 /* NAT backend addr:port/proto -> (service, backend): replies to rewrite back to the VIP. */
 struct {
@@ -107,9 +119,12 @@ struct {
 __u64 tcp_timeout_ns;
 __u64 tcp_fin_timeout_ns;
 __u64 udp_timeout_ns;
-__u8 port_mac[6];		/* source MAC of everything sent */
-__u8 gateway_mac[6];		/* NAT replies' next hop, if has_gateway */
-__u32 has_gateway;
+__u8 port_mac[6];		/* source MAC of everything sent; the frames taken are for it */
+__u8 gateway_mac[6];		/* IPv4 NAT replies' next hop, if has_gateway */
+__u8 gateway_mac6[6];		/* IPv6 NAT replies' next hop, if has_gateway6 */
+__u32 has_gateway;		/* else the learned router MAC (learned_gw) */
+__u32 has_gateway6;
+__u32 accept_any_mac;		/* non-zero: take frames for any destination MAC (replay) */
 __u64 clock_override_ns;	/* non-zero: the flow clock (replay) */
 
 #endif /* SLUICE_BPF_MAPS_H */

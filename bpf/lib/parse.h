@@ -24,6 +24,7 @@ struct lb_parsed {
 	struct lb_flow_key key;	/* as on the wire; ports 0 for fragments and other protocols */
 	__u16 l3_off;		/* start of the IP header */
 	__u16 l4_off;		/* start of the TCP/UDP header */
+	__u16 l3_end;		/* one past the last byte of the IP packet (frames may carry padding) */
 	__u8 tcp_flags;		/* TCP only */
 	__u8 fragment;		/* IPv4 MF or offset != 0, or an IPv6 fragment header */
 };
@@ -144,6 +145,7 @@ static __always_inline int lb_parse(void *data, void *data_end, __u32 pkt_len,
 	out->key.proto = proto;
 	out->l3_off = off;
 	out->l4_off = l4;
+	out->l3_end = l3_end;
 	if (out->fragment)
 		return LB_PARSE_OK;	/* no L4 header to read; the caller decides */
 	l4_len = l3_end - l4;

@@ -39,6 +39,20 @@ static __always_inline int lb_transmit(struct lb_cpu_counters *cc)
 	return XDP_TX;
 }
 
+/* The host's own traffic, for its kernel: `passed` alone, no drop reason (toKernel()). */
+static __always_inline int lb_pass(struct lb_cpu_counters *cc)
+{
+	cc->passed++;
+	return XDP_PASS;
+}
+
+/* A request answered in place (ARP, Neighbour Solicitation, echo): sent back out of the port. */
+static __always_inline int lb_answered(struct lb_cpu_counters *cc)
+{
+	cc->answered++;
+	return lb_transmit(cc);
+}
+
 /*
  * This CPU's counters of backend id bid, made the counters of epoch if they are not yet
  * (BackendCounters::claim): a reused id starts from zero. NULL if bid is out of range.

@@ -70,7 +70,11 @@ void BackendMonitor::start() {
   control_.setBackendAnnotator(
       [this](const BackendRef& ref, nlohmann::json& j) { annotate(ref, j); });
   if (host_ != nullptr) {
-    host_->refreshAll();
+    try {
+      host_->refreshAll();
+    } catch (const std::exception& e) {
+      log_(true, e.what());
+    }
   }
   follow(control_.config());
   // What the kernel knew before we asked (entries from an earlier run, static ones).
@@ -135,8 +139,8 @@ void BackendMonitor::follow(const Config& config) {
   targets_ = std::move(targets);
   keys_ = std::move(keys);
   for (const IpAddress& a : wanted) {
-    if (!wanted_.contains(a) && host_ != nullptr) {
-      host_->resolve(a);
+    if (!wanted_.contains(a)) {
+      resolve(a);
     }
   }
   wanted_ = std::move(wanted);
@@ -224,6 +228,22 @@ void BackendMonitor::learn(const IpAddress& addr) {
   }
 }
 
+void BackendMonitor::resolve(const IpAddress& addr) {
+  if (host_ == nullptr) {
+    return;
+  }
+  try {
+    host_->resolve(addr);
+  } catch (const std::exception& e) {
+    // Said once per address: a refusal repeats every tick (IPv6 disabled on the interface, ...).
+    if (resolve_failures_.insert(addr).second) {
+      log_(true, fmt::format("cannot resolve {}: {}", addr.str(), e.what()));
+    }
+    return;
+  }
+  resolve_failures_.erase(addr);
+}
+
 void BackendMonitor::onNeighbourEvents() {
   for (const IpAddress& a : host_->processEvents()) {
     if (wanted_.contains(a)) {
@@ -239,7 +259,7 @@ void BackendMonitor::tick() {
     const auto& known = control_.runtime().neighbours;
     for (const IpAddress& a : wanted_) {
       if (refresh || !known.contains(a)) {
-        host_->resolve(a);
+        resolve(a);
       }
     }
     for (auto it = announce_.begin(); it != announce_.end();) {

@@ -63,6 +63,8 @@ class BackendMonitor {
   void onNeighbourEvents();
   void tick();
   void learn(const IpAddress& addr);
+  /** Ask the kernel to resolve addr; a refusal is logged once, not thrown. */
+  void resolve(const IpAddress& addr);
   void schedulePublish(std::string why);
   void publishNow();
 
@@ -80,6 +82,7 @@ class BackendMonitor {
   std::set<IpAddress> wanted_;                     // next hops whose MAC the data path needs
   std::map<IpAddress, int> announce_;              // VIP -> announcements still to send
   std::set<IpAddress> vips_;
+  std::set<IpAddress> resolve_failures_;
   std::string pending_why_;
   uint64_t ticks_ = 0;
   event* neighbour_event_ = nullptr;

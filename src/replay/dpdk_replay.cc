@@ -183,6 +183,7 @@ int runDpdkReplay(const ReplayOptions& opts, const Config& config, uint64_t capt
     IdRegistry ids;
     PortContext port_ctx;
     std::memcpy(port_ctx.mac, pinfo.mac, 6);
+    port_ctx.accept_any_mac = true;
     std::atomic<bool> stop{false};
     std::vector<std::unique_ptr<Worker>> workers;
     {

@@ -48,6 +48,7 @@ int runXdpReplay(const ReplayOptions& opts, const Config& config, uint64_t captu
   try {
     XdpDataplane xdp(config.dataplane.flow_table_size);
     xdp.setPortMac(kReplayPortMac);
+    xdp.setAcceptAnyMac(true);  // the capture was taken on another host, for its MAC
     IdRegistry ids;
     const SnapshotPtr snap = buildSnapshot(config, ids, 1);
     xdp.apply(*snap);

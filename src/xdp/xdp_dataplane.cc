@@ -33,6 +33,9 @@ std::string why(int err) { return std::strerror(err < 0 ? -err : err); }
 // The kernel's ENOTSUPP (not in the userspace headers): a map type without batch operations.
 constexpr int kEnotsupp = 524;
 
+// The value of a local_addrs entry: the key's presence is what the program looks at.
+constexpr uint32_t kLocalAddress = 1;
+
 bool keyLess(const lb_endpoint_key& a, const lb_endpoint_key& b) {
   return std::memcmp(&a, &b, sizeof(a)) < 0;
 }
@@ -272,10 +275,37 @@ void pruneHash(MapTxn& txn, int fd, const KeySet& keep, const char* what) {
   }
 }
 
+/**
+ * Whether an EndpointMap can list its keys. TODO(lead): EndpointMap (src/common/snapshot.h) has
+ * only find() so far, and local_addresses, unlike the other maps, has no other source in the
+ * Snapshot to be rebuilt from; with the forEach() below it is programmed, without it local_addrs
+ * stays empty (the kernel then answers ARP/ND for those addresses and gets their traffic counted
+ * as no_service). Drop this concept once forEach() is in.
+ */
+template <class Map>
+concept ListableEndpointMap = requires(const Map& m) {
+  m.forEach([](const EndpointKey&, const EndpointMap::Value&) {});
+};
+
+/** The keys of m, in its own order (empty when m cannot list them, see above). */
+template <class Map>
+std::vector<EndpointKey> keysOf(const Map& m) {
+  std::vector<EndpointKey> keys;
+  if constexpr (ListableEndpointMap<Map>) {
+    keys.reserve(m.size());
+    m.forEach([&keys](const EndpointKey& k, const EndpointMap::Value&) { keys.push_back(k); });
+  }
+  return keys;
+}
+
 /** Whether the maps can hold snap at all: checked before any write. @throws XdpError */
-void checkFits(const Snapshot& snap) {
+void checkFits(const Snapshot& snap, uint32_t max_local_addresses) {
   if (snap.backends.size() > LB_MAX_BACKENDS) {
     throw XdpError("more backend ids than the XDP path holds");
+  }
+  if (snap.local_addresses.size() > max_local_addresses) {
+    throw XdpError(fmt::format("{} local addresses are more than the XDP path's {}",
+                               snap.local_addresses.size(), max_local_addresses));
   }
   for (const ServiceEntry& s : snap.services) {
     if (!s.present) {
@@ -414,15 +444,19 @@ void XdpDataplane::setPortMac(const uint8_t mac[6]) { std::memcpy(skel_->bss->po
 
 void XdpDataplane::setClock(uint64_t now_ns) { skel_->bss->clock_override_ns = now_ns; }
 
+void XdpDataplane::setAcceptAnyMac(bool on) { skel_->bss->accept_any_mac = on ? 1 : 0; }
+
 void XdpDataplane::apply(const Snapshot& snap) {
   const int fail_after = std::exchange(fail_after_writes_, -1);  // armed for this call only
-  checkFits(snap);  // a snapshot the maps cannot hold is refused before anything is written
+  // A snapshot the maps cannot hold is refused before anything is written.
+  checkFits(snap, bpf_map__max_entries(skel_->maps.local_addrs));
   const int backends_fd = bpf_map__fd(skel_->maps.backends);
   const int maglev_fd = bpf_map__fd(skel_->maps.maglev);
   const int services_fd = bpf_map__fd(skel_->maps.services);
   const int vips_fd = bpf_map__fd(skel_->maps.vip_addrs);
   const int replies_fd = bpf_map__fd(skel_->maps.nat_replies);
   const int by_id_fd = bpf_map__fd(skel_->maps.service_by_id);
+  const int locals_fd = bpf_map__fd(skel_->maps.local_addrs);
 
   // Everything is written through txn, and this object's own record of what the maps hold is
   // built on copies, taken over only when every write has succeeded.
@@ -438,6 +472,8 @@ void XdpDataplane::apply(const Snapshot& snap) {
     bss->udp_timeout_ns = globals.udp_timeout_ns;
     bss->has_gateway = globals.has_gateway;
     std::memcpy(bss->gateway_mac, globals.gateway_mac, 6);
+    bss->has_gateway6 = globals.has_gateway6;
+    std::memcpy(bss->gateway_mac6, globals.gateway_mac6, 6);
   };
 
   try {
@@ -446,6 +482,8 @@ void XdpDataplane::apply(const Snapshot& snap) {
     bss->udp_timeout_ns = snap.udp_timeout_ns;
     bss->has_gateway = snap.has_gateway_mac ? 1 : 0;
     std::memcpy(bss->gateway_mac, snap.gateway_mac, 6);
+    bss->has_gateway6 = snap.has_gateway_mac6 ? 1 : 0;
+    std::memcpy(bss->gateway_mac6, snap.gateway_mac6, 6);
 
     // 1. Backends that exist (new ids and epochs first, so no table names an unwritten one).
     for (uint32_t id = 1; id < snap.backends.size(); ++id) {
@@ -460,6 +498,7 @@ void XdpDataplane::apply(const Snapshot& snap) {
       v.epoch = b.epoch;
       v.service_id = b.service_id;
       v.weight = b.weight;
+      v.flags = b.flags;
       txn.put(backends_fd, id, v, "backends");
       backends_next.push_back(id);
     }
@@ -521,10 +560,18 @@ void XdpDataplane::apply(const Snapshot& snap) {
       }
     }
 
+    // The host's own addresses (port 0, proto 0, as the snapshot keys them).
+    KeySet local_keys(&keyLess);
+    for (const lb_endpoint_key& lk : keysOf(snap.local_addresses)) {
+      txn.put(locals_fd, lk, kLocalAddress, "local_addrs");
+      local_keys.insert(lk);
+    }
+
     // 4. Remove what is gone: lookups first, then tables, then backends.
     pruneHash<lb_service>(txn, services_fd, service_keys, "services");
     pruneHash<uint32_t>(txn, vips_fd, vip_keys, "vip_addrs");
     pruneHash<lb_nat_reply>(txn, replies_fd, reply_keys, "nat_replies");
+    pruneHash<uint32_t>(txn, locals_fd, local_keys, "local_addrs");
     for (uint32_t sid = 0; sid < services_next.size(); ++sid) {
       if (services_next[sid] != 0 && !live_services.contains(sid)) {
         const lb_service none{};
@@ -601,6 +648,8 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
     }
     w.flows_created = c.flows_created;
     w.flows_rescheduled = c.flows_rescheduled;
+    w.passed = c.passed;
+    w.answered = c.answered;
     for (const FlowRow& f : rows) {
       w.flows_active += f.worker == static_cast<uint32_t>(cpu) ? 1 : 0;
     }

@@ -45,7 +45,8 @@ class XdpDataplane {
   /**
    * Write snap into the maps. Order keeps every intermediate state consistent for the program:
    * backends first, then each service's Maglev table (a new inner map swapped in whole), then
-   * the lookup maps, and last the removal of what is gone.
+   * the lookup maps (services, VIP addresses, NAT replies, the host's own addresses), and last
+   * the removal of what is gone.
    *
    * All or nothing: every map entry and .bss global it writes is first recorded in an undo log
    * (the key's previous value, or its absence; for a Maglev table, an fd holding the previous
@@ -64,8 +65,13 @@ class XdpDataplane {
    */
   void failAfterWrites(int n) { fail_after_writes_ = n; }
 
-  /** The source MAC of transmitted frames (the interface's, or the replay port's). */
+  /** The source MAC of transmitted frames (the interface's, or the replay port's); the program
+   * takes only frames for it, broadcast and IPv6 multicast (others: not_for_us). */
   void setPortMac(const uint8_t mac[6]);
+
+  /** Take frames whatever their destination MAC (replay of captures taken on other hosts), as
+   * PortContext::accept_any_mac does on the DPDK path. Off after load. */
+  void setAcceptAnyMac(bool on);
 
   /** Replay: the flow clock for the following packets; 0 returns to the kernel's clock. */
   void setClock(uint64_t now_ns);

@@ -7,18 +7,20 @@
 #
 # The router routes the VIPs to Sluice's address, as a BGP next hop would; Sluice forwards to the
 # backends by DR or NAT. Then real HTTP requests from the client, one connection each, and how they
-# spread over the backends. Everything lives in namespaces named slab-*, and all of it is removed
-# at the end, on error and on Ctrl-C (unless --keep). docs/lab.md has the picture and a real run.
+# spread over the backends. Everything lives in namespaces named slab-* (--ns-prefix), and all of
+# it is removed at the end, on error and on Ctrl-C (unless --keep, or `up`). docs/lab.md has the
+# picture and a real run; tests/lab/lab_test.sh drives it through `up` and `down`.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"   # ip, nginx and sysctl, when root came in without a login shell
 
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 readonly REPO
-readonly NS=slab-                       # every namespace of the lab starts with this
-readonly STATE_FILE=/run/slab-lab.dir   # the temp dir of the running lab, for `lab.sh down`
+NS=slab-                                # every namespace of the lab starts with this (--ns-prefix)
+STATE_FILE=/run/slab-lab.dir            # the temp dir of the running lab, for `lab.sh down`
 readonly READY_TIMEOUT_S=30             # how long Sluice may take to report every backend up
 readonly PARALLEL=8                     # requests in flight at once
-readonly MAX_BACKENDS=40                # 198.51.100.11 .. .50
+readonly MAX_BACKENDS=40                # 198.51.100.11 .. .50, spares included
+readonly SLOW_FILE_KB=200 SLOW_RATE=10k # nginx's /slow/200k.bin: 200 KB at 10 KB/s, about 20 s
 
 # Documentation ranges (RFC 5737, RFC 3849): no address of the lab can leave this machine.
 readonly CLIENT4=203.0.113.10 CLIENT6=2001:db8:c::10
@@ -31,7 +33,8 @@ readonly VIP_NET4=192.0.2.0/24 VIP_NET6=2001:db8:f::/64
 usage() {
   cat <<EOF
 Usage: tools/lab/lab.sh [run] [OPTIONS]
-       tools/lab/lab.sh down
+       tools/lab/lab.sh up [OPTIONS]
+       tools/lab/lab.sh down [--ns-prefix P]
 
 Builds network namespaces (slab-*) on this machine: a client, a router, a switch, the Sluice host
 and N nginx backends; runs sluiced between them; sends real HTTP requests to the VIPs and prints
@@ -39,20 +42,33 @@ how they spread over the backends. Exits non-zero if any request failed. Needs r
 
 Commands:
   run                     build the lab, test it, tear it down (the default)
+  up                      build the lab, wait until Sluice serves, leave it running and print
+                          "lab: env FILE", a file of shell variables describing it (for scripts:
+                          tests/lab/lab_test.sh). Exits 0 when every backend is up, 3 when Sluice
+                          is running but not every backend is up after ${READY_TIMEOUT_S} s (the lab is
+                          left running all the same), 1 on any other failure (nothing left)
   down                    remove whatever an earlier run left: processes, namespaces, temp dir
 
-Options of run:
+Options of run and up:
   --dataplane dpdk|xdp    Sluice's data path: DPDK net_af_packet on lb0, or XDP on lb0
                           (default dpdk)
   --forwarding dr|nat     how Sluice reaches the backends (default dr)
   --family 4|6|both       which VIPs to serve and test: $VIP4, $VIP6 (default both)
-  --backends N            nginx backends, 1..$MAX_BACKENDS (default 3)
-  --requests N            HTTP requests per VIP, one connection each (default 300)
+  --backends N            nginx backends in the configuration, 1..$MAX_BACKENDS (default 3)
+  --weights W1,W2,...     their weights, one per backend (default 1 each)
+  --spare N               more backend namespaces with nginx, not in the configuration: for
+                          'sluicectl backend add' (default 0)
+  --interval-ms N         health check interval (default 500)
+  --timeout-ms N          health check timeout (default 300)
+  --rise N, --fall N      health check thresholds (default 2, 2)
+  --requests N            HTTP requests per VIP, one connection each (default 300; not by up)
   --build DIR             Sluice's build directory (default build: install-deps.sh and build.sh
                           run first, as demo.sh does)
   --keep                  leave the lab running at the end; 'lab.sh down' removes it
   --stand-in kernel       check the lab's plumbing without Sluice: slab-lb's kernel forwards
                           instead (DR: an ECMP route to the backends; NAT: nftables DNAT)
+  --ns-prefix P           the namespaces' prefix (default slab-; also for down): a second lab,
+                          such as the tests', beside one of the default name
   -h, --help              this text
 EOF
 }
@@ -70,13 +86,20 @@ DATAPLANE=dpdk
 FORWARDING=dr
 FAMILY=both
 BACKENDS=3
+WEIGHTS=""
+WEIGHT=()     # WEIGHT[i]: the weight of backend i (1-based), from --weights
+SPARE=0
+INTERVAL_MS=500
+TIMEOUT_MS=300
+RISE=2
+FALL=2
 REQUESTS=300
 BUILD=""
 KEEP=0
 STAND_IN=""
 
 parseArgs() {
-  if [[ $# -gt 0 && ($1 == run || $1 == down) ]]; then
+  if [[ $# -gt 0 && ($1 == run || $1 == up || $1 == down) ]]; then
     CMD=$1
     shift
   fi
@@ -86,7 +109,7 @@ parseArgs() {
     if [[ $opt == --*=* ]]; then
       value=${opt#*=}
       opt=${opt%%=*}
-    elif [[ $opt =~ ^--(dataplane|forwarding|family|backends|requests|build|stand-in)$ ]]; then
+    elif [[ $opt =~ ^--(dataplane|forwarding|family|backends|weights|spare|interval-ms|timeout-ms|rise|fall|requests|build|stand-in|ns-prefix)$ ]]; then
       [[ $# -ge 1 ]] || die "$opt needs a value (see --help)"
       value=$1
       shift
@@ -96,7 +119,14 @@ parseArgs() {
       --forwarding) FORWARDING=$value ;;
       --family) FAMILY=$value ;;
       --backends) BACKENDS=$value ;;
+      --weights) WEIGHTS=$value ;;
+      --spare) SPARE=$value ;;
+      --interval-ms) INTERVAL_MS=$value ;;
+      --timeout-ms) TIMEOUT_MS=$value ;;
+      --rise) RISE=$value ;;
+      --fall) FALL=$value ;;
       --requests) REQUESTS=$value ;;
+      --ns-prefix) NS=$value ;;
       --build) BUILD=$value ;;
       --stand-in) STAND_IN=$value ;;
       --keep) KEEP=1 ;;
@@ -119,7 +149,30 @@ parseArgs() {
   if ! [[ $REQUESTS =~ ^[0-9]+$ ]] || ((REQUESTS < 1)); then
     die "--requests must be a positive number, not '$REQUESTS'"
   fi
+  if ! [[ $SPARE =~ ^[0-9]+$ ]] || ((BACKENDS + SPARE > MAX_BACKENDS)); then
+    die "--spare must be 0..$((MAX_BACKENDS - BACKENDS)) with $BACKENDS backends, not '$SPARE'"
+  fi
+  local i w
+  if [[ -z $WEIGHTS ]]; then
+    for ((i = 1; i <= BACKENDS; i++)); do WEIGHT[i]=1; done
+  else
+    IFS=, read -r -a w <<<"$WEIGHTS"
+    ((${#w[@]} == BACKENDS)) || die "--weights needs $BACKENDS weights (one per backend), not '$WEIGHTS'"
+    for ((i = 1; i <= BACKENDS; i++)); do
+      [[ ${w[i - 1]} =~ ^[0-9]+$ ]] && ((${w[i - 1]} <= 65535)) || die "--weights: '${w[i - 1]}' is not a weight 0..65535"
+      WEIGHT[i]=${w[i - 1]}
+    done
+  fi
+  # The ranges of docs/config.md; sluiced would refuse the configuration otherwise.
+  [[ $INTERVAL_MS =~ ^[0-9]+$ ]] && ((INTERVAL_MS >= 10 && INTERVAL_MS <= 3600000)) ||
+    die "--interval-ms must be 10..3600000, not '$INTERVAL_MS'"
+  [[ $TIMEOUT_MS =~ ^[0-9]+$ ]] && ((TIMEOUT_MS >= 1 && TIMEOUT_MS <= INTERVAL_MS)) ||
+    die "--timeout-ms must be 1..$INTERVAL_MS (the interval), not '$TIMEOUT_MS'"
+  [[ $RISE =~ ^[0-9]+$ ]] && ((RISE >= 1 && RISE <= 100)) || die "--rise must be 1..100, not '$RISE'"
+  [[ $FALL =~ ^[0-9]+$ ]] && ((FALL >= 1 && FALL <= 100)) || die "--fall must be 1..100, not '$FALL'"
   [[ -z $STAND_IN || $STAND_IN == kernel ]] || die "--stand-in must be kernel, not '$STAND_IN'"
+  [[ $NS =~ ^[a-z][a-z0-9]{0,7}-$ ]] || die "--ns-prefix must be a short name ending in '-' (slab-, lt-), not '$NS'"
+  STATE_FILE=/run/${NS}lab.dir
 }
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -248,7 +301,7 @@ checkPrerequisites() {
 
 createNamespaces() {
   local name
-  for name in client router sw lb $(seq -f 'be%g' 1 "$BACKENDS"); do
+  for name in client router sw lb $(seq -f 'be%g' 1 "$((BACKENDS + SPARE))"); do
     ip netns add "$NS$name"
     nsx "$name" ip link set lo up
     # No duplicate address detection on the link-local addresses either (the global ones get
@@ -267,7 +320,7 @@ buildSwitch() {
   veth router rt-s sw sw-rt
   veth lb lb0 sw sw-lb
   local i
-  for ((i = 1; i <= BACKENDS; i++)); do
+  for ((i = 1; i <= BACKENDS + SPARE; i++)); do
     veth "be$i" eth0 sw "sw-be$i"
   done
   # Multicast snooping off: a plain unmanaged switch that floods ARP and ND multicast to every
@@ -275,7 +328,7 @@ buildSwitch() {
   nsx sw ip link add br0 type bridge mcast_snooping 0
   nsx sw ip link set br0 up
   local port
-  for port in sw-rt sw-lb $(seq -f 'sw-be%g' 1 "$BACKENDS"); do
+  for port in sw-rt sw-lb $(seq -f 'sw-be%g' 1 "$((BACKENDS + SPARE))"); do
     nsx sw ip link set "$port" master br0 up
   done
 }
@@ -552,11 +605,11 @@ showLab() {
   say "the lab:"
   printf '    %-12s %-10s %-38s %s\n' NAMESPACE INTERFACE ADDRESSES ROLE
   local name role
-  for name in client router sw lb $(seq -f 'be%g' 1 "$BACKENDS"); do
+  for name in client router sw lb $(seq -f 'be%g' 1 "$((BACKENDS + SPARE))"); do
     case $name in
       client) role="client: curl" ;;
       router) role="router: $VIP_NET4, $VIP_NET6 via $LB4, $LB6" ;;
-      sw) role="switch: bridge br0, ports sw-rt sw-lb sw-be1..$BACKENDS" ;;
+      sw) role="switch: bridge br0, ports sw-rt sw-lb sw-be1..$((BACKENDS + SPARE))" ;;
       lb) role=$lb_role ;;
       *) role=$be_role ;;
     esac
@@ -641,7 +694,7 @@ main() {
   buildSwitch
   buildClientAndRouter
   local i
-  for ((i = 1; i <= BACKENDS; i++)); do
+  for ((i = 1; i <= BACKENDS + SPARE; i++)); do
     buildBackend "$i"
   done
   if [[ -n $STAND_IN ]]; then

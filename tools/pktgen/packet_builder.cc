@@ -1,6 +1,7 @@
 #include "tools/pktgen/packet_builder.h"
 
 #include <stdexcept>
+#include <utility>
 
 namespace pktgen {
 namespace {
@@ -17,6 +18,11 @@ constexpr size_t kIpv6ExtLen = 8;
 constexpr size_t kTcpHeaderLen = 20;
 constexpr size_t kUdpHeaderLen = 8;
 constexpr uint8_t kIpv6Fragment = 44;
+constexpr uint16_t kEtherTypeArp = 0x0806;
+constexpr size_t kArpLen = 28;
+constexpr size_t kIcmpHeaderLen = 8;
+constexpr uint8_t kIcmp = 1;
+constexpr uint8_t kIcmpv6 = 58;
 constexpr size_t kMaxVlanTags = 8;
 constexpr size_t kMaxIpv6Ext = 8;
 
@@ -313,6 +319,214 @@ std::optional<Decoded> decode(std::span<const uint8_t> frame) {
   } else {
     return std::nullopt;
   }
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ARP, ICMP, Neighbour Discovery.
+
+Bytes buildArp(const ArpSpec& spec) {
+  if (!spec.sender.isV4() || !spec.target.isV4()) {
+    throw std::invalid_argument("pktgen::buildArp: sender and target must be IPv4");
+  }
+  Bytes out;
+  out.insert(out.end(), spec.dst_mac.bytes.begin(), spec.dst_mac.bytes.end());
+  out.insert(out.end(), spec.src_mac.bytes.begin(), spec.src_mac.bytes.end());
+  for (uint16_t tci : spec.vlans) {
+    put16(out, kEtherTypeVlan);
+    put16(out, tci);
+  }
+  put16(out, kEtherTypeArp);
+  put16(out, 1);               // hardware type: Ethernet
+  put16(out, kEtherTypeIpv4);  // protocol type
+  put8(out, 6);
+  put8(out, 4);
+  put16(out, spec.op);
+  out.insert(out.end(), spec.sender_mac.bytes.begin(), spec.sender_mac.bytes.end());
+  putAddress(out, spec.sender);
+  out.insert(out.end(), spec.target_mac.bytes.begin(), spec.target_mac.bytes.end());
+  putAddress(out, spec.target);
+  if (out.size() < spec.min_frame) {
+    out.resize(spec.min_frame, 0);
+  }
+  return out;
+}
+
+Bytes buildIcmp(PacketSpec spec, uint8_t type, uint8_t code, uint32_t rest,
+                std::span<const uint8_t> body) {
+  const bool v4 = spec.src.isV4();
+  Bytes msg;
+  put8(msg, type);
+  put8(msg, code);
+  put16(msg, 0);  // checksum, filled below
+  put32(msg, rest);
+  msg.insert(msg.end(), body.begin(), body.end());
+  // ICMP sums the message alone (RFC 792); ICMPv6 the pseudo-header too (RFC 4443 section 2.3).
+  const uint16_t sum = v4 ? onesSum(msg) : l4Sum(spec.src, spec.dst, kIcmpv6, msg);
+  set16(msg, 2, static_cast<uint16_t>(~sum));
+  spec.proto = v4 ? kIcmp : kIcmpv6;
+  spec.payload = std::move(msg);
+  return build(spec);
+}
+
+Bytes buildEchoRequest(const PacketSpec& spec, uint16_t id, uint16_t seq,
+                       std::span<const uint8_t> data) {
+  const uint8_t type = spec.src.isV4() ? 8 : 128;
+  return buildIcmp(spec, type, 0, uint32_t{id} << 16 | seq, data);
+}
+
+Bytes buildNeighbourSolicit(const PacketSpec& spec, const sluice::IpAddress& target,
+                            bool source_option) {
+  if (!spec.src.isV6() || !target.isV6()) {
+    throw std::invalid_argument("pktgen::buildNeighbourSolicit: IPv6 addresses only");
+  }
+  Bytes body;
+  putAddress(body, target);
+  if (source_option) {
+    put8(body, 1);  // source link-layer address
+    put8(body, 1);  // length in units of 8 bytes
+    body.insert(body.end(), spec.src_mac.bytes.begin(), spec.src_mac.bytes.end());
+  }
+  return buildIcmp(spec, 135, 0, 0, body);  // the 4 bytes after the checksum are reserved
+}
+
+sluice::IpAddress solicitedNode(const sluice::IpAddress& a) {
+  sluice::IpAddress g = *sluice::IpAddress::parse("ff02::1:ff00:0");
+  g.bytes[13] = a.bytes[13];
+  g.bytes[14] = a.bytes[14];
+  g.bytes[15] = a.bytes[15];
+  return g;
+}
+
+sluice::MacAddress multicastMac(const sluice::IpAddress& group) {
+  sluice::MacAddress m;
+  m.bytes = {0x33, 0x33, group.bytes[12], group.bytes[13], group.bytes[14], group.bytes[15]};
+  return m;
+}
+
+namespace {
+
+/** The Ethernet header and tags of frame: the ethertype and where the payload starts. */
+std::optional<std::pair<uint16_t, size_t>> etherPayload(std::span<const uint8_t> frame,
+                                                        sluice::MacAddress& src,
+                                                        sluice::MacAddress& dst,
+                                                        std::vector<uint16_t>& vlans) {
+  if (frame.size() < kEthHeaderLen) {
+    return std::nullopt;
+  }
+  for (size_t i = 0; i < 6; ++i) {
+    dst.bytes[i] = frame[i];
+    src.bytes[i] = frame[6 + i];
+  }
+  size_t off = 12;
+  uint16_t ethertype = get16(frame, off);
+  off += 2;
+  while (ethertype == kEtherTypeVlan || ethertype == kEtherTypeQinq) {
+    if (vlans.size() >= kMaxVlanTags || off + kVlanTagLen > frame.size()) {
+      return std::nullopt;
+    }
+    vlans.push_back(get16(frame, off));
+    ethertype = get16(frame, off + 2);
+    off += kVlanTagLen;
+  }
+  return std::make_pair(ethertype, off);
+}
+
+sluice::MacAddress readMac(std::span<const uint8_t> d, size_t at) {
+  sluice::MacAddress m;
+  for (size_t i = 0; i < 6; ++i) {
+    m.bytes[i] = d[at + i];
+  }
+  return m;
+}
+
+}  // namespace
+
+std::optional<DecodedIcmp> decodeIcmp(std::span<const uint8_t> frame) {
+  DecodedIcmp d;
+  const auto eth = etherPayload(frame, d.src_mac, d.dst_mac, d.vlans);
+  if (!eth) {
+    return std::nullopt;
+  }
+  const auto [ethertype, off] = *eth;
+  d.l3_offset = off;
+  size_t l3_end = 0;
+  uint8_t proto = 0;
+  if (ethertype == kEtherTypeIpv4) {
+    if (off + kIpv4HeaderLen > frame.size() || (frame[off] >> 4) != 4) {
+      return std::nullopt;
+    }
+    const size_t ihl = static_cast<size_t>(frame[off] & 0x0F) * 4;
+    const size_t total = get16(frame, off + 2);
+    if (ihl < kIpv4HeaderLen || total < ihl || off + total > frame.size() ||
+        (get16(frame, off + 6) & 0x3FFF) != 0) {
+      return std::nullopt;
+    }
+    d.ip_checksum_ok = onesSum(frame.subspan(off, ihl)) == 0xFFFF;
+    d.ttl = frame[off + 8];
+    proto = frame[off + 9];
+    d.src = readAddress(frame, off + 12, true);
+    d.dst = readAddress(frame, off + 16, true);
+    d.l4_offset = off + ihl;
+    l3_end = off + total;
+  } else if (ethertype == kEtherTypeIpv6) {
+    if (off + kIpv6HeaderLen > frame.size() || (frame[off] >> 4) != 6) {
+      return std::nullopt;
+    }
+    l3_end = off + kIpv6HeaderLen + get16(frame, off + 4);
+    if (l3_end > frame.size()) {
+      return std::nullopt;
+    }
+    d.ip_checksum_ok = true;
+    d.ttl = frame[off + 7];
+    proto = frame[off + 6];
+    d.src = readAddress(frame, off + 8, false);
+    d.dst = readAddress(frame, off + 24, false);
+    size_t pos = off + kIpv6HeaderLen;
+    for (size_t walked = 0; proto == 0 || proto == 43 || proto == 60; ++walked) {
+      if (walked >= kMaxIpv6Ext || pos + 2 > l3_end) {
+        return std::nullopt;
+      }
+      const size_t len = (static_cast<size_t>(frame[pos + 1]) + 1) * 8;
+      if (pos + len > l3_end) {
+        return std::nullopt;
+      }
+      proto = frame[pos];
+      pos += len;
+    }
+    d.l4_offset = pos;
+  } else {
+    return std::nullopt;
+  }
+  const bool v4 = ethertype == kEtherTypeIpv4;
+  if (proto != (v4 ? kIcmp : kIcmpv6) || d.l4_offset + 4 > l3_end) {
+    return std::nullopt;
+  }
+  const std::span<const uint8_t> msg = frame.subspan(d.l4_offset, l3_end - d.l4_offset);
+  d.message.assign(msg.begin(), msg.end());
+  d.type = msg[0];
+  d.code = msg[1];
+  d.icmp_checksum_ok =
+      (v4 ? onesSum(msg) : l4Sum(d.src, d.dst, kIcmpv6, msg)) == 0xFFFF;
+  return d;
+}
+
+std::optional<DecodedArp> decodeArp(std::span<const uint8_t> frame) {
+  DecodedArp d;
+  const auto eth = etherPayload(frame, d.src_mac, d.dst_mac, d.vlans);
+  if (!eth || eth->first != kEtherTypeArp || eth->second + kArpLen > frame.size()) {
+    return std::nullopt;
+  }
+  const size_t a = eth->second;
+  if (get16(frame, a) != 1 || get16(frame, a + 2) != kEtherTypeIpv4 || frame[a + 4] != 6 ||
+      frame[a + 5] != 4) {
+    return std::nullopt;
+  }
+  d.op = get16(frame, a + 6);
+  d.sender_mac = readMac(frame, a + 8);
+  d.sender = readAddress(frame, a + 14, true);
+  d.target_mac = readMac(frame, a + 18);
+  d.target = readAddress(frame, a + 24, true);
   return d;
 }
 

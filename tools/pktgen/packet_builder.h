@@ -63,4 +63,81 @@ struct Decoded {
 /** Decode an Ethernet frame with TCP or UDP inside; nullopt when it is not one. */
 std::optional<Decoded> decode(std::span<const uint8_t> frame);
 
+// ---------------------------------------------------------------------------------------------
+// What a host answers itself: ARP (RFC 826), ICMP echo (RFC 792, RFC 4443) and IPv6 Neighbour
+// Discovery (RFC 4861). Built and read here with the same from-scratch checksums, so that the
+// tests check the data plane's answers against an independent computation.
+
+/** An Ethernet/IPv4 ARP packet. */
+struct ArpSpec {
+  sluice::MacAddress src_mac = *sluice::MacAddress::parse("02:00:00:00:00:01");  // Ethernet
+  sluice::MacAddress dst_mac = *sluice::MacAddress::parse("ff:ff:ff:ff:ff:ff");
+  std::vector<uint16_t> vlans;  // 802.1Q tags, outermost first (TCI values)
+  uint16_t op = 1;              // 1 request, 2 reply
+  sluice::MacAddress sender_mac = *sluice::MacAddress::parse("02:00:00:00:00:01");
+  sluice::IpAddress sender;     // IPv4
+  sluice::MacAddress target_mac;  // zero in a request
+  sluice::IpAddress target;     // IPv4; == sender: a gratuitous announcement
+  size_t min_frame = 0;         // zero padding up to this length (60: the Ethernet minimum)
+};
+
+/** The ARP frame. */
+Bytes buildArp(const ArpSpec& spec);
+
+/**
+ * An ICMP (IPv4) or ICMPv6 (IPv6) message in spec's IP packet: type, code, the four bytes after
+ * the checksum (`rest`, network order), then body. The checksum is computed from scratch, for
+ * ICMPv6 over the pseudo-header of spec.src and spec.dst. spec.proto and spec.payload are
+ * replaced; spec.ttl is the TTL or hop limit.
+ */
+Bytes buildIcmp(PacketSpec spec, uint8_t type, uint8_t code, uint32_t rest,
+                std::span<const uint8_t> body = {});
+
+/** An echo request (type 8 or 128) with an identifier, a sequence number and data. */
+Bytes buildEchoRequest(const PacketSpec& spec, uint16_t id, uint16_t seq,
+                       std::span<const uint8_t> data = {});
+
+/**
+ * A Neighbour Solicitation (RFC 4861 section 4.3) from spec.src to spec.dst (usually the
+ * target's solicited-node group) for target, with a source link-layer address option carrying
+ * spec.src_mac unless source_option is false. Valid solicitations have hop limit (spec.ttl) 255.
+ */
+Bytes buildNeighbourSolicit(const PacketSpec& spec, const sluice::IpAddress& target,
+                            bool source_option = true);
+
+/** The solicited-node multicast group of a: ff02::1:ff00:0/104 + its low 24 bits (RFC 4291). */
+sluice::IpAddress solicitedNode(const sluice::IpAddress& a);
+
+/** The Ethernet group of an IPv6 multicast address: 33:33 + its low 32 bits (RFC 2464). */
+sluice::MacAddress multicastMac(const sluice::IpAddress& group);
+
+/** What an ICMP or ICMPv6 frame holds, read independently of the data plane. */
+struct DecodedIcmp {
+  sluice::MacAddress src_mac, dst_mac;
+  std::vector<uint16_t> vlans;
+  sluice::IpAddress src, dst;
+  uint8_t ttl = 0;                // TTL or hop limit
+  size_t l3_offset = 0, l4_offset = 0;
+  uint8_t type = 0, code = 0;
+  Bytes message;                  // the ICMP message as the IP length bounds it
+  bool ip_checksum_ok = false;    // IPv4 header checksum verifies (true for IPv6)
+  bool icmp_checksum_ok = false;  // over the message (ICMPv6: and the pseudo-header)
+};
+
+/** Decode an ICMP-over-IPv4 or ICMPv6 frame (after IPv6 hop-by-hop, routing and destination
+ * options headers); nullopt when it is not one. */
+std::optional<DecodedIcmp> decodeIcmp(std::span<const uint8_t> frame);
+
+/** What an ARP frame holds. */
+struct DecodedArp {
+  sluice::MacAddress src_mac, dst_mac;
+  std::vector<uint16_t> vlans;
+  uint16_t op = 0;
+  sluice::MacAddress sender_mac, target_mac;
+  sluice::IpAddress sender, target;
+};
+
+/** Decode an Ethernet/IPv4 ARP frame; nullopt when it is not one. */
+std::optional<DecodedArp> decodeArp(std::span<const uint8_t> frame);
+
 }  // namespace pktgen
