@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <set>
+#include <stdexcept>
 
 #include "control/config.h"
 #include "control/snapshot_builder.h"
@@ -204,6 +206,139 @@ TEST(SnapshotBuilder, UnchangedServicesShareTheirMaglevTableWithThePreviousSnaps
   c.services[1].backends[0].address = *IpAddress::parse("2001:db8:1::9");
   SnapshotPtr d = buildSnapshot(c, ids, 3, b.get());
   EXPECT_NE(serviceOf(*b, "v6").maglev.begin(), serviceOf(*d, "v6").maglev.begin());
+}
+
+}  // namespace
+}  // namespace sluice
+
+namespace sluice {
+namespace {
+
+// A gateway host: backends on-link (resolved), one off-link through the gateway, one with a MAC.
+Config hostServices() {
+  return parseConfig(R"(
+[dataplane]
+addresses = ["198.51.100.2/24", "2001:db8:b::2/64"]
+gateway = ["198.51.100.1", "2001:db8:b::1"]
+
+[[service]]
+name = "web"
+vip = "192.0.2.10"
+port = 80
+protocol = "tcp"
+forwarding = "dr"
+on_backend_down = "reschedule"
+[[service.backend]]
+address = "198.51.100.11"
+[[service.backend]]
+address = "198.51.100.12"
+weight = 0
+[[service.backend]]
+address = "10.9.0.1"
+[[service.backend]]
+address = "10.9.0.2"
+mac = "02:00:00:00:09:02"
+
+[[service]]
+name = "nat6"
+vip = "2001:db8::10"
+port = 443
+protocol = "tcp"
+forwarding = "nat"
+[[service.backend]]
+address = "2001:db8:b::11"
+port = 8443
+)",
+                     "t.toml");
+}
+
+const BackendEntry& entryOf(const Snapshot& s, const char* service, const char* addr) {
+  for (const ServiceEntry& svc : s.services) {
+    if (svc.present && svc.name == service) {
+      for (uint32_t id : svc.backend_ids) {
+        if (s.backends[id].address == *IpAddress::parse(addr)) {
+          return s.backends[id];
+        }
+      }
+    }
+  }
+  throw std::runtime_error("no such backend");
+}
+
+std::set<uint32_t> inTable(const ServiceEntry& s) {
+  return std::set<uint32_t>(s.maglev.begin(), s.maglev.end());
+}
+
+TEST(SnapshotRuntime, StatesFromResolutionHealthAndMaintenance) {
+  const Config c = hostServices();
+  IdRegistry ids;
+  RuntimeState rt;
+  SnapshotPtr s = buildSnapshot(c, ids, 1, nullptr, &rt);
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").state, BackendState::kUnresolved);
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.12").state, BackendState::kUnresolved);
+  EXPECT_EQ(entryOf(*s, "web", "10.9.0.1").state, BackendState::kUnresolved);  // gateway unknown
+  EXPECT_EQ(entryOf(*s, "web", "10.9.0.2").state, BackendState::kUp);          // configured MAC
+  EXPECT_FALSE(s->has_gateway_mac);
+  EXPECT_EQ(s->local_addresses.size(), 2u);
+  EXPECT_NE(s->local_addresses.find(makeEndpointKey(*IpAddress::parse("198.51.100.2"), 0, 0)),
+            nullptr);
+
+  // The kernel resolves the on-link backends and the gateway: the off-link backend gets the
+  // gateway's MAC, and NAT replies of each family their gateway.
+  rt.neighbours[*IpAddress::parse("198.51.100.11")] = *MacAddress::parse("02:00:00:00:01:11");
+  rt.neighbours[*IpAddress::parse("198.51.100.12")] = *MacAddress::parse("02:00:00:00:01:12");
+  rt.neighbours[*IpAddress::parse("198.51.100.1")] = *MacAddress::parse("02:00:00:00:00:01");
+  rt.neighbours[*IpAddress::parse("2001:db8:b::1")] = *MacAddress::parse("02:00:00:00:00:61");
+  rt.neighbours[*IpAddress::parse("2001:db8:b::11")] = *MacAddress::parse("02:00:00:00:06:11");
+  s = buildSnapshot(c, ids, 2, s.get(), &rt);
+  const BackendEntry& a = entryOf(*s, "web", "198.51.100.11");
+  EXPECT_EQ(a.state, BackendState::kUp);
+  EXPECT_EQ(MacAddress({a.mac[0], a.mac[1], a.mac[2], a.mac[3], a.mac[4], a.mac[5]}),
+            *MacAddress::parse("02:00:00:00:01:11"));
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.12").state, BackendState::kDrained);
+  const BackendEntry& off = entryOf(*s, "web", "10.9.0.1");
+  EXPECT_EQ(off.state, BackendState::kUp);
+  EXPECT_EQ(off.mac[5], 0x01);  // the gateway's
+  EXPECT_TRUE(s->has_gateway_mac);
+  EXPECT_EQ(s->gateway_mac[5], 0x01);
+  EXPECT_TRUE(s->has_gateway_mac6);
+  EXPECT_EQ(s->gateway_mac6[5], 0x61);
+
+  // Down by its check, then in maintenance: out of the table, flows rescheduled (the service
+  // says so), the id kept.
+  const ServiceConfig& web = c.services[0];
+  rt.health[backendRef(web, web.backends[0])].up = false;
+  s = buildSnapshot(c, ids, 3, s.get(), &rt);
+  const BackendEntry& down = entryOf(*s, "web", "198.51.100.11");
+  EXPECT_EQ(down.state, BackendState::kDown);
+  EXPECT_TRUE(down.present);
+  EXPECT_NE(down.flags & LB_BACKEND_F_RESCHEDULE, 0u);
+  const ServiceEntry& svc = s->services[s->service_map.find(makeEndpointKey(web.vip, 80, 6))->service_id];
+  const std::set<uint32_t> ids_in_table = inTable(svc);
+  for (uint32_t id : svc.backend_ids) {
+    EXPECT_EQ(ids_in_table.contains(id), s->backends[id].state == BackendState::kUp)
+        << backendStateName(s->backends[id].state);
+  }
+  rt.health[backendRef(web, web.backends[0])] = {true, true};
+  s = buildSnapshot(c, ids, 4, s.get(), &rt);
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").state, BackendState::kMaintenance);
+  // Back up: in the table again, the flag cleared.
+  rt.health[backendRef(web, web.backends[0])] = {};
+  SnapshotPtr back = buildSnapshot(c, ids, 5, s.get(), &rt);
+  EXPECT_EQ(entryOf(*back, "web", "198.51.100.11").state, BackendState::kUp);
+  EXPECT_EQ(entryOf(*back, "web", "198.51.100.11").flags, 0u);
+}
+
+TEST(SnapshotRuntime, KeepPolicyLeavesFlowsOnADownBackend) {
+  Config c = hostServices();
+  c.services[0].on_backend_down = DownPolicy::kKeep;
+  IdRegistry ids;
+  RuntimeState rt;
+  rt.neighbours[*IpAddress::parse("198.51.100.11")] = *MacAddress::parse("02:00:00:00:01:11");
+  rt.health[backendRef(c.services[0], c.services[0].backends[0])].up = false;
+  SnapshotPtr s = buildSnapshot(c, ids, 1, nullptr, &rt);
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").state, BackendState::kDown);
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").flags, 0u);
 }
 
 }  // namespace
