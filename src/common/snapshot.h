@@ -69,6 +69,15 @@ class EndpointMap {
     }
   }
   size_t size() const { return count_; }
+  /** Call f(key, value) for every entry, in slot order (control plane and loaders). */
+  template <class F>
+  void forEach(F&& f) const {
+    for (const Slot& s : slots_) {
+      if (s.used) {
+        f(s.key, s.value);
+      }
+    }
+  }
 
  private:
   struct Slot {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <set>
 
 #include "common/stats.h"
 #include "control/stats_json.h"
@@ -246,6 +247,15 @@ json ControlPlane::apply(Config next, const std::string& what) {
   }
   ++generation_;
   last_publish_us_ = std::chrono::duration<double, std::micro>(t1 - t0).count();
+  // A backend that left the configuration takes its run-time state with it: added again, it
+  // starts up and out of maintenance, as a new backend.
+  std::set<BackendRef> live;
+  for (const ServiceConfig& s : config_.services) {
+    for (const BackendConfig& b : s.backends) {
+      live.insert(backendRef(s, b));
+    }
+  }
+  std::erase_if(runtime_.health, [&](const auto& kv) { return !live.contains(kv.first); });
   if (on_applied_) {
     on_applied_(config_);
   }

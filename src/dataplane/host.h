@@ -14,15 +14,14 @@
 
 namespace sluice {
 
-/** Whether a frame's destination MAC is one the port accepts: its own, broadcast, IPv6 multicast. */
+/**
+ * Whether a frame's destination MAC is one the port takes: its own, or a group address (broadcast
+ * for ARP; 33:33:* for Neighbour Discovery, RFC 2464 section 7; IPv4 multicast and link-local
+ * protocols such as VRRP, OSPF, LLDP, which go on to the kernel). Unicast for another MAC is a
+ * switch flooding a frame it has not learnt: another host's to forward.
+ */
 inline bool frameIsForPort(const uint8_t* frame, const uint8_t port_mac[6]) noexcept {
-  if (std::memcmp(frame, port_mac, 6) == 0) [[likely]] {
-    return true;
-  }
-  static constexpr uint8_t kBroadcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-  // 33:33 + the low 32 bits of an IPv6 multicast group (RFC 2464 section 7): the solicited-node
-  // groups of Neighbour Solicitations, and all-nodes for the kernel's router advertisements.
-  return std::memcmp(frame, kBroadcast, 6) == 0 || (frame[0] == 0x33 && frame[1] == 0x33);
+  return std::memcmp(frame, port_mac, 6) == 0 || (frame[0] & 1) != 0;
 }
 
 /** The offset of the ARP payload, or 0 when the frame is not ARP (after up to two VLAN tags). */
@@ -75,7 +74,7 @@ inline void answerArp(uint8_t* frame, uint8_t* arp, const uint8_t port_mac[6]) n
  * limit 255 (RFC 4861 section 7.1.1), a source that is not the unspecified address (duplicate
  * address detection is the kernel's business), and room for a target link-layer address option
  * (at least one option present, so the answer fits in place). nullptr otherwise.
- * @param l3_end one past the IPv6 payload
+ * @param l3_end one past the IPv6 payload, or the end of the first segment if that comes first
  */
 inline const uint8_t* solicitTarget(const uint8_t* frame, const ParsedPacket& p,
                                     uint32_t l3_end) noexcept {
@@ -133,7 +132,7 @@ inline uint32_t answerSolicit(uint8_t* frame, const ParsedPacket& p,
 
 /** Whether the packet is an ICMP or ICMPv6 echo request (not a fragment) with its header present. */
 inline bool isEchoRequest(const uint8_t* frame, const ParsedPacket& p, uint32_t data_len) noexcept {
-  if (p.fragment || p.l4_offset + 8u > data_len) {
+  if (p.fragment || p.l4_offset + 8u > data_len || p.l4_offset + 8u > p.l3_end) {
     return false;
   }
   const uint8_t* icmp = frame + p.l4_offset;
@@ -171,6 +170,11 @@ inline void answerEcho(uint8_t* frame, const ParsedPacket& p, const uint8_t port
   ChecksumDelta d;
   d.replace(icmp, type, 2);
   d.applyTo(icmp + 2);
+  if (icmp[2] == 0 && icmp[3] == 0) {
+    // The update's -0 where the sum of the rest is 0 (an empty echo with id and sequence 0):
+    // only all ones verifies then, and all ones is right whenever 0 is (RFC 1624 section 3).
+    icmp[2] = icmp[3] = 0xff;
+  }
   icmp[0] = type[0];
   uint8_t peer_mac[6];
   std::memcpy(peer_mac, frame + 6, 6);

@@ -1,5 +1,6 @@
 #include "dataplane/pipeline.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "dataplane/host.h"
@@ -114,7 +115,8 @@ bool Pipeline::forward(PacketRef& p, const Snapshot& snap, PortContext& port) no
     return toBackend(p, snap, snap.services[v->service_id], port);
   }
   if (k.proto == LB_IPPROTO_ICMPV6) [[unlikely]] {
-    const uint8_t* target = solicitTarget(p.data, p.parsed, p.parsed.l3_end);
+    const uint8_t* target =
+        solicitTarget(p.data, p.parsed, std::min<uint32_t>(p.parsed.l3_end, p.data_len));
     if (target != nullptr) {
       uint32_t words[4];
       std::memcpy(words, target, 16);

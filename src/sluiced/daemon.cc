@@ -188,6 +188,7 @@ int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, in
     for (const std::string& ifname : config.dataplane.interfaces) {
       auto p = std::make_unique<XdpDataplane>(config.dataplane.flow_table_size);
       const std::string how = p->attach(ifname, attachMode(config.dataplane.xdp_attach));
+      p->setAcceptAnyMac(config.dataplane.promiscuous);
       log.info("XDP program attached to {} ({} mode)", ifname, how);
       programs.push_back(std::move(p));
     }

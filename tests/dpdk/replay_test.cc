@@ -228,7 +228,12 @@ void checkReportInvariants(const json& j, size_t capture_packets, size_t out_rec
   EXPECT_EQ(keys, std::set<std::string>(names.begin(), names.end()))
       << "\"drops\" must list every reason of lb_abi.h";
   EXPECT_EQ(num(t, "dropped"), total);
-  EXPECT_EQ(num(t, "packets_out") + num(t, "dropped"), num(t, "packets_in"));
+  // What is for no service or not IP is handed to the kernel (passed) as well as counted as a
+  // drop; the host's own traffic is only passed (docs/json.md, "Worker, and the total").
+  const uint64_t for_kernel = dropped(j, "non_ip") + dropped(j, "no_service");
+  EXPECT_GE(num(t, "passed"), for_kernel);
+  EXPECT_EQ(num(t, "packets_out") + num(t, "dropped") + num(t, "passed") - for_kernel,
+            num(t, "packets_in"));
 
   uint64_t forwarded = 0;
   uint64_t replies = 0;
@@ -243,8 +248,9 @@ void checkReportInvariants(const json& j, size_t capture_packets, size_t out_rec
     s[1] += num(b, "new_flows");
     s[2] += num(b, "reply_packets");
   }
-  EXPECT_EQ(forwarded + replies, num(j.at("total"), "packets_out"))
-      << "every transmitted packet is a forward or a NAT reply of some backend";
+  EXPECT_EQ(forwarded + replies + num(t, "answered"), num(t, "packets_out"))
+      << "every transmitted packet is a forward or a NAT reply of some backend, or an answer "
+         "(ARP, ND, echo) of the host";
   for (const json& s : j.at("services")) {
     const auto& sum = per_service[s.at("name").get<std::string>()];
     EXPECT_EQ(num(s, "packets"), sum[0]) << s.dump();
@@ -506,6 +512,10 @@ TEST(ReplayDr, EveryFlowSticksToOneBackendAndFramesAreUnchangedButTheMacs) {
   ASSERT_TRUE(port_mac.has_value()) << "all output frames must carry the same source MAC";
   EXPECT_FALSE(port_mac->isZero());
   EXPECT_FALSE(port_mac->isMulticast());
+  // A replay takes frames for any MAC (the capture was taken on another host): kLbMac is not
+  // the replay port's, and nothing was not_for_us.
+  EXPECT_NE(*port_mac, kLbMac);
+  EXPECT_EQ(dropped(r.report, "not_for_us"), 0u);
 
   // Byte identity after the MACs: match output frames to input frames as a multiset.
   std::map<Bytes, int> unmatched;
@@ -1444,7 +1454,8 @@ std::vector<Malformed> malformedFrames() {
     add("IPv6 TCP data offset 3", f, "bad_l4_header");
   }
   {
-    // ARP request: who has 192.0.2.10, tell 198.51.100.1
+    // ARP request: who has 192.0.2.99, tell 198.51.100.1. No VIP (and the replay has no address
+    // of its own): not the data plane's to answer, the kernel's (ReplayHost answers a VIP's).
     Bytes f(42, 0);
     std::fill_n(f.begin(), 6, 0xff);
     std::copy(kClientMac.bytes.begin(), kClientMac.bytes.end(), f.begin() + 6);
@@ -1453,10 +1464,10 @@ std::vector<Malformed> malformedFrames() {
     std::copy(std::begin(arp), std::end(arp), f.begin() + 14);
     std::copy(kClientMac.bytes.begin(), kClientMac.bytes.end(), f.begin() + 22);
     const uint8_t spa[] = {198, 51, 100, 1};
-    const uint8_t tpa[] = {192, 0, 2, 10};
+    const uint8_t tpa[] = {192, 0, 2, 99};
     std::copy(std::begin(spa), std::end(spa), f.begin() + 28);
     std::copy(std::begin(tpa), std::end(tpa), f.begin() + 38);
-    add("ARP request", f, "non_ip");
+    add("ARP request for an address that is no VIP", f, "non_ip");
   }
   {
     Bytes f = pktgen::build(tcp4(++n));
@@ -1516,9 +1527,9 @@ std::vector<Malformed> malformedFrames() {
   }
   {
     PacketSpec s = tcp4(++n);
-    s.proto = 1;  // ICMP echo request, as raw bytes
-    s.payload = {8, 0, 0xf7, 0xff, 0, 0, 0, 0};
-    add("ICMP to a VIP", pktgen::build(s), "no_service");
+    s.proto = 1;  // ICMP echo reply, as raw bytes: only a request is answered (ReplayHost)
+    s.payload = {0, 0, 0xff, 0xff, 0, 0, 0, 0};
+    add("ICMP echo reply to a VIP", pktgen::build(s), "no_service");
   }
   {
     add("IPv6 TCP to a VIP on another port", pktgen::build(tcp6(++n, 443)), "no_service");
@@ -1616,6 +1627,9 @@ TEST(ReplayMalformed, EachIsCountedUnderItsReasonAndNeverTransmitted) {
   }
   EXPECT_EQ(got, expected) << r.report.at("total").at("drops").dump(1);
   EXPECT_EQ(num(r.report.at("total"), "dropped"), bad.size());
+  // Those for no service or not IP would have gone to the kernel; nothing was answered.
+  EXPECT_EQ(num(r.report.at("total"), "passed"), expected.at("non_ip") + expected.at("no_service"));
+  EXPECT_EQ(num(r.report.at("total"), "answered"), 0u);
 
   // On a miscount, replay each malformed frame alone so that the failure names the frame (a
   // DPDK start per frame is too slow to do every time).
@@ -1641,6 +1655,122 @@ TEST(ReplayMalformed, EachIsCountedUnderItsReasonAndNeverTransmitted) {
   }
   for (const PcapRecord& rec : r.out) {
     EXPECT_FALSE(bad_tails.contains(afterMacs(rec.data))) << "a malformed frame was transmitted";
+  }
+}
+
+// =============================================================================================
+// 4b. The host's answers: ARP requests, Neighbour Solicitations and echo requests for a VIP are
+// answered in place (counted answered, sent back from the port's MAC); the rest goes to the
+// kernel. Each answer is read back with pktgen's own decoders and checksums.
+
+TEST(ReplayHost, ArpNdAndEchoForAVipAreAnsweredInPlace) {
+  TempDir dir;
+  const IpAddress client = ip("198.51.100.1");
+  const IpAddress client6 = ip("2001:db8:ff::1");
+  const IpAddress vip6 = ip("2001:db8::20");
+  std::vector<Bytes> frames;
+  auto arpRequest = [&](const IpAddress& sender, const IpAddress& target,
+                        std::vector<uint16_t> vlans) {
+    pktgen::ArpSpec a;
+    a.src_mac = kClientMac;
+    a.sender_mac = kClientMac;
+    a.sender = sender;
+    a.target = target;
+    a.vlans = std::move(vlans);
+    a.min_frame = 60;
+    return pktgen::buildArp(a);
+  };
+  auto echoSpec = [&](const IpAddress& src, const IpAddress& dst) {
+    PacketSpec s;
+    s.src_mac = kClientMac;
+    s.dst_mac = kLbMac;
+    s.src = src;
+    s.dst = dst;
+    return s;
+  };
+  const std::vector<uint8_t> data = {'s', 'l', 'u', 'i', 'c', 'e', 0, 1, 2, 3};
+  // Answered:
+  frames.push_back(arpRequest(client, ip("192.0.2.10"), {}));
+  frames.push_back(arpRequest(client, ip("192.0.2.20"), {100}));  // tagged: the tag stays
+  frames.push_back(pktgen::buildEchoRequest(echoSpec(client, ip("192.0.2.20")), 0x1234, 7, data));
+  frames.push_back(pktgen::buildEchoRequest(echoSpec(client6, vip6), 0x4321, 9, data));
+  PacketSpec ns = echoSpec(client6, pktgen::solicitedNode(vip6));
+  ns.dst_mac = pktgen::multicastMac(ns.dst);
+  ns.ttl = 255;
+  frames.push_back(pktgen::buildNeighbourSolicit(ns, vip6));
+  constexpr size_t kAnswered = 5;
+  // Not answered: a gratuitous ARP (an announcement, not a question), an echo request for no
+  // VIP, and a solicitation whose hop limit shows it was routed (RFC 4861 section 7.1.1).
+  frames.push_back(arpRequest(client, client, {}));
+  frames.push_back(pktgen::buildEchoRequest(echoSpec(client, ip("192.0.2.99")), 1, 1, data));
+  PacketSpec routed = ns;
+  routed.ttl = 64;
+  frames.push_back(pktgen::buildNeighbourSolicit(routed, vip6));
+
+  const ReplayResult r = replay(dir, "host", configText(kDrServices, kGatewayHeader),
+                                records(frames));
+  ASSERT_TRUE(r.ok()) << r.error;
+  checkReportInvariants(r.report, frames.size(), r.out.size());
+  const json& t = r.report.at("total");
+  EXPECT_EQ(num(t, "answered"), kAnswered) << t.dump();
+  EXPECT_EQ(num(t, "packets_out"), kAnswered);
+  EXPECT_EQ(dropped(r.report, "non_ip"), 1u) << "the gratuitous ARP, for the kernel";
+  EXPECT_EQ(dropped(r.report, "no_service"), 2u) << "the echo for no VIP and the routed NS";
+  EXPECT_EQ(num(t, "dropped"), 3u) << t.dump();
+  EXPECT_EQ(num(t, "passed"), 3u) << "what is not answered goes to the kernel";
+  ASSERT_EQ(r.out.size(), kAnswered);
+  const auto port_mac = portMacOf(r.out);
+  ASSERT_TRUE(port_mac.has_value()) << "every answer leaves from the port's MAC";
+
+  // ARP: "the VIP is at the port's MAC", to the asker.
+  for (size_t i : {0u, 1u}) {
+    SCOPED_TRACE(fmt::format("ARP answer {}", i));
+    const auto a = pktgen::decodeArp(r.out[i].data);
+    ASSERT_TRUE(a.has_value());
+    EXPECT_EQ(a->op, 2);
+    EXPECT_EQ(a->dst_mac, kClientMac);
+    EXPECT_EQ(a->sender_mac, *port_mac);
+    EXPECT_EQ(a->sender, ip(i == 0 ? "192.0.2.10" : "192.0.2.20"));
+    EXPECT_EQ(a->target_mac, kClientMac);
+    EXPECT_EQ(a->target, client);
+    EXPECT_EQ(a->vlans, (i == 0 ? std::vector<uint16_t>{} : std::vector<uint16_t>{100}));
+  }
+  // Echo: from the VIP to the client, same identifier, sequence and data.
+  for (size_t i : {2u, 3u}) {
+    SCOPED_TRACE(fmt::format("echo answer {}", i));
+    const auto e = pktgen::decodeIcmp(r.out[i].data);
+    const auto q = pktgen::decodeIcmp(frames[i]);
+    ASSERT_TRUE(e.has_value() && q.has_value());
+    EXPECT_EQ(e->dst_mac, kClientMac);
+    EXPECT_EQ(e->src, q->dst);
+    EXPECT_EQ(e->dst, q->src);
+    EXPECT_EQ(e->type, i == 2 ? 0 : 129) << "echo reply";
+    EXPECT_EQ(e->code, 0);
+    EXPECT_EQ(e->ttl, LB_REPLY_HOP_LIMIT);
+    EXPECT_TRUE(e->ip_checksum_ok);
+    EXPECT_TRUE(e->icmp_checksum_ok);
+    ASSERT_EQ(e->message.size(), q->message.size());
+    EXPECT_TRUE(std::equal(e->message.begin() + 4, e->message.end(), q->message.begin() + 4))
+        << "identifier, sequence number and data are echoed";
+  }
+  // Neighbour Advertisement: solicited and override, from the VIP, with the port's MAC.
+  {
+    const auto a = pktgen::decodeIcmp(r.out[4].data);
+    ASSERT_TRUE(a.has_value());
+    EXPECT_EQ(a->dst_mac, kClientMac);
+    EXPECT_EQ(a->src, vip6);
+    EXPECT_EQ(a->dst, client6);
+    EXPECT_EQ(a->ttl, 255);
+    EXPECT_EQ(a->type, LB_ICMPV6_NEIGH_ADVERT);
+    EXPECT_TRUE(a->icmp_checksum_ok);
+    ASSERT_EQ(a->message.size(), size_t{LB_ND_NA_LEN});
+    EXPECT_EQ(a->message[4], 0x60) << "flags Solicited and Override, not Router";
+    EXPECT_TRUE(std::equal(vip6.bytes.begin(), vip6.bytes.end(), a->message.begin() + 8))
+        << "target";
+    EXPECT_EQ(a->message[24], 2) << "target link-layer address option";
+    EXPECT_EQ(a->message[25], 1);
+    EXPECT_TRUE(std::equal(port_mac->bytes.begin(), port_mac->bytes.end(),
+                           a->message.begin() + 26));
   }
 }
 

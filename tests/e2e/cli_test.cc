@@ -5,6 +5,9 @@
 // directory. The port reads a capture this file generates (tools/pktgen) once, through the real
 // pipeline, so `list` and `stats` report real flows and counters; the port's transmit side is
 // written to a capture as well, and the tests check the daemon's counters against what it sent.
+// `sluiced run` is a host on its segment: it takes only frames for its port's MAC (net_pcap's,
+// testsupport::pcapPortMac()), broadcast and 33:33:*, so the capture is addressed to that MAC as
+// a client's router would address it, but for a few frames for another host (not_for_us).
 // Every command of the real sluicectl binary is then run with fork/exec, and its exit status,
 // stdout (text and --json) and stderr are checked, together with the daemon's state before and
 // after (`list --json`), so that refused requests are seen to change nothing.
@@ -36,6 +39,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -184,11 +188,26 @@ constexpr uint32_t kDnsFlows = 200, kDnsPacketsPerFlow = 3;   // UDP -> dns (NAT
 constexpr uint32_t kWebFlows = 100, kWebPacketsPerFlow = 4;   // TCP -> web (DR)
 constexpr uint32_t kWeb6Flows = 50, kWeb6PacketsPerFlow = 3;  // TCP -> web6 (NAT, IPv6)
 constexpr uint32_t kRepliesFrom21 = 5, kRepliesFrom22 = 3;    // NAT replies dns backends -> clients
-constexpr uint32_t kNoise = 7;                                // UDP to no service: dropped
+constexpr uint32_t kNoise = 7;  // UDP to no service: dropped (no_service), passed to the kernel
+constexpr uint32_t kForOthers = 5;  // SYNs to the web VIP, but to another host's MAC: not_for_us
+
+// The daemon's port, which every frame of the capture but kForOthers is addressed to.
+const MacAddress kPortMac = testsupport::pcapPortMac();
+// Another host on the segment (a switch floods frames for it when it does not know its port).
+const MacAddress kOtherHostMac = mac("02:00:00:00:00:cc");
+
+/** Whether a is a client of the kForOthers frames (198.51.103.0/24). */
+bool isOtherHostsClient(const IpAddress& a) {
+  return a.isV4() && a.bytes[0] == 198 && a.bytes[1] == 51 && a.bytes[2] == 103;
+}
 
 struct Capture {
-  std::vector<PcapRecord> records;
+  std::vector<PcapRecord> records;  // ..., the kForOthers frames, then the kNoise frames
   size_t size() const { return records.size(); }
+  /** The kNoise frames for no service, which end the capture. */
+  std::vector<PcapRecord> noise() const {
+    return std::vector<PcapRecord>(records.end() - kNoise, records.end());
+  }
 };
 
 Capture makeCapture() {
@@ -204,6 +223,7 @@ Capture makeCapture() {
   dns.packets_per_flow = kDnsPacketsPerFlow;
   dns.client_base = ip("198.51.100.1");
   dns.start_us = kStartUs;
+  dns.lb_mac = kPortMac;
   append(pktgen::makeTraffic(dns));
 
   pktgen::TrafficSpec web;
@@ -214,6 +234,7 @@ Capture makeCapture() {
   web.packets_per_flow = kWebPacketsPerFlow;
   web.client_base = ip("198.51.101.1");
   web.start_us = kStartUs + kSecondUs;
+  web.lb_mac = kPortMac;
   append(pktgen::makeTraffic(web));
 
   pktgen::TrafficSpec web6;
@@ -224,6 +245,7 @@ Capture makeCapture() {
   web6.packets_per_flow = kWeb6PacketsPerFlow;
   web6.client_base = ip("2001:db8:ff::1");
   web6.start_us = kStartUs + 2 * kSecondUs;
+  web6.lb_mac = kPortMac;
   append(pktgen::makeTraffic(web6));
 
   uint64_t ts = kStartUs + 3 * kSecondUs;
@@ -231,7 +253,7 @@ Capture makeCapture() {
     for (uint32_t i = 0; i < n; ++i) {
       pktgen::PacketSpec p;
       p.src_mac = mac(backend_mac);
-      p.dst_mac = mac("02:00:00:00:00:bb");
+      p.dst_mac = kPortMac;
       p.src = ip(backend);
       p.dst = ip("198.51.100.1");
       p.proto = LB_PROTO_UDP;
@@ -244,8 +266,21 @@ Capture makeCapture() {
   };
   reply("10.0.1.21", "02:00:00:00:02:21", kRepliesFrom21);
   reply("10.0.1.22", "02:00:00:00:02:22", kRepliesFrom22);
+  // For another host: SYNs that would be the web service's new flows, were they for the port.
+  for (uint32_t i = 0; i < kForOthers; ++i) {
+    pktgen::PacketSpec p;
+    p.dst_mac = kOtherHostMac;
+    p.src = ip(fmt::format("198.51.103.{}", i + 1));
+    p.dst = ip("192.0.2.10");
+    p.sport = static_cast<uint16_t>(30000 + i);
+    p.dport = 80;
+    p.tcp_flags = 0x02;
+    c.records.push_back({ts, pktgen::build(p)});
+    ts += 10;
+  }
   for (uint32_t i = 0; i < kNoise; ++i) {
     pktgen::PacketSpec p;
+    p.dst_mac = kPortMac;
     p.src = ip("198.51.102.1");
     p.dst = ip("192.0.2.99");
     p.proto = LB_PROTO_UDP;
@@ -275,20 +310,25 @@ class Daemon {
 
   /**
    * Start sluiced on config with its control socket at socket; the port reads in_pcap once and
-   * writes to out_pcap. Waits until it logs that it runs. Returns "" or what went wrong.
+   * writes to outPcap(). With loop, the port reads in_pcap over and over until the daemon stops
+   * (net_pcap's infinite_rx) and drops what is sent (there is no outPcap()): steady traffic of
+   * the same flows. Waits until it logs that it runs. Returns "" or what went wrong.
    */
   std::string start(const std::string& dir, const std::string& tag, const std::string& config,
-                    const std::string& socket, const std::string& in_pcap) {
+                    const std::string& socket, const std::string& in_pcap, bool loop = false) {
     static int counter = 0;
     prefix_ = fmt::format("sluice-e2e-cli-{}-{}", ::getpid(), ++counter);
     socket_ = socket;
     config_ = config;
-    out_pcap_ = fmt::format("{}/{}-out.pcap", dir, tag);
+    out_pcap_ = loop ? std::string() : fmt::format("{}/{}-out.pcap", dir, tag);
     log_path_ = fmt::format("{}/{}-sluiced.log", dir, tag);
+    const std::string vdev =
+        loop ? fmt::format("net_pcap0,rx_pcap={},infinite_rx=1", in_pcap)
+             : fmt::format("net_pcap0,rx_pcap={},tx_pcap={}", in_pcap, out_pcap_);
     const std::vector<std::string> args = {
         "run", "--config", config, "--socket", socket, "--", "-l", "0,1", "--no-huge",
         "--no-pci", "--no-shconf", "--file-prefix=" + prefix_, "-m", "512", "--log-level",
-        "*:error", "--vdev", fmt::format("net_pcap0,rx_pcap={},tx_pcap={}", in_pcap, out_pcap_)};
+        "*:error", "--vdev", vdev};
     command_ = SLUICED_PATH;
     for (const std::string& a : args) {
       command_ += " " + a;
@@ -330,6 +370,13 @@ class Daemon {
                            exit_status_, command_, log());
       }
       if (contains(log(), " running: ") && std::filesystem::exists(socket_)) {
+        // The captures are addressed to this MAC; another would make them all not_for_us.
+        const std::string port = fmt::format("port 0 (net_pcap0): mac {},", kPortMac.str());
+        if (!contains(log(), port)) {
+          return fmt::format("sluiced does not log \"{}\": the port's MAC is not the one the "
+                             "captures are addressed to\ncommand: {}\n{}",
+                             port, command_, log());
+        }
         return "";
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -576,10 +623,21 @@ class DaemonSuite : public ::testing::Test {
     EXPECT_EQ(list(), before) << "a refused command changed the running configuration";
   }
 
-  /** Write the base configuration to the daemon's file and reload it. */
+  /**
+   * Write the base configuration to the daemon's file and reload it, and end the maintenance of
+   * any backend (run-time state, which a reload keeps).
+   */
   void restore() const {
     writeFile(daemon().config(), baseConfigText());
     ok({"reload"});
+    for (const json& s : list().at("services")) {
+      for (const json& b : s.at("backends")) {
+        if (b.at("state") == "maintenance") {
+          ok({"backend", "up", s.at("name").get<std::string>(), b.at("address").get<std::string>(),
+              "--port", std::to_string(b.at("port").get<uint64_t>())});
+        }
+      }
+    }
   }
 };
 
@@ -616,9 +674,14 @@ TEST_F(ReadOnlyCli, ListAndStatsJsonMatchTheCapture) {
   std::map<std::pair<std::string, uint64_t>, Observed> seen;  // backend -> what it got
   std::map<std::string, std::set<std::string>> flow_backends;   // client flow -> backends
   size_t dns_replies = 0;
+  size_t for_others = 0;
   for (const PcapRecord& r : out) {
     const auto d = pktgen::decode(r.data);
     ASSERT_TRUE(d.has_value()) << "an output frame does not decode";
+    EXPECT_EQ(d->src_mac, kPortMac) << "every frame leaves from the port's MAC";
+    if (isOtherHostsClient(d->src)) {
+      ++for_others;
+    }
     if (d->src == ip("192.0.2.53") && d->sport == 53) {
       ++dns_replies;  // a NAT reply, rewritten to come from the VIP
       EXPECT_EQ(d->dst_mac, mac("02:00:00:00:00:fe")) << "NAT replies go to the gateway MAC";
@@ -645,17 +708,36 @@ TEST_F(ReadOnlyCli, ListAndStatsJsonMatchTheCapture) {
     EXPECT_EQ(backends.size(), 1u) << "flow " << client << " went to several backends";
   }
   EXPECT_EQ(dns_replies, size_t{kRepliesFrom21 + kRepliesFrom22});
+  EXPECT_EQ(for_others, 0u) << "a frame for another host's MAC was forwarded";
 
-  // Totals: every packet of the capture came in once; what was not sent was dropped.
+  // Totals: every packet of the capture came in once; what was not sent was dropped. The
+  // frames for no service were also handed to the kernel (passed; net_pcap has no exception
+  // interface, so they were freed there); those for another MAC were not.
   const json& total = s.at("total");
   EXPECT_EQ(total.at("packets_in").get<size_t>(), capture);
   EXPECT_EQ(total.at("packets_out").get<size_t>(), out.size());
-  EXPECT_EQ(total.at("dropped").get<size_t>(), size_t{kNoise});
+  EXPECT_EQ(total.at("dropped").get<size_t>(), size_t{kNoise + kForOthers});
   EXPECT_EQ(total.at("drops").at("no_service").get<size_t>(), size_t{kNoise});
+  EXPECT_EQ(total.at("drops").at("not_for_us").get<size_t>(), size_t{kForOthers});
+  uint64_t drop_sum = 0;
+  for (const auto& [reason, n] : total.at("drops").items()) {
+    drop_sum += n.get<uint64_t>();
+  }
+  EXPECT_EQ(total.at("dropped").get<uint64_t>(), drop_sum) << "dropped sums the reasons";
+  EXPECT_EQ(total.at("passed").get<size_t>(), size_t{kNoise});
+  EXPECT_EQ(total.at("answered").get<size_t>(), 0u) << "no ARP, ND or echo in the capture";
+  // docs/json.md: packets_in = packets_out + dropped + passed - non_ip - no_service.
+  EXPECT_EQ(total.at("packets_in").get<uint64_t>(),
+            total.at("packets_out").get<uint64_t>() + total.at("dropped").get<uint64_t>() +
+                total.at("passed").get<uint64_t>() -
+                total.at("drops").at("non_ip").get<uint64_t>() -
+                total.at("drops").at("no_service").get<uint64_t>());
   EXPECT_EQ(total.at("flows_created").get<size_t>(), size_t{kDnsFlows + kWebFlows + kWeb6Flows});
   EXPECT_EQ(total.at("flows_active").get<size_t>(), size_t{kDnsFlows + kWebFlows + kWeb6Flows});
   ASSERT_EQ(s.at("workers").size(), 1u) << "-l 0,1 gives one worker";
   EXPECT_EQ(s.at("workers")[0].at("packets_in"), total.at("packets_in"));
+  EXPECT_EQ(s.at("workers")[0].at("passed"), total.at("passed"));
+  EXPECT_EQ(s.at("workers")[0].at("answered"), total.at("answered"));
   EXPECT_EQ(s.at("workers")[0].at("worker"), 0);
 
   // Per backend, stats and list agree with the transmit capture.
@@ -730,7 +812,18 @@ TEST_F(ReadOnlyCli, ListAndStatsJsonMatchTheCapture) {
   EXPECT_EQ(web.at("backends")[2].at("port"), 80) << "DR backends take the service port";
   EXPECT_EQ(web.at("backends")[2].at("mac"), "02:00:00:00:01:13");
   EXPECT_EQ(web.at("backends")[2].at("weight"), 200);
-  EXPECT_EQ(web.at("backends")[2].at("state"), "active");
+  EXPECT_EQ(web.at("backends")[2].at("state"), "up");
+  // Every backend of the file: a MAC, no health check, not in maintenance, flows kept when down.
+  for (const auto& [name, svc] : services) {
+    for (const json& b : svc.at("backends")) {
+      SCOPED_TRACE(name + " " + b.dump());
+      EXPECT_EQ(b.at("state"), "up");
+      EXPECT_TRUE(b.at("mac").is_string());
+      EXPECT_EQ(b.at("reschedules_flows"), false) << "on_backend_down = \"keep\", the default";
+      EXPECT_EQ(b.at("health"), (json{{"check", "none"}, {"maintenance", false}}));
+      EXPECT_FALSE(b.contains("unresolved_because"));
+    }
+  }
   const json& dns = services.at("dns");
   EXPECT_EQ(dns.at("protocol"), "udp");
   EXPECT_EQ(dns.at("forwarding"), "nat");
@@ -764,11 +857,11 @@ TEST_F(ReadOnlyCli, ListTextMatchesJson) {
                                  j.at("version").get<std::string>(),
                                  j.at("generation").get<uint64_t>()));
     EXPECT_EQ(ls[1], "Prot LocalAddress:Port Scheduler Forward Name");
-    EXPECT_TRUE(std::regex_match(
-        ls[2], std::regex(R"(  -> RemoteAddress:Port\s+Weight State\s+ActiveFlows)")))
-        << ls[2];
+    EXPECT_EQ(ls[2], "  -> RemoteAddress:Port                       Weight State       "
+                     "ActiveFlows  Health (last result, since)");
     const std::regex service_re(R"((TCP|UDP)\s+(\S+) (\S+) (dr|nat) (\S+))");
-    const std::regex backend_re(R"(  -> (\S+)\s+(\d+) (active|draining)\s+(\d+))");
+    const std::regex backend_re(
+        R"(  -> (\S+)\s+(\d+) (up|drained|down|maintenance|unresolved)\s+(\d+)  (\S.*))");
     size_t at = 3;
     for (const json& s : j.at("services")) {
       ASSERT_LT(at, ls.size()) << r.out;
@@ -789,6 +882,13 @@ TEST_F(ReadOnlyCli, ListTextMatchesJson) {
         EXPECT_EQ(std::stoull(m[2]), b.at("weight").get<uint64_t>());
         EXPECT_EQ(m[3], b.at("state").get<std::string>());
         EXPECT_EQ(std::stoull(m[4]), b.at("active_flows").get<uint64_t>());
+        EXPECT_EQ(m[5], "no check") << "the file has no health check";
+        // The columns line up under the header's.
+        EXPECT_EQ(ls[at], fmt::format("  -> {:<40} {:>6} {:<11} {:>11}  no check",
+                                      endpoint(b.at("address"), b.at("port")),
+                                      b.at("weight").get<uint64_t>(),
+                                      b.at("state").get<std::string>(),
+                                      b.at("active_flows").get<uint64_t>()));
         ++at;
       }
     }
@@ -857,8 +957,9 @@ TEST_F(ReadOnlyCli, StatsTextMatchesJson) {
   EXPECT_EQ(std::stoull(w[2]), t.at("packets_in").get<uint64_t>());
   EXPECT_EQ(std::stoull(w[2]), state().capture.size());
   EXPECT_EQ(std::stoull(w[3]), t.at("packets_out").get<uint64_t>());
-  EXPECT_EQ(std::stoull(w[4]), uint64_t{kNoise});
-  EXPECT_EQ(w[5], fmt::format("no_service={}", kNoise)) << "only the non-zero reasons";
+  EXPECT_EQ(std::stoull(w[4]), uint64_t{kNoise + kForOthers});
+  EXPECT_EQ(w[5], fmt::format("no_service={} not_for_us={}", kNoise, kForOthers))
+      << "only the non-zero reasons";
   EXPECT_EQ(at + 4, ls.size()) << r.out;
 }
 
@@ -1049,7 +1150,8 @@ TEST_F(ReadOnlyCli, UsageErrorsExit2AndChangeNothing) {
       {{"service", "edit", "web", "--port", "http"}, "--port"},
       {{"service", "del"}, "NAME"},
       {{"backend", "add", "web"}, "ADDRESS"},
-      {{"backend", "add", "web", "10.0.0.14"}, "--mac"},
+      // (backend add without --mac is valid for sluicectl: whether the MAC can be resolved is
+      // the daemon's to say, see EditCli.RejectedRequestsChangeNothing.)
       {{"backend", "add", "web", "10.0.0.14", "--mac", mac_ok, "--weight", "heavy"}, "--weight"},
       {{"backend", "add", "web", "10.0.0.14", "--mac", mac_ok, "--port", "70000"}, "--port"},
       {{"backend", "add", "web", "10.0.0.14", "--mac", mac_ok, "--weight", "-1"}, "--weight"},
@@ -1057,6 +1159,10 @@ TEST_F(ReadOnlyCli, UsageErrorsExit2AndChangeNothing) {
        "--weight"},
       {{"backend", "del", "web"}, "ADDRESS"},
       {{"backend", "drain"}, "SERVICE"},
+      {{"backend", "down"}, "SERVICE"},
+      {{"backend", "up", "web"}, "ADDRESS"},
+      {{"backend", "down", "web", "10.0.0.11", "--weight", "0"}, "--weight"},
+      {{"backend", "up", "web", "10.0.0.11", "--port", "0"}, "--port"},
       {{"backend", "edit", "web", "10.0.0.11", "--bogus", "1"}, "--bogus"},
       {{"list", "--bogus"}, "--bogus"},
       {{"stats", "--interval"}, "--interval"},
@@ -1209,7 +1315,9 @@ TEST_F(EditCli, BackendAddEditDrainDel) {
                      {"port", 5353},
                      {"mac", "02:00:00:00:02:23"},
                      {"weight", 5},
-                     {"state", "active"},
+                     {"state", "up"},
+                     {"reschedules_flows", false},
+                     {"health", {{"check", "none"}, {"maintenance", false}}},
                      {"packets", 0},
                      {"bytes", 0},
                      {"new_flows", 0},
@@ -1228,14 +1336,14 @@ TEST_F(EditCli, BackendAddEditDrainDel) {
   ++gen;
   EXPECT_FALSE(findBackend(list(), "web", "10.0.0.15", 80).is_null());
 
-  // Weight 0 at once: draining. IPv6.
+  // Weight 0 at once: drained. IPv6.
   ok({"backend", "add", "web6", "2001:db8:1::13", "--port", "8443", "--mac", "02:00:00:00:03:13",
       "--weight", "0"});
   ++gen;
   b = findBackend(list(), "web6", "2001:db8:1::13", 8443);
   ASSERT_FALSE(b.is_null());
   EXPECT_EQ(b.at("weight"), 0);
-  EXPECT_EQ(b.at("state"), "draining");
+  EXPECT_EQ(b.at("state"), "drained");
   EXPECT_TRUE(contains(ok({"list"}), "[2001:db8:1::13]:8443")) << ok({"list"});
 
   // Same address, another port, on a NAT service.
@@ -1266,9 +1374,9 @@ TEST_F(EditCli, BackendAddEditDrainDel) {
   EXPECT_EQ(b.at("mac"), "02:00:00:00:01:44");
   ok({"backend", "edit", "web6", "2001:db8:1::13", "--weight", "2"});
   ++gen;
-  EXPECT_EQ(findBackend(list(), "web6", "2001:db8:1::13", 8443).at("state"), "active");
+  EXPECT_EQ(findBackend(list(), "web6", "2001:db8:1::13", 8443).at("state"), "up");
 
-  // drain: weight 0, state draining, its flows stay pinned to it (that it keeps a non-zero
+  // drain: weight 0, state drained, its flows stay pinned to it (that it keeps a non-zero
   // count is checked on a fresh daemon in Lifecycle.ChangesThenSigtermExitsZeroAndReportsPackets).
   const json before = findBackend(list(), "dns", "10.0.1.22", 5353);
   ASSERT_FALSE(before.is_null());
@@ -1277,14 +1385,16 @@ TEST_F(EditCli, BackendAddEditDrainDel) {
   EXPECT_TRUE(contains(r.at("change").get<std::string>(), "dns 10.0.1.22:5353")) << r.dump();
   json after = findBackend(list(), "dns", "10.0.1.22", 5353);
   EXPECT_EQ(after.at("weight"), 0);
-  EXPECT_EQ(after.at("state"), "draining");
+  EXPECT_EQ(after.at("state"), "drained");
   EXPECT_EQ(after.at("mac"), before.at("mac"));
   EXPECT_EQ(after.at("active_flows"), before.at("active_flows"));
-  const std::regex draining(R"(  -> 10\.0\.1\.22:5353\s+0 draining\s+(\d+))");
+  EXPECT_EQ(after.at("health"), (json{{"check", "none"}, {"maintenance", false}}))
+      << "drained is not down";
+  const std::regex drained(R"(  -> 10\.0\.1\.22:5353\s+0 drained\s+(\d+)  no check)");
   bool seen = false;
   for (const std::string& line : lines(ok({"list"}))) {
     std::smatch m;
-    if (std::regex_match(line, m, draining)) {
+    if (std::regex_match(line, m, drained)) {
       seen = true;
       EXPECT_EQ(std::stoull(m[1]), before.at("active_flows").get<uint64_t>());
     }
@@ -1295,12 +1405,12 @@ TEST_F(EditCli, BackendAddEditDrainDel) {
   ++gen;
   ok({"backend", "drain", "web6", "2001:db8:1::11"});
   ++gen;
-  EXPECT_EQ(findBackend(list(), "web6", "2001:db8:1::11", 8443).at("state"), "draining");
+  EXPECT_EQ(findBackend(list(), "web6", "2001:db8:1::11", 8443).at("state"), "drained");
   // Undrain.
   ok({"backend", "edit", "dns", "10.0.1.22", "--weight", "1"});
   ++gen;
   after = findBackend(list(), "dns", "10.0.1.22", 5353);
-  EXPECT_EQ(after.at("state"), "active");
+  EXPECT_EQ(after.at("state"), "up");
   EXPECT_EQ(after.at("active_flows"), before.at("active_flows"));
 
   // del.
@@ -1328,6 +1438,118 @@ TEST_F(EditCli, BackendAddEditDrainDel) {
   ok({"backend", "del", "web6", "2001:db8:1::11"});
   ok({"backend", "del", "web6", "2001:db8:1::12"});
   EXPECT_TRUE(servicesByName(list()).at("web6").at("backends").empty());
+}
+
+TEST_F(EditCli, BackendDownAndUpAreMaintenance) {
+  uint64_t gen = generation();
+  const std::string saved_before = ok({"save"});
+  const json before = findBackend(list(), "web", "10.0.0.12", 80);
+  ASSERT_FALSE(before.is_null());
+  ASSERT_EQ(before.at("state"), "up");
+
+  // down, --json: a change like the others, one generation.
+  json r = parseJson(expectOk(run({"--json", "backend", "down", "web", "10.0.0.12"})));
+  EXPECT_EQ(r.at("ok"), true);
+  EXPECT_EQ(r.at("change"), "backend down web 10.0.0.12:80");
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  json b = findBackend(list(), "web", "10.0.0.12", 80);
+  EXPECT_EQ(b.at("state"), "maintenance");
+  EXPECT_EQ(b.at("weight"), before.at("weight")) << "maintenance leaves the weight alone";
+  EXPECT_EQ(b.at("mac"), before.at("mac"));
+  EXPECT_EQ(b.at("health"), (json{{"check", "none"}, {"maintenance", true}}));
+  EXPECT_EQ(b.at("reschedules_flows"), false) << "web keeps a down backend's flows (keep)";
+  EXPECT_EQ(b.at("active_flows"), before.at("active_flows")) << "keep: its flows stay pinned";
+  EXPECT_EQ(findBackend(stats(), "web", "10.0.0.12", 80).at("state"), "maintenance");
+  EXPECT_EQ(findBackend(list(), "web", "10.0.0.11", 80).at("state"), "up") << "only that one";
+  // The text list: state and health column.
+  const std::string text = ok({"list"});
+  EXPECT_TRUE(contains(text, fmt::format("  -> {:<40} {:>6} {:<11} {:>11}  maintenance; no check\n",
+                                         "10.0.0.12:80", before.at("weight").get<uint64_t>(),
+                                         "maintenance",
+                                         before.at("active_flows").get<uint64_t>())))
+      << text;
+  // Run-time state: not in the configuration that save writes, and kept by a reload.
+  EXPECT_EQ(ok({"save"}), saved_before);
+  ok({"reload"});
+  ++gen;
+  EXPECT_EQ(findBackend(list(), "web", "10.0.0.12", 80).at("state"), "maintenance")
+      << "a reload keeps maintenance";
+  // Down twice is harmless.
+  EXPECT_TRUE(ok({"backend", "down", "web", "10.0.0.12", "--port", "80"}).empty());
+  ++gen;
+  EXPECT_EQ(findBackend(list(), "web", "10.0.0.12", 80).at("state"), "maintenance");
+
+  // IPv6 and NAT, with --port; a drained backend in maintenance shows maintenance, and is
+  // drained again when it comes up.
+  ok({"backend", "down", "web6", "2001:db8:1::11", "--port", "8443"});
+  ++gen;
+  EXPECT_EQ(findBackend(list(), "web6", "2001:db8:1::11", 8443).at("state"), "maintenance");
+  ok({"backend", "drain", "dns", "10.0.1.22"});
+  ++gen;
+  ok({"backend", "down", "dns", "10.0.1.22"});
+  ++gen;
+  b = findBackend(list(), "dns", "10.0.1.22", 5353);
+  EXPECT_EQ(b.at("state"), "maintenance");
+  EXPECT_EQ(b.at("weight"), 0);
+  ok({"backend", "up", "dns", "10.0.1.22"});
+  ++gen;
+  b = findBackend(list(), "dns", "10.0.1.22", 5353);
+  EXPECT_EQ(b.at("state"), "drained");
+  EXPECT_EQ(b.at("health"), (json{{"check", "none"}, {"maintenance", false}}));
+
+  // up, --json: back in the table.
+  r = parseJson(expectOk(run({"--json", "backend", "up", "web", "10.0.0.12"})));
+  EXPECT_EQ(r.at("change"), "backend up web 10.0.0.12:80");
+  EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
+  b = findBackend(list(), "web", "10.0.0.12", 80);
+  EXPECT_EQ(b.at("state"), "up");
+  EXPECT_EQ(b.at("health"), (json{{"check", "none"}, {"maintenance", false}}));
+  EXPECT_EQ(b.at("active_flows"), before.at("active_flows"));
+  EXPECT_TRUE(contains(ok({"list"}), fmt::format("  -> {:<40} {:>6} {:<11} {:>11}  no check\n",
+                                                 "10.0.0.12:80", before.at("weight").get<uint64_t>(),
+                                                 "up", before.at("active_flows").get<uint64_t>())));
+  // Up when not in maintenance is harmless too.
+  ok({"backend", "up", "web", "10.0.0.12"});
+  ++gen;
+  ok({"backend", "up", "web6", "2001:db8:1::11"});
+  ++gen;
+  EXPECT_EQ(findBackend(list(), "web6", "2001:db8:1::11", 8443).at("state"), "up");
+  EXPECT_EQ(generation(), gen) << "one generation per change";
+
+  // Refused, changing nothing: no such service or backend, or an ambiguous address.
+  ok({"backend", "add", "dns", "10.0.1.21", "--port", "5354", "--mac", "02:00:00:00:02:21"});
+  for (const char* cmd : {"down", "up"}) {
+    expectRejected({"backend", cmd, "nosuch", "10.0.0.11"}, 1, "no service named \"nosuch\"");
+    expectRejected({"backend", cmd, "web", "10.9.9.9"}, 1,
+                   "service \"web\" has no backend 10.9.9.9");
+    expectRejected({"backend", cmd, "dns", "10.0.1.22", "--port", "5354"}, 1,
+                   "service \"dns\" has no backend 10.0.1.22:5354");
+    expectRejected({"backend", cmd, "web6", "2001:db8:1::99"}, 1, "has no backend 2001:db8:1::99");
+    expectRejected({"backend", cmd, "dns", "10.0.1.21"}, 1, "several backends at 10.0.1.21");
+  }
+}
+
+// Maintenance "survives reload while the backend exists" (docs/cli.md): a backend deleted and
+// added again is a new backend (its counters start from zero, docs/json.md), and starts up.
+TEST_F(EditCli, MaintenanceEndsWithTheBackend) {
+  ok({"backend", "down", "web", "10.0.0.13"});
+  ASSERT_EQ(findBackend(list(), "web", "10.0.0.13", 80).at("state"), "maintenance");
+  ok({"backend", "del", "web", "10.0.0.13"});
+  ok({"backend", "add", "web", "10.0.0.13", "--mac", "02:00:00:00:01:13", "--weight", "200"});
+  EXPECT_EQ(findBackend(list(), "web", "10.0.0.13", 80).at("state"), "up")
+      << "the maintenance of a deleted backend came back with a new one at its address";
+  // The same through the file: a reload without it, then one with it again.
+  sluice::Config without = baseConfig();
+  std::erase_if(testsupport::service(without, "web").backends,
+                [](const sluice::BackendConfig& b) { return b.address == ip("10.0.0.12"); });
+  ok({"backend", "down", "web", "10.0.0.12"});
+  writeFile(daemon().config(), testsupport::configText(without));
+  ok({"reload"});
+  ASSERT_TRUE(findBackend(list(), "web", "10.0.0.12", 80).is_null());
+  writeFile(daemon().config(), baseConfigText());
+  ok({"reload"});
+  EXPECT_EQ(findBackend(list(), "web", "10.0.0.12", 80).at("state"), "up")
+      << "the maintenance of a backend a reload removed came back when a reload added it";
 }
 
 TEST_F(EditCli, RejectedRequestsChangeNothing) {
@@ -1385,6 +1607,15 @@ TEST_F(EditCli, RejectedRequestsChangeNothing) {
       {{"backend", "add", "web", "10.0.0.14", "--mac", "01:00:5e:00:00:01"}, "multicast"},
       {{"backend", "edit", "dns", "10.0.1.22", "--mac", "ff:ff:ff:ff:ff:ff"}, "multicast"},
       {{"backend", "add", "web", "10.0.0.14", "--mac", "00:00:00:00:00:00"}, "all zeros"},
+      // No --mac, and nothing to resolve one with: the file has no dataplane.addresses and no
+      // gateway (docs/config.md "Addresses, gateways and backends without a MAC").
+      {{"backend", "add", "web", "10.0.0.14"},
+       "service \"web\": backend 10.0.0.14 has no mac, is on none of the subnets of "
+       "dataplane.addresses, and there is no IPv4 dataplane.gateway: its MAC could never be "
+       "resolved (give its mac, or Sluice's address on its subnet)"},
+      {{"backend", "add", "web6", "2001:db8:1::14", "--port", "8443", "--weight", "3"},
+       "service \"web6\": backend 2001:db8:1::14 has no mac, is on none of the subnets of "
+       "dataplane.addresses, and there is no IPv6 dataplane.gateway"},
       {{"service", "add", "bad name", "--vip", "192.0.2.61", "--port", "80", "--protocol", "tcp",
         "--forwarding", "dr"},
        "service name \"bad name\" is invalid"},
@@ -1583,6 +1814,17 @@ TEST_F(EditCli, SaveRoundTrips) {
   EXPECT_TRUE(save.err.empty());
   const std::string saved = save.out;
   EXPECT_EQ(saved.rfind("# Written by sluicectl save.", 0), 0u) << saved;
+  // Every key whose default depends on others is written out: the exception interface (none:
+  // the file has no dataplane.addresses) and each service's on_backend_down.
+  EXPECT_TRUE(contains(saved, "\n[dataplane]\n")) << saved;
+  EXPECT_TRUE(contains(saved, "\nexception_interface = \"\"\n")) << saved;
+  size_t services_saved = 0, policies_saved = 0;
+  for (const std::string& line : lines(saved)) {
+    services_saved += line == "[[service]]" ? 1 : 0;
+    policies_saved += line == "on_backend_down = \"keep\"" ? 1 : 0;
+  }
+  EXPECT_EQ(services_saved, running.at("services").size()) << saved;
+  EXPECT_EQ(policies_saved, services_saved) << saved;
   {
     const RunResult js = run({"--json", "save"});
     ASSERT_EQ(js.status, 0) << js.describe();
@@ -1598,8 +1840,7 @@ TEST_F(EditCli, SaveRoundTrips) {
     const std::string second_sock = file("second.sock");
     makeStaleSocket(second_sock);
     const std::string in = file("second-in.pcap");
-    pktgen::writePcap(in, std::vector<PcapRecord>(state().capture.records.end() - kNoise,
-                                                  state().capture.records.end()));
+    pktgen::writePcap(in, state().capture.noise());
     Daemon second;
     const std::string err = second.start(dir(), "second", saved_path, second_sock, in);
     ASSERT_TRUE(err.empty()) << err;
@@ -1776,6 +2017,10 @@ TEST(Lifecycle, ChangesThenSigtermExitsZeroAndReportsPackets) {
   ASSERT_TRUE(err.empty()) << err;
   ASSERT_TRUE(waitForReplay(sock, dir.path(), capture.size()).empty());
   EXPECT_TRUE(contains(d.log(), "running: 3 service(s), 1 port(s), 1 worker(s)")) << d.log();
+  EXPECT_TRUE(contains(d.log(), fmt::format("port 0 (net_pcap0): mac {}, 1 queue pair(s), single "
+                                            "queue\n",
+                                            kPortMac.str())))
+      << "not promiscuous unless the configuration says so\n" << d.log();
 
   auto run = [&](const std::vector<std::string>& args) {
     return expectOk(ctl(sock, args, dir.path()));
@@ -1789,7 +2034,7 @@ TEST(Lifecycle, ChangesThenSigtermExitsZeroAndReportsPackets) {
   EXPECT_GT(flows_before.at("active_flows").get<uint64_t>(), 0u);
   run({"backend", "drain", "dns", "10.0.1.21"});
   const json drained = findBackend(listJson(sock, dir.path()), "dns", "10.0.1.21", 5353);
-  EXPECT_EQ(drained.at("state"), "draining");
+  EXPECT_EQ(drained.at("state"), "drained");
   EXPECT_EQ(drained.at("weight"), 0);
   EXPECT_EQ(drained.at("active_flows"), flows_before.at("active_flows"));
   const json drained_stats = findBackend(statsJson(sock, dir.path()), "dns", "10.0.1.21", 5353);
@@ -1833,7 +2078,7 @@ TEST(Lifecycle, ChangesThenSigtermExitsZeroAndReportsPackets) {
       last, m, std::regex(R"(sluiced\[\d+\] info: stopped: (\d+) packets in, (\d+) out, (\d+) dropped$)")))
       << "the last log line reports the packets:\n" << final_log;
   EXPECT_EQ(std::stoull(m[1]), capture.size());
-  EXPECT_EQ(std::stoull(m[3]), uint64_t{kNoise});
+  EXPECT_EQ(std::stoull(m[3]), uint64_t{kNoise + kForOthers}) << "no_service and not_for_us";
   EXPECT_EQ(std::stoull(m[2]) + std::stoull(m[3]), capture.size());
   EXPECT_EQ(std::stoull(m[2]), pktgen::readPcap(d.outPcap()).size());
   EXPECT_FALSE(std::filesystem::exists(sock)) << "the socket is removed on exit";
@@ -1876,6 +2121,185 @@ TEST(Lifecycle, AddedBackendDoesNotInheritTheCountersOfADeletedOne) {
   EXPECT_EQ(s.at("bytes").get<uint64_t>(), 0u) << s.dump();
   EXPECT_EQ(s.at("new_flows").get<uint64_t>(), 0u) << s.dump();
   EXPECT_EQ(s.at("reply_packets").get<uint64_t>(), 0u) << s.dump();
+  EXPECT_EQ(d.stop(SIGTERM), 0) << d.log();
+}
+
+// [dataplane] promiscuous = true: a mirror port or a bump in the wire, where every frame is taken
+// as the port's. The frames of the capture for another host are forwarded like the others.
+TEST(Promiscuous, FramesForAnyMacAreTakenAsThePorts) {
+  TempDir dir;
+  const Capture capture = makeCapture();
+  const std::string in = dir.file("in.pcap");
+  pktgen::writePcap(in, capture.records);
+  sluice::Config c = baseConfig();
+  c.dataplane.promiscuous = true;
+  const std::string config = dir.file("c.toml");
+  writeFile(config, testsupport::configText(c));
+  const std::string sock = dir.file("s.sock");
+  Daemon d;
+  const std::string err = d.start(dir.path(), "promisc", config, sock, in);
+  ASSERT_TRUE(err.empty()) << err;
+  ASSERT_TRUE(waitForReplay(sock, dir.path(), capture.size()).empty());
+  EXPECT_TRUE(contains(d.log(), fmt::format("port 0 (net_pcap0): mac {}, 1 queue pair(s), single "
+                                            "queue, promiscuous",
+                                            kPortMac.str())))
+      << d.log();
+  const json total = statsJson(sock, dir.path()).at("total");
+  EXPECT_EQ(total.at("drops").at("not_for_us"), 0) << total.dump();
+  EXPECT_EQ(total.at("dropped").get<uint64_t>(), uint64_t{kNoise}) << total.dump();
+  EXPECT_EQ(total.at("flows_created").get<uint64_t>(),
+            uint64_t{kDnsFlows + kWebFlows + kWeb6Flows + kForOthers});
+  size_t for_others = 0;
+  for (const PcapRecord& r : pktgen::readPcap(d.outPcap())) {
+    const auto dec = pktgen::decode(r.data);
+    ASSERT_TRUE(dec.has_value());
+    if (isOtherHostsClient(dec->src)) {
+      ++for_others;
+      EXPECT_EQ(dec->dst, ip("192.0.2.10")) << "DR to a web backend";
+      EXPECT_EQ(dec->src_mac, kPortMac);
+    }
+  }
+  EXPECT_EQ(for_others, size_t{kForOthers});
+  EXPECT_EQ(d.stop(SIGTERM), 0) << d.log();
+}
+
+// =============================================================================================
+// Maintenance under steady traffic: the port reads its capture over and over (net_pcap's
+// infinite_rx), so the same flows keep coming while sluicectl takes backends down and up. Each
+// TCP flow of the capture is SYN, data, FIN: with the long tcp_fin of baseConfig() its entry
+// lingers, and the SYN of the next round is a new connection on the same ports, scheduled again.
+// So every round brings new flows (to web, whose down backends keep their flows) and established
+// ones (dns's UDP flows, whose down backends' flows move: on_backend_down = "reschedule").
+
+/** The counters of service/address:port in a stats answer (fails the test when it is absent). */
+json backendStats(const json& stats, const std::string& service, const std::string& address,
+                  uint64_t port) {
+  json b = findBackend(stats, service, address, port);
+  EXPECT_FALSE(b.is_null()) << service << " " << address << ":" << port << " in " << stats.dump();
+  return b.is_null() ? json{{"packets", 0}, {"new_flows", 0}, {"active_flows", 0}} : b;
+}
+
+uint64_t packetsOf(const json& stats, const std::string& service, const std::string& address,
+                   uint64_t port) {
+  return backendStats(stats, service, address, port).at("packets").get<uint64_t>();
+}
+
+TEST(Maintenance, NewFlowsAvoidABackendInMaintenanceAndReturnWhenItIsUp) {
+  TempDir dir;
+  pktgen::TrafficSpec web;
+  web.vip = ip("192.0.2.10");
+  web.vport = 80;
+  web.proto = LB_PROTO_TCP;
+  web.flows = 64;
+  web.packets_per_flow = 3;  // SYN, data, FIN
+  web.client_base = ip("198.51.101.1");
+  web.lb_mac = kPortMac;
+  pktgen::TrafficSpec dns;
+  dns.vip = ip("192.0.2.53");
+  dns.vport = 53;
+  dns.proto = LB_PROTO_UDP;
+  dns.flows = 64;
+  dns.packets_per_flow = 1;
+  dns.client_base = ip("198.51.100.1");
+  dns.start_us = kStartUs + kSecondUs;
+  dns.lb_mac = kPortMac;
+  std::vector<PcapRecord> in = pktgen::makeTraffic(web);
+  for (PcapRecord& r : pktgen::makeTraffic(dns)) {
+    in.push_back(std::move(r));
+  }
+  const std::string in_path = dir.file("loop-in.pcap");
+  pktgen::writePcap(in_path, in);
+  sluice::Config c = baseConfig();
+  testsupport::service(c, "dns").on_backend_down = sluice::DownPolicy::kReschedule;
+  const std::string config = dir.file("c.toml");
+  writeFile(config, testsupport::configText(c));
+  const std::string sock = dir.file("s.sock");
+  Daemon d;
+  const std::string err = d.start(dir.path(), "loop", config, sock, in_path, /*loop=*/true);
+  ASSERT_TRUE(err.empty()) << err;
+  auto stats = [&] { return statsJson(sock, dir.path()); };
+  auto ctlOk = [&](const std::vector<std::string>& args) {
+    return expectOk(ctl(sock, args, dir.path())).out;
+  };
+  // Two samples of the counters a while apart, the first once every worker has left the
+  // snapshot before the change (sluicectl returned) and the capture has gone round since.
+  auto twoSamples = [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    json a = stats();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    json b = stats();
+    EXPECT_GT(b.at("total").at("packets_in").get<uint64_t>(),
+              a.at("total").at("packets_in").get<uint64_t>() + 10 * in.size())
+        << "the capture did not go round between the samples";
+    return std::pair{a, b};
+  };
+
+  // Every backend gets traffic before any change.
+  {
+    const auto [a, b] = twoSamples();
+    for (const char* addr : {"10.0.0.11", "10.0.0.12", "10.0.0.13"}) {
+      EXPECT_GT(packetsOf(b, "web", addr, 80), packetsOf(a, "web", addr, 80)) << addr;
+    }
+    for (const char* addr : {"10.0.1.21", "10.0.1.22"}) {
+      EXPECT_GT(packetsOf(b, "dns", addr, 5353), packetsOf(a, "dns", addr, 5353)) << addr;
+    }
+    EXPECT_GT(backendStats(b, "dns", "10.0.1.21", 5353).at("active_flows").get<uint64_t>(), 0u);
+  }
+
+  // web 10.0.0.11 down: no new flow, so no packet, since each round's flows start with a SYN.
+  ctlOk({"backend", "down", "web", "10.0.0.11"});
+  {
+    const json l = listJson(sock, dir.path());
+    const json b = findBackend(l, "web", "10.0.0.11", 80);
+    EXPECT_EQ(b.at("state"), "maintenance");
+    EXPECT_EQ(b.at("reschedules_flows"), false);
+    const auto [s1, s2] = twoSamples();
+    const json x1 = backendStats(s1, "web", "10.0.0.11", 80);
+    const json x2 = backendStats(s2, "web", "10.0.0.11", 80);
+    EXPECT_EQ(x2.at("packets"), x1.at("packets")) << "traffic reached a backend in maintenance";
+    EXPECT_EQ(x2.at("new_flows"), x1.at("new_flows")) << "a new flow for a backend in maintenance";
+    for (const char* addr : {"10.0.0.12", "10.0.0.13"}) {
+      EXPECT_GT(packetsOf(s2, "web", addr, 80), packetsOf(s1, "web", addr, 80))
+          << addr << " took the flows";
+    }
+    EXPECT_EQ(s2.at("total").at("drops").at("no_backend"), 0);
+  }
+
+  // dns 10.0.1.21 down, in a service that reschedules: its established flows leave it.
+  const uint64_t rescheduled_before = stats().at("total").at("flows_rescheduled").get<uint64_t>();
+  ctlOk({"backend", "down", "dns", "10.0.1.21"});
+  {
+    const json b = findBackend(listJson(sock, dir.path()), "dns", "10.0.1.21", 5353);
+    EXPECT_EQ(b.at("state"), "maintenance");
+    EXPECT_EQ(b.at("reschedules_flows"), true);
+    const auto [s1, s2] = twoSamples();
+    const json x2 = backendStats(s2, "dns", "10.0.1.21", 5353);
+    EXPECT_EQ(x2.at("packets"), backendStats(s1, "dns", "10.0.1.21", 5353).at("packets"))
+        << "an established flow stayed on a backend in maintenance that reschedules";
+    EXPECT_EQ(x2.at("active_flows"), 0) << "its flows moved";
+    EXPECT_EQ(backendStats(s2, "dns", "10.0.1.22", 5353).at("active_flows"), dns.flows);
+    EXPECT_GT(packetsOf(s2, "dns", "10.0.1.22", 5353), packetsOf(s1, "dns", "10.0.1.22", 5353));
+    EXPECT_GT(s2.at("total").at("flows_rescheduled").get<uint64_t>(), rescheduled_before);
+  }
+
+  // Both up: web 10.0.0.11 takes new flows again; dns's moved flows stay where they are now.
+  ctlOk({"backend", "up", "web", "10.0.0.11"});
+  ctlOk({"backend", "up", "dns", "10.0.1.21"});
+  {
+    const json l = listJson(sock, dir.path());
+    for (const auto& [svc, addr, port] : {std::tuple{"web", "10.0.0.11", 80},
+                                          std::tuple{"dns", "10.0.1.21", 5353}}) {
+      const json b = findBackend(l, svc, addr, port);
+      EXPECT_EQ(b.at("state"), "up") << b.dump();
+      EXPECT_EQ(b.at("reschedules_flows"), false) << b.dump();
+      EXPECT_EQ(b.at("health").at("maintenance"), false) << b.dump();
+    }
+    const auto [s1, s2] = twoSamples();
+    EXPECT_GT(packetsOf(s2, "web", "10.0.0.11", 80), packetsOf(s1, "web", "10.0.0.11", 80))
+        << "no new flow for a backend that came up";
+    EXPECT_EQ(packetsOf(s2, "dns", "10.0.1.21", 5353), packetsOf(s1, "dns", "10.0.1.21", 5353))
+        << "established flows keep their backend when another comes up";
+  }
   EXPECT_EQ(d.stop(SIGTERM), 0) << d.log();
 }
 

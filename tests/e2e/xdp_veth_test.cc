@@ -1,7 +1,8 @@
 // `sluiced run` on the XDP path, on a veth pair between two network namespaces this test makes:
 // real frames sent into one end come back out rewritten (DR: MACs only; NAT: address, port and
 // valid checksums), sluicectl sees the counters, and SIGTERM detaches the program. The
-// namespaces are removed at the end whatever happens.
+// namespaces are removed at the end whatever happens. Sluice is a host on the link: frames for
+// another host's MAC are dropped (not_for_us), unless the configuration says promiscuous.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/if_packet.h>
@@ -20,6 +21,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,6 +42,12 @@ using sluice::MacAddress;
 
 bool sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
 
+// The two ends of the veth, given fixed MACs so that the frames can be addressed to Sluice's.
+const MacAddress kLbMac = *MacAddress::parse("02:5d:00:00:00:01");   // sluiced's interface
+const MacAddress kGenMac = *MacAddress::parse("02:5d:00:00:00:02");  // the test's
+// Another host on the link, which a switch would flood frames for.
+const MacAddress kOtherHostMac = *MacAddress::parse("02:00:00:00:00:cc");
+
 /** Two namespaces joined by a veth pair; removed on destruction. */
 class VethPair {
  public:
@@ -52,6 +60,8 @@ class VethPair {
     ok_ = sh("ip netns add " + lb_) && sh("ip netns add " + gen_) &&
           sh(fmt::format("ip link add {} netns {} type veth peer name {} netns {}", lb_if_, lb_,
                          gen_if_, gen_)) &&
+          sh(fmt::format("ip -n {} link set {} address {}", lb_, lb_if_, kLbMac.str())) &&
+          sh(fmt::format("ip -n {} link set {} address {}", gen_, gen_if_, kGenMac.str())) &&
           sh(fmt::format("ip -n {} link set {} up", lb_, lb_if_)) &&
           sh(fmt::format("ip -n {} link set {} up", gen_, gen_if_));
     sh(fmt::format("ip netns exec {} sysctl -qw net.ipv6.conf.{}.disable_ipv6=1", lb_, lb_if_));
@@ -77,7 +87,7 @@ class VethPair {
  * backends of equal weight, one of which is drained half-way, and dns (NAT) with one. No IPv6
  * service: the test sends IPv4 frames only.
  */
-std::string vethConfigText() {
+sluice::Config vethConfig() {
   sluice::Config c = testsupport::threeServices();
   c.dataplane.mode = sluice::DataplaneMode::kXdp;
   c.dataplane.flow_table_size = 65536;
@@ -90,15 +100,17 @@ std::string vethConfigText() {
   std::erase_if(dns, [](const sluice::BackendConfig& b) {
     return b.address == testsupport::ip("10.0.1.22");
   });
-  return testsupport::configText(c);
+  return c;
 }
 
 /**
  * In the generator namespace (on this thread only): send frames on the interface and collect what
- * comes back within the time limit.
+ * comes back within the time limit: `want` frames, and whatever else comes in the next linger_ms
+ * (frames that should not have come back at all).
  */
 std::vector<Bytes> exchange(const std::string& ns, const std::string& ifname,
-                            const std::vector<Bytes>& frames, size_t want, std::string& error) {
+                            const std::vector<Bytes>& frames, size_t want, std::string& error,
+                            int linger_ms = 300) {
   std::vector<Bytes> got;
   std::thread t([&] {
     // Generic XDP on a veth runs on the CPU that sends: stay on one, as NIC RSS keeps a flow on
@@ -128,8 +140,16 @@ std::vector<Bytes> exchange(const std::string& ns, const std::string& ifname,
       ::send(fd, f.data(), f.size(), 0);
     }
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    std::optional<std::chrono::steady_clock::time_point> linger_end;
     uint8_t buf[4096];
-    while (got.size() < want && std::chrono::steady_clock::now() < deadline) {
+    for (;;) {
+      const auto now = std::chrono::steady_clock::now();
+      if (!linger_end && (got.size() >= want || now >= deadline)) {
+        linger_end = now + std::chrono::milliseconds(linger_ms);
+      }
+      if (linger_end && now >= *linger_end) {
+        break;
+      }
       sockaddr_ll from{};
       socklen_t len = sizeof(from);
       const ssize_t n = ::recvfrom(fd, buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &len);
@@ -144,58 +164,124 @@ std::vector<Bytes> exchange(const std::string& ns, const std::string& ifname,
   return got;
 }
 
-TEST(XdpVeth, RunForwardsRealFramesOnAVeth) {
+/** `sluiced run` on the XDP path in the lb namespace, attached to its end of the veth. */
+class XdpDaemon {
+ public:
+  XdpDaemon(const VethPair& veth, const testsupport::TempDir& dir, const std::string& config_text)
+      : dir_(dir), sock_(dir.file("s.sock")), log_(dir.file("sluiced.log")) {
+    const std::string cfg = dir.file("sluice.toml");
+    testsupport::writeFile(cfg, config_text);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, STDOUT_FILENO);
+      ::dup2(fd, STDERR_FILENO);
+      ::execlp("ip", "ip", "netns", "exec", veth.lbNs().c_str(), SLUICED_PATH, "run", "--config",
+               cfg.c_str(), "--socket", sock_.c_str(), "--interface", veth.lbIf().c_str(),
+               nullptr);
+      ::_exit(127);
+    }
+    for (int i = 0; i < 100 && !up_; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      up_ = ctl({"version"}).status == 0;
+    }
+  }
+  ~XdpDaemon() {
+    if (pid_ > 0) {
+      stop();
+    }
+  }
+  XdpDaemon(const XdpDaemon&) = delete;
+  XdpDaemon& operator=(const XdpDaemon&) = delete;
+
+  bool up() const { return up_; }
+  std::string log() const { return testsupport::readFile(log_); }
+  testsupport::RunResult ctl(std::vector<std::string> args) const {
+    args.insert(args.begin(), {"--socket", sock_});
+    return testsupport::runProgram(SLUICECTL_PATH, args, dir_.path());
+  }
+  json totals() const {
+    const testsupport::RunResult stats = ctl({"--json", "stats"});
+    EXPECT_EQ(stats.status, 0) << stats.describe();
+    return stats.status == 0 ? json::parse(stats.out).at("total") : json::object();
+  }
+  /** SIGTERM (to this child only) and wait; the wait status. */
+  int stop() {
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
+
+ private:
+  const testsupport::TempDir& dir_;
+  std::string sock_, log_;
+  pid_t pid_ = -1;
+  bool up_ = false;
+};
+
+/** A TCP SYN (or ACK) from client:sport to the web VIP, from the test's end to dst_mac. */
+Bytes webFrame(uint32_t client, uint16_t sport, uint8_t flags, const MacAddress& dst_mac) {
+  PacketSpec tcp;
+  tcp.src_mac = kGenMac;
+  tcp.dst_mac = dst_mac;
+  tcp.src = IpAddress::v4(client);
+  tcp.dst = *IpAddress::parse("192.0.2.10");
+  tcp.sport = sport;
+  tcp.dport = 80;
+  tcp.tcp_flags = flags;
+  return pktgen::build(tcp);
+}
+
+bool fromClients(const Bytes& f, uint32_t first, uint32_t count) {
+  const auto d = pktgen::decode(f);
+  if (!d || !d->src.isV4()) {
+    return false;
+  }
+  const uint32_t a = uint32_t{d->src.bytes[0]} << 24 | uint32_t{d->src.bytes[1]} << 16 |
+                     uint32_t{d->src.bytes[2]} << 8 | d->src.bytes[3];
+  return a >= first && a < first + count;
+}
+
+constexpr uint32_t kOtherClients = 0xc6336701;  // 198.51.103.1..: the frames for another host
+constexpr uint32_t kForOthers = 3;
+
+/** Why these tests cannot run here, or "". */
+std::string whyNot(const VethPair& veth) {
   if (::geteuid() != 0) {
-    GTEST_SKIP() << "needs root (network namespaces, XDP)";
+    return "needs root (network namespaces, XDP)";
   }
   if (!sh("ip -V")) {
-    GTEST_SKIP() << "iproute2 (ip) is not installed";
+    return "iproute2 (ip) is not installed";
   }
-  VethPair veth;
   if (!veth.ok()) {
-    GTEST_SKIP() << "cannot create network namespaces and a veth pair here";
+    return "cannot create network namespaces and a veth pair here";
+  }
+  return "";
+}
+
+TEST(XdpVeth, RunForwardsRealFramesOnAVeth) {
+  VethPair veth;
+  if (const std::string why = whyNot(veth); !why.empty()) {
+    GTEST_SKIP() << why;
   }
   testsupport::TempDir dir("sluice-xdp-veth");
-  const std::string cfg = dir.file("sluice.toml");
-  testsupport::writeFile(cfg, vethConfigText());
-  const std::string sock = dir.file("s.sock");
-  const std::string log = dir.file("sluiced.log");
-
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, STDOUT_FILENO);
-    ::dup2(fd, STDERR_FILENO);
-    ::execlp("ip", "ip", "netns", "exec", veth.lbNs().c_str(), SLUICED_PATH, "run", "--config",
-             cfg.c_str(), "--socket", sock.c_str(), "--interface", veth.lbIf().c_str(), nullptr);
-    ::_exit(127);
-  }
-  auto ctl = [&](std::vector<std::string> args) {
-    args.insert(args.begin(), {"--socket", sock});
-    return testsupport::runProgram(SLUICECTL_PATH, args, dir.path());
-  };
-  bool up = false;
-  for (int i = 0; i < 100 && !up; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    up = ctl({"version"}).status == 0;
-  }
-  ASSERT_TRUE(up) << testsupport::readFile(log);
-  const std::string started = testsupport::readFile(log);
+  XdpDaemon daemon(veth, dir, testsupport::configText(vethConfig()));
+  ASSERT_TRUE(daemon.up()) << daemon.log();
+  const std::string started = daemon.log();
   EXPECT_NE(started.find("XDP program attached to " + veth.lbIf() + " (generic mode)"),
             std::string::npos)
       << started;
 
-  // 20 DR TCP flows, 20 NAT UDP flows, 1 frame for no service.
+  // 20 DR TCP flows, 20 NAT UDP flows, 1 frame for no service, all to sluiced's MAC; and a few
+  // SYNs for the web VIP that were for another host's MAC.
   std::vector<Bytes> frames;
   for (uint32_t i = 0; i < 20; ++i) {
-    PacketSpec tcp;
-    tcp.src = IpAddress::v4(0xc6336401 + i);
-    tcp.dst = *IpAddress::parse("192.0.2.10");
-    tcp.sport = static_cast<uint16_t>(20000 + i);
-    tcp.dport = 80;
-    tcp.tcp_flags = 0x02;
-    frames.push_back(pktgen::build(tcp));
+    frames.push_back(webFrame(0xc6336401 + i, static_cast<uint16_t>(20000 + i), 0x02, kLbMac));
     PacketSpec udp;
+    udp.src_mac = kGenMac;
+    udp.dst_mac = kLbMac;
     udp.src = IpAddress::v4(0xcb007101 + i);
     udp.dst = *IpAddress::parse("192.0.2.53");
     udp.proto = LB_PROTO_UDP;
@@ -205,19 +291,28 @@ TEST(XdpVeth, RunForwardsRealFramesOnAVeth) {
     frames.push_back(pktgen::build(udp));
   }
   PacketSpec none;
+  none.src_mac = kGenMac;
+  none.dst_mac = kLbMac;
   none.src = *IpAddress::parse("198.51.100.9");
   none.dst = *IpAddress::parse("192.0.2.99");
   frames.push_back(pktgen::build(none));
+  for (uint32_t i = 0; i < kForOthers; ++i) {
+    frames.push_back(
+        webFrame(kOtherClients + i, static_cast<uint16_t>(25000 + i), 0x02, kOtherHostMac));
+  }
 
   std::string error;
   const std::vector<Bytes> got = exchange(veth.genNs(), veth.genIf(), frames, 40, error);
   ASSERT_TRUE(error.empty()) << error;
-  EXPECT_EQ(got.size(), 40u) << "every service frame comes back rewritten";
+  EXPECT_EQ(got.size(), 40u) << "every service frame for sluiced's MAC comes back rewritten, "
+                                "nothing else";
   std::map<std::string, size_t> per_backend;
   for (const Bytes& f : got) {
     const auto d = pktgen::decode(f);
     ASSERT_TRUE(d.has_value());
+    EXPECT_FALSE(fromClients(f, kOtherClients, kForOthers)) << "a frame for another MAC came back";
     EXPECT_TRUE(d->ip_checksum_ok && d->l4_checksum_ok);
+    EXPECT_EQ(d->src_mac, kLbMac) << "sent from sluiced's interface";
     per_backend[d->dst_mac.str()]++;
     if (d->proto == LB_PROTO_TCP) {  // DR: addresses untouched
       EXPECT_EQ(d->dst, *IpAddress::parse("192.0.2.10"));
@@ -240,22 +335,19 @@ TEST(XdpVeth, RunForwardsRealFramesOnAVeth) {
       backend_of[d->sport] = d->dst_mac.str();
     }
   }
-  const testsupport::RunResult drain = ctl({"backend", "drain", "web", "10.0.0.11"});
+  const testsupport::RunResult drain = daemon.ctl({"backend", "drain", "web", "10.0.0.11"});
   ASSERT_EQ(drain.status, 0) << drain.describe();
+  const testsupport::RunResult list = daemon.ctl({"--json", "list"});
+  ASSERT_EQ(list.status, 0) << list.describe();
+  for (const json& s : json::parse(list.out).at("services")) {
+    for (const json& b : s.at("backends")) {
+      EXPECT_EQ(b.at("state"), b.at("address") == "10.0.0.11" ? "drained" : "up") << b.dump();
+    }
+  }
   std::vector<Bytes> again;
   for (uint32_t i = 0; i < 20; ++i) {
-    PacketSpec old_flow;
-    old_flow.src = IpAddress::v4(0xc6336401 + i);
-    old_flow.dst = *IpAddress::parse("192.0.2.10");
-    old_flow.sport = static_cast<uint16_t>(20000 + i);
-    old_flow.dport = 80;
-    old_flow.tcp_flags = 0x10;
-    again.push_back(pktgen::build(old_flow));
-    PacketSpec new_flow = old_flow;
-    new_flow.src = IpAddress::v4(0xc6336501 + i);
-    new_flow.sport = static_cast<uint16_t>(40000 + i);
-    new_flow.tcp_flags = 0x02;
-    again.push_back(pktgen::build(new_flow));
+    again.push_back(webFrame(0xc6336401 + i, static_cast<uint16_t>(20000 + i), 0x10, kLbMac));
+    again.push_back(webFrame(0xc6336501 + i, static_cast<uint16_t>(40000 + i), 0x02, kLbMac));
   }
   const std::vector<Bytes> got2 = exchange(veth.genNs(), veth.genIf(), again, 40, error);
   ASSERT_TRUE(error.empty()) << error;
@@ -273,23 +365,73 @@ TEST(XdpVeth, RunForwardsRealFramesOnAVeth) {
   }
   EXPECT_GT(kept, 0u) << "some established flows stay on the drained backend";
 
-  const testsupport::RunResult stats = ctl({"--json", "stats"});
-  ASSERT_EQ(stats.status, 0) << stats.describe();
-  const json total = json::parse(stats.out).at("total");
-  EXPECT_GE(total.at("packets_in").get<uint64_t>(), 41u);
+  const json total = daemon.totals();
+  ASSERT_TRUE(total.contains("drops")) << total.dump();
+  EXPECT_GE(total.at("packets_in").get<uint64_t>(), 41u + kForOthers);
   EXPECT_EQ(total.at("packets_out").get<uint64_t>(), 80u);
   EXPECT_GE(total.at("drops").at("no_service").get<uint64_t>(), 1u);
+  EXPECT_EQ(total.at("drops").at("not_for_us").get<uint64_t>(), kForOthers) << total.dump();
+  // What is for no service goes to the kernel (XDP_PASS) as well as being counted; what was for
+  // another MAC does not.
+  EXPECT_GE(total.at("passed").get<uint64_t>(), 1u) << total.dump();
+  EXPECT_EQ(total.at("answered").get<uint64_t>(), 0u) << total.dump();
+  uint64_t drop_sum = 0;
+  for (const auto& [reason, n] : total.at("drops").items()) {
+    drop_sum += n.get<uint64_t>();
+  }
+  EXPECT_EQ(total.at("dropped").get<uint64_t>(), drop_sum);
 
-  ::kill(pid, SIGTERM);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << testsupport::readFile(log);
-  EXPECT_NE(testsupport::readFile(log).find("XDP programs detached"), std::string::npos);
+  const int status = daemon.stop();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << daemon.log();
+  EXPECT_NE(daemon.log().find("XDP programs detached"), std::string::npos);
   // The program is gone from the interface.
   const testsupport::RunResult link = testsupport::runProgram(
       "/usr/sbin/ip", {"-n", veth.lbNs(), "link", "show", veth.lbIf()}, dir.path());
   EXPECT_EQ(link.out.find("prog/xdp"), std::string::npos) << link.out;
   EXPECT_NE(link.out.find(veth.lbIf()), std::string::npos) << link.out;
+}
+
+// [dataplane] promiscuous = true: every frame is taken as the interface's (a mirror port, a bump
+// in the wire), so frames for another host's MAC are forwarded like the others.
+TEST(XdpVeth, PromiscuousTakesFramesForAnyMac) {
+  VethPair veth;
+  if (const std::string why = whyNot(veth); !why.empty()) {
+    GTEST_SKIP() << why;
+  }
+  testsupport::TempDir dir("sluice-xdp-veth");
+  sluice::Config c = vethConfig();
+  c.dataplane.promiscuous = true;
+  XdpDaemon daemon(veth, dir, testsupport::configText(c));
+  ASSERT_TRUE(daemon.up()) << daemon.log();
+
+  std::vector<Bytes> frames;
+  for (uint32_t i = 0; i < kForOthers; ++i) {
+    frames.push_back(
+        webFrame(kOtherClients + i, static_cast<uint16_t>(25000 + i), 0x02, kOtherHostMac));
+  }
+  frames.push_back(webFrame(0xc6336401, 20000, 0x02, kLbMac));
+  std::string error;
+  const std::vector<Bytes> got =
+      exchange(veth.genNs(), veth.genIf(), frames, kForOthers + 1, error);
+  ASSERT_TRUE(error.empty()) << error;
+  EXPECT_EQ(got.size(), kForOthers + 1) << "every frame, whatever its MAC, is forwarded";
+  size_t others = 0;
+  for (const Bytes& f : got) {
+    const auto d = pktgen::decode(f);
+    ASSERT_TRUE(d.has_value());
+    EXPECT_EQ(d->dst, *IpAddress::parse("192.0.2.10"));
+    EXPECT_TRUE(d->dst_mac == *MacAddress::parse("02:00:00:00:01:11") ||
+                d->dst_mac == *MacAddress::parse("02:00:00:00:01:12"))
+        << d->dst_mac.str();
+    others += fromClients(f, kOtherClients, kForOthers) ? 1 : 0;
+  }
+  EXPECT_EQ(others, kForOthers);
+  const json total = daemon.totals();
+  ASSERT_TRUE(total.contains("drops")) << total.dump();
+  EXPECT_EQ(total.at("drops").at("not_for_us").get<uint64_t>(), 0u) << total.dump();
+  EXPECT_EQ(total.at("packets_out").get<uint64_t>(), kForOthers + 1) << total.dump();
+  const int status = daemon.stop();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << daemon.log();
 }
 
 }  // namespace

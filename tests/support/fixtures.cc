@@ -20,6 +20,10 @@ sluice::MacAddress mac(std::string_view text) {
   return *m;
 }
 
+sluice::MacAddress pcapPortMac(uint8_t n) {
+  return sluice::MacAddress{{0x02, 0x70, 0x63, 0x61, 0x70, n}};
+}
+
 sluice::Config threeServices() {
   return sluice::parseConfig(sluice::defaultConfigText(), "<built-in default>");
 }

@@ -17,6 +17,14 @@ sluice::IpAddress ip(std::string_view text);
 /** A MAC literal of a test; @throws std::invalid_argument when it does not parse */
 sluice::MacAddress mac(std::string_view text);
 
+/**
+ * The MAC of the n-th net_pcap port a process creates: 02:70:63:61:70:<n>, "locally administered"
+ * then "pcap" (DPDK drivers/net/pcap/pcap_ethdev.c, eth_from_pcaps_common). `sluiced run` on
+ * `--vdev net_pcap0,...` takes frames for it (and broadcast and 33:33:*, docs/config.md "Frames
+ * for other hosts") and sends from it, so a capture fed to `sluiced run` is addressed to it.
+ */
+sluice::MacAddress pcapPortMac(uint8_t n = 0);
+
 /** The built-in default configuration, parsed (sluice::defaultConfigText()). */
 sluice::Config threeServices();
 

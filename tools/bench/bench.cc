@@ -212,6 +212,7 @@ int main(int argc, char** argv) {
     SnapshotSlot slot(RTE_MAX_LCORE);
     PortContext ctx;
     std::memcpy(ctx.mac, pinfo.mac, 6);
+    ctx.accept_any_mac = true;  // the generated traffic is addressed to a made-up port MAC
     WorkerOptions wo;
     wo.flow_capacity = flow_table;
     wo.max_backend_ids = kMaxBackendIds;
