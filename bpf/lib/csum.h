@@ -3,14 +3,17 @@
  * csum.h - incremental one's-complement checksum update (RFC 1624, eqn. 3:
  * HC' = ~(~HC + ~m + m')), the twin of ChecksumDelta in src/dataplane/rewrite.h. The cost does
  * not depend on the payload. One's-complement addition is byte-order independent, so the
- * 16-bit words are summed as they sit in memory. And the plain sum of a short header (the
- * Neighbour Advertisement, src/dataplane/host.h's onesSum()/foldComplement()).
+ * 16-bit words are summed as they sit in memory. The same update for a partial checksum
+ * (CHECKSUM_PARTIAL, generic XDP: P' = fold(P + ~m + m')) and the folded pseudo-header sum that
+ * recognises one. And the plain sum of a short header (the Neighbour Advertisement,
+ * src/dataplane/host.h's onesSum()/foldComplement()).
  */
 #ifndef SLUICE_BPF_CSUM_H
 #define SLUICE_BPF_CSUM_H
 
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 
 /*
  * Account for the n bytes (n even, a constant) at old_p being replaced by those at new_p.
@@ -56,6 +59,35 @@ static __always_inline __u32 lb_csum_add(__u32 sum, const void *p, const int n)
 	for (i = 0; i < n / 2; i++)
 		sum += w[i];
 	return sum;
+}
+
+/*
+ * A partial checksum (CHECKSUM_PARTIAL) updated by the delta sum: the field holds a folded sum,
+ * not its complement, so the update is P' = fold(P + ~m + m'). P is never 0 (a folded sum that
+ * includes the protocol), and neither is the result.
+ */
+static __always_inline __u16 lb_csum_apply_partial(__u32 sum, __u16 p)
+{
+	__u32 s = sum + p;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+/*
+ * pseudoHeaderSum() folded: the TCP/UDP pseudo-header sum (RFC 793, RFC 768, RFC 8200 section
+ * 8.1) of addr_sum (the two addresses, summed), the upper-layer length l4_len and the protocol,
+ * as Linux leaves it in a partial checksum field (~tcp_v4_check(len, s, d, 0) and its twins).
+ */
+static __always_inline __u16 lb_csum_pseudo_fold(__u32 addr_sum, __u32 l4_len, __u8 proto)
+{
+	__u32 s = addr_sum + bpf_htons(l4_len >> 16) + bpf_htons(l4_len & 0xffff) +
+		  bpf_htons(proto);
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
 }
 
 /* foldComplement(): the checksum (as stored) of a sum. */

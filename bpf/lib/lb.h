@@ -123,6 +123,20 @@ static __always_inline int lb_rewrite_macs(void *data, void *data_end, const __u
  * rewriteL3L4(): replace one address and one port of a parsed TCP/UDP packet and fix the
  * checksums incrementally. which_dst: destination (NAT forward) or source (NAT reply).
  * addr: 4 or 16 bytes in network order; port_be: network order.
+ *
+ * Where partial checksums can occur (csum_partial_possible: generic XDP), a TCP/UDP checksum
+ * field equal to the folded pseudo-header sum of the packet as received is taken as partial
+ * (CHECKSUM_PARTIAL). The skb keeps that state through XDP_TX, and whoever completes it later (a
+ * NIC, or skb_checksum_help on a router's egress device without offload) sums the segment from
+ * csum_start with the field as the seed. So the field must stay partial: only the address enters
+ * the update (P' = fold(P + ~m + m') over the pseudo-header words); the port is in the segment
+ * that is summed later. The DPDK pipeline completes such checksums instead (rewrite.h,
+ * completePartialChecksum), because its packet socket transmissions are taken as complete; here
+ * a completed field would be summed again as a seed, and be wrong.
+ * The residual risk: a complete checksum that happens to equal the pseudo-header sum (1 in 65536
+ * of the complete checksums seen in generic mode, e.g. generic XDP on a NIC) is updated as a
+ * partial one, and that packet leaves with a bad checksum. The program cannot see skb->ip_summed.
+ *
  * Returns -1 only if a header the parser checked is not there (never: for the verifier).
  */
 static __always_inline int lb_rewrite_l3l4(void *data, void *data_end, const struct lb_parsed *p,
@@ -132,6 +146,7 @@ static __always_inline int lb_rewrite_l3l4(void *data, void *data_end, const str
 	__u8 *l4 = data + (p->l4_off & LB_HDR_OFF_MASK);
 	int tcp = p->key.proto == LB_PROTO_TCP;
 	int v4 = p->key.family == LB_FAMILY_IPV4;
+	__u32 received = 0;	/* the addresses as received, summed (for the partial test) */
 	__u8 *addr_at;
 	__u8 *port_at;
 	__u16 *csum_at;
@@ -157,6 +172,8 @@ static __always_inline int lb_rewrite_l3l4(void *data, void *data_end, const str
 		if ((void *)(ip + LB_IPV4_HLEN) > data_end)
 			return -1;
 		addr_at = ip + (which_dst ? 16 : 12);
+		if (csum_partial_possible)
+			received = lb_csum_add(0, ip + 12, 8);
 		pseudo = lb_csum_replace(0, addr_at, addr, 4);
 		*(__u16 *)(ip + 10) = lb_csum_apply(pseudo, *(__u16 *)(ip + 10));
 		__builtin_memcpy(addr_at, addr, 4);
@@ -164,18 +181,24 @@ static __always_inline int lb_rewrite_l3l4(void *data, void *data_end, const str
 		if ((void *)(ip + LB_IPV6_HLEN) > data_end)
 			return -1;
 		addr_at = ip + (which_dst ? 24 : 8);
+		if (csum_partial_possible)
+			received = lb_csum_add(0, ip + 8, 32);
 		pseudo = lb_csum_replace(0, addr_at, addr, 16);
 		__builtin_memcpy(addr_at, addr, 16);
 	}
-	l4sum = lb_csum_replace(pseudo, port_at, &port_be, 2);
 	cur = *csum_at;
-	if (tcp) {
-		*csum_at = lb_csum_apply(l4sum, cur);
-	} else if (!(v4 && cur == 0)) {
-		/* An IPv4 UDP checksum 0 means "none" and stays so; a computed 0 is sent as
-		 * 0xffff (RFC 768). */
+	if (!tcp && v4 && cur == 0) {
+		/* An IPv4 UDP checksum 0 means "none" and stays so. */
+	} else if (csum_partial_possible &&
+		   cur == lb_csum_pseudo_fold(received, p->l3_end - p->l4_off, p->key.proto)) {
+		/* Partial: the pseudo-header words alone, and never 0 (so no 0xffff case). */
+		*csum_at = lb_csum_apply_partial(pseudo, cur);
+	} else {
+		l4sum = lb_csum_replace(pseudo, port_at, &port_be, 2);
 		cur = lb_csum_apply(l4sum, cur);
-		*csum_at = cur ? cur : 0xffff;
+		if (cur == 0 && !tcp)
+			cur = 0xffff;	/* a computed UDP 0 is sent as all ones (RFC 768) */
+		*csum_at = cur;
 	}
 	*(__u16 *)port_at = port_be;
 	return 0;

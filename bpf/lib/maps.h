@@ -126,5 +126,14 @@ __u32 has_gateway;		/* else the learned router MAC (learned_gw) */
 __u32 has_gateway6;
 __u32 accept_any_mac;		/* non-zero: take frames for any destination MAC (replay) */
 __u64 clock_override_ns;	/* non-zero: the flow clock (replay) */
+/*
+ * Non-zero: a TCP/UDP checksum field may be partial (Linux CHECKSUM_PARTIAL: the folded
+ * pseudo-header sum, the rest left to a device), so the NAT rewrites test for it (lb.h,
+ * lb_rewrite_l3l4). The loader sets it when the program is attached in generic mode, where frames
+ * are a local sender's skbs (a veth peer, a container) and keep their partial state through
+ * XDP_TX; it is off in native mode (frames from a NIC are complete) and for BPF_PROG_TEST_RUN
+ * (replay), so that both data paths stay byte for byte alike there.
+ */
+__u32 csum_partial_possible;
 
 #endif /* SLUICE_BPF_MAPS_H */

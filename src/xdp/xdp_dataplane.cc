@@ -275,29 +275,6 @@ void pruneHash(MapTxn& txn, int fd, const KeySet& keep, const char* what) {
   }
 }
 
-/**
- * Whether an EndpointMap can list its keys. TODO(lead): EndpointMap (src/common/snapshot.h) has
- * only find() so far, and local_addresses, unlike the other maps, has no other source in the
- * Snapshot to be rebuilt from; with the forEach() below it is programmed, without it local_addrs
- * stays empty (the kernel then answers ARP/ND for those addresses and gets their traffic counted
- * as no_service). Drop this concept once forEach() is in.
- */
-template <class Map>
-concept ListableEndpointMap = requires(const Map& m) {
-  m.forEach([](const EndpointKey&, const EndpointMap::Value&) {});
-};
-
-/** The keys of m, in its own order (empty when m cannot list them, see above). */
-template <class Map>
-std::vector<EndpointKey> keysOf(const Map& m) {
-  std::vector<EndpointKey> keys;
-  if constexpr (ListableEndpointMap<Map>) {
-    keys.reserve(m.size());
-    m.forEach([&keys](const EndpointKey& k, const EndpointMap::Value&) { keys.push_back(k); });
-  }
-  return keys;
-}
-
 /** Whether the maps can hold snap at all: checked before any write. @throws XdpError */
 void checkFits(const Snapshot& snap, uint32_t max_local_addresses) {
   if (snap.backends.size() > LB_MAX_BACKENDS) {
@@ -369,7 +346,11 @@ std::string XdpDataplane::attach(const std::string& ifname, XdpAttachMode how) {
   // A virtual interface (veth, bridge, tun: no /sys/class/net/IF/device) gets generic XDP in auto
   // mode: a veth in native mode drops what XDP_TX sends unless its peer runs XDP too.
   const bool is_virtual = access(("/sys/class/net/" + ifname + "/device").c_str(), F_OK) != 0;
+  // Whether checksums may be partial follows the mode, and is set before the program can see
+  // a frame: native XDP gets a NIC's frames, whose checksums are complete; generic XDP gets
+  // skbs, and a local sender's (veth peer, container) keep CHECKSUM_PARTIAL through XDP_TX.
   if (how == XdpAttachMode::kNative || (how == XdpAttachMode::kAuto && !is_virtual)) {
+    setPartialChecksumsPossible(false);
     rc = bpf_xdp_attach(static_cast<int>(idx), programFd(), XDP_FLAGS_DRV_MODE, nullptr);
     if (rc == 0) {
       attach_flags_ = XDP_FLAGS_DRV_MODE;
@@ -379,8 +360,10 @@ std::string XdpDataplane::attach(const std::string& ifname, XdpAttachMode how) {
     }
   }
   if (rc != 0) {
+    setPartialChecksumsPossible(true);
     rc = bpf_xdp_attach(static_cast<int>(idx), programFd(), XDP_FLAGS_SKB_MODE, nullptr);
     if (rc != 0) {
+      setPartialChecksumsPossible(false);
       throw XdpError(fmt::format("interface {}: XDP attach failed: {}", ifname, why(rc)));
     }
     attach_flags_ = XDP_FLAGS_SKB_MODE;
@@ -394,6 +377,7 @@ void XdpDataplane::detach() {
   if (ifindex_ != 0) {
     bpf_xdp_detach(ifindex_, attach_flags_, nullptr);
     ifindex_ = 0;
+    setPartialChecksumsPossible(false);  // BPF_PROG_TEST_RUN frames are complete
   }
 }
 
@@ -445,6 +429,14 @@ void XdpDataplane::setPortMac(const uint8_t mac[6]) { std::memcpy(skel_->bss->po
 void XdpDataplane::setClock(uint64_t now_ns) { skel_->bss->clock_override_ns = now_ns; }
 
 void XdpDataplane::setAcceptAnyMac(bool on) { skel_->bss->accept_any_mac = on ? 1 : 0; }
+
+void XdpDataplane::setPartialChecksumsPossible(bool on) {
+  skel_->bss->csum_partial_possible = on ? 1 : 0;
+}
+
+bool XdpDataplane::partialChecksumsPossible() const {
+  return skel_->bss->csum_partial_possible != 0;
+}
 
 void XdpDataplane::apply(const Snapshot& snap) {
   const int fail_after = std::exchange(fail_after_writes_, -1);  // armed for this call only
@@ -562,10 +554,10 @@ void XdpDataplane::apply(const Snapshot& snap) {
 
     // The host's own addresses (port 0, proto 0, as the snapshot keys them).
     KeySet local_keys(&keyLess);
-    for (const lb_endpoint_key& lk : keysOf(snap.local_addresses)) {
+    snap.local_addresses.forEach([&](const EndpointKey& lk, const EndpointMap::Value&) {
       txn.put(locals_fd, lk, kLocalAddress, "local_addrs");
       local_keys.insert(lk);
-    }
+    });
 
     // 4. Remove what is gone: lookups first, then tables, then backends.
     pruneHash<lb_service>(txn, services_fd, service_keys, "services");

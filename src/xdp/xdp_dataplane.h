@@ -66,12 +66,22 @@ class XdpDataplane {
   void failAfterWrites(int n) { fail_after_writes_ = n; }
 
   /** The source MAC of transmitted frames (the interface's, or the replay port's); the program
-   * takes only frames for it, broadcast and IPv6 multicast (others: not_for_us). */
+   * takes only frames for it and for group addresses (others: not_for_us). */
   void setPortMac(const uint8_t mac[6]);
 
   /** Take frames whatever their destination MAC (replay of captures taken on other hosts), as
    * PortContext::accept_any_mac does on the DPDK path. Off after load. */
   void setAcceptAnyMac(bool on);
+
+  /**
+   * Whether TCP/UDP checksums may arrive partial (Linux CHECKSUM_PARTIAL), so that the NAT
+   * rewrites recognise such a field and keep it partial (bpf/lib/lb.h, lb_rewrite_l3l4). attach()
+   * turns it on for generic mode and off for native mode; detach() turns it off; off after load
+   * (BPF_PROG_TEST_RUN, replay). Tests turn it on to run partial-checksum frames through
+   * run().
+   */
+  void setPartialChecksumsPossible(bool on);
+  bool partialChecksumsPossible() const;
 
   /** Replay: the flow clock for the following packets; 0 returns to the kernel's clock. */
   void setClock(uint64_t now_ns);
@@ -92,7 +102,8 @@ class XdpDataplane {
   int programFd() const;
 
   /**
-   * Attach the program to an interface and take the interface's MAC as the source MAC.
+   * Attach the program to an interface and take the interface's MAC as the source MAC; in
+   * generic mode partial checksums are taken as possible (setPartialChecksumsPossible).
    * @return "native" or "generic": how it was attached @throws XdpError
    */
   std::string attach(const std::string& ifname, XdpAttachMode how);

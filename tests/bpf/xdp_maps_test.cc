@@ -146,16 +146,6 @@ Bytes clientFrame(const ServiceEntry& s, uint32_t client, uint8_t tcp_flags = 0x
   return pktgen::build(p);
 }
 
-/**
- * EndpointMap can list its keys, so XdpDataplane::apply programs local_addrs (keysOf in
- * src/xdp/xdp_dataplane.cc); until it can, the local address checks are skipped.
- */
-template <class Map>
-concept ListableEndpointMap = requires(const Map& m) {
-  m.forEach([](const EndpointKey&, const EndpointMap::Value&) {});
-};
-constexpr bool kLocalAddressesProgrammed = ListableEndpointMap<EndpointMap>;
-
 /** c with Sluice's own addresses (address/prefix). */
 Config withAddresses(Config c, std::initializer_list<const char*> addresses) {
   c.dataplane.addresses.clear();
@@ -773,9 +763,6 @@ void expectPacketsAsUnder(XdpDataplane& xdp, Reference& dpdk, const Snapshot& un
   // The host's own addresses of either snapshot: answered, or passed to the kernel.
   for (const auto* list : {&kAddressesA, &kAddressesB}) {
     for (const char* a : *list) {
-      if (!kLocalAddressesProgrammed) {
-        break;
-      }
       for (Bytes& f : hostFrames(IpPrefix::parse(a)->address)) {
         frames.push_back(std::move(f));
       }
@@ -843,23 +830,15 @@ TEST_F(XdpMaps, FailedApplyAtEveryWriteLeavesEveryMapAsItWas) {
     ADD_FAILURE() << "no injected failure in " << what;
     return -1;
   };
-  std::vector<int> phases = {
-      first("write the backends map"),       first("fill a Maglev table"),
-      first("install the Maglev table"),     first("write the service_by_id map"),
-      first("write the services map"),       first("write the vip_addrs map"),
-      first("write the nat_replies map"),
+  const std::vector<int> phases = {
+      first("write the backends map"),         first("fill a Maglev table"),
+      first("install the Maglev table"),       first("write the service_by_id map"),
+      first("write the services map"),         first("write the vip_addrs map"),
+      first("write the nat_replies map"),      first("write the local_addrs map"),
+      first("delete from the services map"),   first("delete from the vip_addrs map"),
+      first("delete from the nat_replies map"), first("delete from the local_addrs map"),
+      first("remove the Maglev table"),
   };
-  if (kLocalAddressesProgrammed) {
-    phases.push_back(first("write the local_addrs map"));
-  }
-  for (const char* what : {"delete from the services map", "delete from the vip_addrs map",
-                           "delete from the nat_replies map"}) {
-    phases.push_back(first(what));
-  }
-  if (kLocalAddressesProgrammed) {
-    phases.push_back(first("delete from the local_addrs map"));
-  }
-  phases.push_back(first("remove the Maglev table"));
   EXPECT_TRUE(std::is_sorted(phases.begin(), phases.end()));
   ASSERT_FALSE(failures.empty());
   EXPECT_NE(failures.back().find("write the backends map"), std::string::npos) << failures.back();
@@ -1035,10 +1014,6 @@ std::vector<std::string> addressKeys(std::initializer_list<const char*> prefixes
 }
 
 TEST_F(XdpMaps, LocalAddressesFollowTheSnapshotAndAreRefusedWholeWhenTooMany) {
-  if (!kLocalAddressesProgrammed) {
-    GTEST_SKIP() << "EndpointMap cannot list its keys: XdpDataplane::apply cannot program "
-                    "local_addrs yet";
-  }
   LOAD_OR_SKIP(xdp);
   const TwoSnapshots s;
   const ProgramMaps maps(xdp->programFd());

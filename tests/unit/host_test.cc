@@ -525,3 +525,82 @@ TEST(HostTest, PartialChecksumsAreCompletedOnKernelFedPorts) {
 
 }  // namespace
 }  // namespace sluice
+
+namespace sluice {
+namespace {
+
+// NAT on a kernel-fed port (net_af_packet): a partial checksum is completed first, and the NAT
+// rewrite then updates a complete checksum, so the backend (and, for the reply, the client) gets
+// a valid full checksum, in both families. The XDP path keeps such a field partial instead
+// (bpf/lib/lb.h): its skb stays CHECKSUM_PARTIAL, where DPDK's packet socket transmission is
+// taken as complete.
+TEST(HostTest, NatOfAPartialChecksumGivesTheBackendAValidFullChecksum) {
+  Config c = hostConfig();
+  c.services.clear();
+  struct Nat {
+    const char* name;
+    const char* vip;
+    const char* backend;
+    const char* client;
+  };
+  const Nat nats[] = {{"nat4", "192.0.2.20", "198.51.100.21", "203.0.113.7"},
+                      {"nat6", "2001:db8::20", "2001:db8:b::21", "2001:db8:c::7"}};
+  for (const Nat& n : nats) {
+    ServiceConfig s;
+    s.name = n.name;
+    s.vip = ip(n.vip);
+    s.port = 80;
+    s.forwarding = Forwarding::kNat;
+    BackendConfig b;
+    b.address = ip(n.backend);
+    b.port = 8080;
+    b.mac = mac("02:00:00:00:02:21");
+    s.backends.push_back(b);
+    c.services.push_back(s);
+  }
+  Host h(c);
+  h.port.complete_partial_checksums = true;
+  uint64_t completed = 0;
+  for (const Nat& n : nats) {
+    SCOPED_TRACE(n.vip);
+    for (size_t payload : {size_t{0}, size_t{37}, size_t{1000}}) {
+      const uint16_t sport = static_cast<uint16_t>(9000 + payload);
+      Bytes f = tcp(kPortMac, ip(n.client), ip(n.vip), sport, 80, LB_TCP_SYN, true, payload);
+      ASSERT_FALSE(tcpChecksumValid(f));
+      const PacketRef r = h.run(f);
+      ASSERT_TRUE(r.transmit);
+      ++completed;
+      const bool v4 = ip(n.vip).isV4();
+      const size_t dst_at = 14 + (v4 ? 16 : 24);
+      const IpAddress backend = ip(n.backend);
+      EXPECT_EQ(Bytes(f.begin() + static_cast<long>(dst_at),
+                      f.begin() + static_cast<long>(dst_at + (v4 ? 4 : 16))),
+                Bytes(backend.bytes.begin(), backend.bytes.begin() + (v4 ? 4 : 16)))
+          << "to the backend's address";
+      EXPECT_EQ(get16(f, 14 + (v4 ? 20 : 40) + 2), 8080) << "and port";
+      EXPECT_TRUE(tcpChecksumValid(f)) << "a full checksum after NAT, payload " << payload;
+      if (v4) {
+        EXPECT_EQ(internetChecksum(Bytes(f.begin() + 14, f.begin() + 34)), 0);
+      }
+
+      // The backend's reply, partial too: back to the VIP, with a full checksum.
+      Bytes reply = tcp(kPortMac, backend, ip(n.client), 8080, sport, LB_TCP_SYN | LB_TCP_ACK,
+                        true, payload);
+      ASSERT_FALSE(tcpChecksumValid(reply));
+      ASSERT_TRUE(h.run(reply).transmit);
+      ++completed;
+      const size_t src_at = 14 + (v4 ? 12 : 8);
+      const IpAddress vip = ip(n.vip);
+      EXPECT_EQ(Bytes(reply.begin() + static_cast<long>(src_at),
+                      reply.begin() + static_cast<long>(src_at + (v4 ? 4 : 16))),
+                Bytes(vip.bytes.begin(), vip.bytes.begin() + (v4 ? 4 : 16)))
+          << "from the VIP";
+      EXPECT_TRUE(tcpChecksumValid(reply)) << "a full checksum on the NAT reply, payload "
+                                           << payload;
+    }
+  }
+  EXPECT_EQ(h.pipe.counters().checksums_completed.get(), completed);
+}
+
+}  // namespace
+}  // namespace sluice
