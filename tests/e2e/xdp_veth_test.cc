@@ -339,7 +339,8 @@ TEST(XdpVeth, RunForwardsRealFramesOnAVeth) {
   ASSERT_EQ(drain.status, 0) << drain.describe();
   const testsupport::RunResult list = daemon.ctl({"--json", "list"});
   ASSERT_EQ(list.status, 0) << list.describe();
-  for (const json& s : json::parse(list.out).at("services")) {
+  const json listed = json::parse(list.out);  // kept: a range-for does not extend a temporary's life
+  for (const json& s : listed.at("services")) {
     for (const json& b : s.at("backends")) {
       EXPECT_EQ(b.at("state"), b.at("address") == "10.0.0.11" ? "drained" : "up") << b.dump();
     }

@@ -43,10 +43,10 @@ how they spread over the backends. Exits non-zero if any request failed. Needs r
 Commands:
   run                     build the lab, test it, tear it down (the default)
   up                      build the lab, wait until Sluice serves, leave it running and print
-                          "lab: env FILE", a file of shell variables describing it (for scripts:
-                          tests/lab/lab_test.sh). Exits 0 when every backend is up, 3 when Sluice
-                          is running but not every backend is up after ${READY_TIMEOUT_S} s (the lab is
-                          left running all the same), 1 on any other failure (nothing left)
+                          "lab: env FILE", a file of shell variables that describe it (what
+                          tests/lab/lab_test.sh reads). Exits 0 when every backend is up; 3 when
+                          not every backend is up after ${READY_TIMEOUT_S} s (the lab is left running
+                          all the same); 1 on any other failure (nothing is left)
   down                    remove whatever an earlier run left: processes, namespaces, temp dir
 
 Options of run and up:
@@ -97,6 +97,12 @@ REQUESTS=300
 BUILD=""
 KEEP=0
 STAND_IN=""
+
+inRange() { # WHAT VALUE MIN MAX: dies unless VALUE is an integer in MIN..MAX
+  if ! [[ $2 =~ ^[0-9]+$ ]] || (($2 < $3 || $2 > $4)); then
+    die "$1 must be $3..$4, not '$2'"
+  fi
+}
 
 parseArgs() {
   if [[ $# -gt 0 && ($1 == run || $1 == up || $1 == down) ]]; then
@@ -159,17 +165,15 @@ parseArgs() {
     IFS=, read -r -a w <<<"$WEIGHTS"
     ((${#w[@]} == BACKENDS)) || die "--weights needs $BACKENDS weights (one per backend), not '$WEIGHTS'"
     for ((i = 1; i <= BACKENDS; i++)); do
-      [[ ${w[i - 1]} =~ ^[0-9]+$ ]] && ((${w[i - 1]} <= 65535)) || die "--weights: '${w[i - 1]}' is not a weight 0..65535"
+      inRange "a weight of --weights" "${w[i - 1]}" 0 65535
       WEIGHT[i]=${w[i - 1]}
     done
   fi
   # The ranges of docs/config.md; sluiced would refuse the configuration otherwise.
-  [[ $INTERVAL_MS =~ ^[0-9]+$ ]] && ((INTERVAL_MS >= 10 && INTERVAL_MS <= 3600000)) ||
-    die "--interval-ms must be 10..3600000, not '$INTERVAL_MS'"
-  [[ $TIMEOUT_MS =~ ^[0-9]+$ ]] && ((TIMEOUT_MS >= 1 && TIMEOUT_MS <= INTERVAL_MS)) ||
-    die "--timeout-ms must be 1..$INTERVAL_MS (the interval), not '$TIMEOUT_MS'"
-  [[ $RISE =~ ^[0-9]+$ ]] && ((RISE >= 1 && RISE <= 100)) || die "--rise must be 1..100, not '$RISE'"
-  [[ $FALL =~ ^[0-9]+$ ]] && ((FALL >= 1 && FALL <= 100)) || die "--fall must be 1..100, not '$FALL'"
+  inRange --interval-ms "$INTERVAL_MS" 10 3600000
+  inRange --timeout-ms "$TIMEOUT_MS" 1 "$INTERVAL_MS"
+  inRange --rise "$RISE" 1 100
+  inRange --fall "$FALL" 1 100
   [[ -z $STAND_IN || $STAND_IN == kernel ]] || die "--stand-in must be kernel, not '$STAND_IN'"
   [[ $NS =~ ^[a-z][a-z0-9]{0,7}-$ ]] || die "--ns-prefix must be a short name ending in '-' (slab-, lt-), not '$NS'"
   STATE_FILE=/run/${NS}lab.dir
@@ -377,10 +381,18 @@ buildBackend() { # I
   startNginx "$i"
 }
 
-startNginx() { # I: nginx in slab-beI, answering "beI" on every path
+# nginx in slab-beI, answering "beI" on every path, with a header "X-Backend: beI" on every
+# answer; /slow/200k.bin is a file of 200 KB sent at 10 KB/s (a long-lived connection for the
+# tests). The access log has the time to the millisecond. The same command starts it again after
+# a test killed it: the file `start` next to its configuration.
+startNginx() { # I
   local i=$1 dir="$TMP/be$1" port
   port=$(bePort)
-  mkdir -p "$dir"
+  mkdir -p "$dir/www/slow"
+  head -c $((SLOW_FILE_KB * 1024)) /dev/zero >"$dir/www/slow/${SLOW_FILE_KB}k.bin"
+  # nginx's workers run as nobody: they must get through the temp dir (mktemp's 0700) to www/.
+  chmod 711 "$TMP" "$dir"
+  chmod -R a+rX "$dir/www"
   cat >"$dir/nginx.conf" <<EOF
 # nginx of backend be$i of the Sluice lab (tools/lab/lab.sh).
 daemon on;
@@ -389,22 +401,31 @@ error_log $dir/error.log warn;
 worker_processes 1;
 events { worker_connections 512; }
 http {
-  access_log $dir/access.log;
+  log_format lab '\$msec \$remote_addr:\$remote_port "\$request" \$status \$body_bytes_sent "\$http_user_agent"';
+  access_log $dir/access.log lab;
   client_body_temp_path $dir/tmp-body;
   proxy_temp_path $dir/tmp-proxy;
   fastcgi_temp_path $dir/tmp-fastcgi;
   server {
     listen $port;
     listen [::]:$port;
+    add_header X-Backend be$i always;
     location / {
       default_type text/plain;
       return 200 "be$i\n";
     }
+    location /slow/ {
+      root $dir/www;
+      default_type application/octet-stream;
+      limit_rate $SLOW_RATE;
+    }
   }
 }
 EOF
-  nsx "be$i" nginx -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" ||
-    die "nginx of be$i did not start: $(cat "$dir/error.log" 2>/dev/null)"
+  printf '#!/bin/sh\n# Starts nginx of be%s again (tools/lab/lab.sh).\nexec ip netns exec %s nginx -q -e %s -p %s -c %s\n' \
+    "$i" "${NS}be$i" "$dir/error.log" "$dir" "$dir/nginx.conf" >"$dir/start"
+  chmod +x "$dir/start"
+  "$dir/start" || die "nginx of be$i did not start: $(cat "$dir/error.log" 2>/dev/null)"
 }
 
 writeConfig() {
@@ -430,10 +451,10 @@ forwarding = "$FORWARDING"
 
 [service.health_check]
 type = "http"
-interval_ms = 500
-timeout_ms = 300
-rise = 2
-fall = 2
+interval_ms = $INTERVAL_MS
+timeout_ms = $TIMEOUT_MS
+rise = $RISE
+fall = $FALL
 path = "/"
 EOF
       for ((i = 1; i <= BACKENDS; i++)); do
@@ -441,7 +462,7 @@ EOF
         echo "[[service.backend]]"
         if [[ $fam == 4 ]]; then echo "address = \"$(beAddr4 "$i")\""; else echo "address = \"$(beAddr6 "$i")\""; fi
         [[ $FORWARDING == nat ]] && echo "port = $port"
-        echo "weight = 1"
+        echo "weight = ${WEIGHT[i]}"
       done
     done
   } >"$CONF"
@@ -465,7 +486,8 @@ startSluice() {
   fi
   nsx lb ip link set lb0 up
   say "starting: ip netns exec ${NS}lb $SLUICED ${args[*]}"
-  nsx lb "$SLUICED" "${args[@]}" >"$LOG" 2>&1 &
+  # Not through nsx: $! is then ip's pid, which becomes sluiced's (ip netns exec execs it).
+  ip netns exec "${NS}lb" "$SLUICED" "${args[@]}" >"$LOG" 2>&1 &
   DAEMON_PID=$!
 }
 
@@ -516,6 +538,8 @@ print("; ".join(parts) + note if ready else "".join("\n    " + p for p in parts)
 sys.exit(0 if ready else 1)
 '
 
+# Returns when every backend is up. After READY_TIMEOUT_S: on `up`, says which are not and
+# returns 1 (the lab stays, for a look at it); on `run`, prints the daemon's log and exits.
 waitForSluice() {
   local services="" fam status summary="" deadline=$((SECONDS + READY_TIMEOUT_S))
   for fam in $(families); do services+="web$fam "; done
@@ -534,7 +558,13 @@ waitForSluice() {
     else
       summary=" $status"
     fi
-    ((SECONDS < deadline)) || daemonFailed "Sluice is not serving after ${READY_TIMEOUT_S} s:$summary"
+    if ((SECONDS >= deadline)); then
+      if [[ $CMD == up ]]; then
+        say "not every backend is up after ${READY_TIMEOUT_S} s:$summary"
+        return 1
+      fi
+      daemonFailed "Sluice is not serving after ${READY_TIMEOUT_S} s:$summary"
+    fi
     sleep 0.5
   done
 }
@@ -651,9 +681,25 @@ sendRequests() { # NAME URL: prints the spread; returns 1 if any request failed
     }' "$out"
 }
 
+# The lab as shell variables, for the scripts that drive it (tests/lab/lab_test.sh).
+writeEnv() { # READY: 1 if every backend was up
+  local env=$TMP/lab.env
+  {
+    echo "# The lab of $TMP (tools/lab/lab.sh up), as shell variables."
+    printf 'LAB_%s=%q\n' DIR "$TMP" NS "$NS" DATAPLANE "$DATAPLANE" FORWARDING "$FORWARDING" \
+      FAMILY "$FAMILY" BACKENDS "$BACKENDS" WEIGHTS "$(IFS=,; echo "${WEIGHT[*]}")" SPARE "$SPARE" \
+      BE_PORT "$(bePort)" INTERVAL_MS "$INTERVAL_MS" TIMEOUT_MS "$TIMEOUT_MS" RISE "$RISE" \
+      FALL "$FALL" SLUICED "$SLUICED" SLUICECTL "$SLUICECTL" SOCKET "$SOCK" LOG "$LOG" \
+      CONF "$CONF" DAEMON_PID "$DAEMON_PID" READY "$1" VIP4 "$VIP4" VIP6 "$VIP6" LB4 "$LB4" \
+      LB6 "$LB6" SLOW_PATH "/slow/${SLOW_FILE_KB}k.bin" SLOW_BYTES "$((SLOW_FILE_KB * 1024))"
+    echo "# backend I: LAB_DIR/beI/ (nginx.conf, start, access.log), addresses 198.51.100.(10+I), 2001:db8:b::(10+I)"
+  } >"$env"
+  echo "lab: env $env"
+}
+
 printKeepHelp() {
   cat <<EOF
-lab: kept running (--keep). Its files are in $TMP.
+lab: kept running ($([[ $CMD == up ]] && echo up || echo --keep)). Its files are in $TMP.
     ip netns exec ${NS}client curl http://$VIP4/
     ip netns exec ${NS}client curl 'http://[$VIP6]/'
     ip netns exec ${NS}lb bash                  # a shell on the Sluice host (or any ${NS}* namespace)
@@ -664,7 +710,9 @@ EOF
     less $LOG
 EOF
   fi
-  echo "lab: tear it down with: $0 down"
+  local prefix=""
+  [[ $NS != slab- ]] && prefix=" --ns-prefix $NS"
+  echo "lab: tear it down with: $0 down$prefix"
 }
 
 main() {
@@ -678,6 +726,7 @@ main() {
     exit 0
   fi
   checkPrerequisites "$@"
+  [[ $CMD == up ]] && KEEP=1
 
   trap onExit EXIT
   trap 'say "interrupted"; exit 130' INT
@@ -688,7 +737,11 @@ main() {
   OWN=1
   local what="sluiced $DATAPLANE from $BUILD"
   [[ -n $STAND_IN ]] && what="the kernel standing in for Sluice"
-  say "$what; forwarding $FORWARDING, family $FAMILY, $BACKENDS backends, $REQUESTS requests per VIP"
+  local detail="$BACKENDS backends"
+  [[ -n $WEIGHTS ]] && detail+=" (weights $WEIGHTS)"
+  ((SPARE)) && detail+=", $SPARE spare"
+  [[ $CMD == run ]] && detail+=", $REQUESTS requests per VIP"
+  say "$what; forwarding $FORWARDING, family $FAMILY, $detail"
 
   createNamespaces
   buildSwitch
@@ -697,14 +750,21 @@ main() {
   for ((i = 1; i <= BACKENDS + SPARE; i++)); do
     buildBackend "$i"
   done
+  local ready=1
   if [[ -n $STAND_IN ]]; then
     startStandIn
   else
     writeConfig
     startSluice
-    waitForSluice
+    waitForSluice || ready=0
   fi
   showLab
+  if [[ $CMD == up ]]; then
+    writeEnv "$ready"
+    REACHED_END=1
+    ((ready)) || exit 3
+    exit 0
+  fi
 
   local fam failed=0
   for fam in $(families); do
