@@ -630,7 +630,8 @@ class DaemonSuite : public ::testing::Test {
   void restore() const {
     writeFile(daemon().config(), baseConfigText());
     ok({"reload"});
-    for (const json& s : list().at("services")) {
+    const json listed = list();  // kept: a range-for does not extend a temporary's life
+    for (const json& s : listed.at("services")) {
       for (const json& b : s.at("backends")) {
         if (b.at("state") == "maintenance") {
           ok({"backend", "up", s.at("name").get<std::string>(), b.at("address").get<std::string>(),
