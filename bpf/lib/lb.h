@@ -257,9 +257,11 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 			/* its backend is gone, or down in a service that reschedules */
 			cc->flows_rescheduled++;
 			pick = 1;
-		} else if (tcp && f.state == LB_FLOW_CLOSING &&
-			   (flags & (LB_TCP_SYN | LB_TCP_ACK)) == LB_TCP_SYN) {
-			pick = 1;	/* a new connection on the ports of one that closed */
+		} else if (tcp && (flags & (LB_TCP_SYN | LB_TCP_ACK)) == LB_TCP_SYN &&
+			   (f.state == LB_FLOW_CLOSING || (b->flags & LB_BACKEND_F_NO_NEW))) {
+			/* a new connection on the ports of one that closed, or pinned to a
+			 * backend that cannot serve it (down, maintenance, unresolved) */
+			pick = 1;
 		}
 	}
 	if (pick) {

@@ -241,6 +241,7 @@ struct lb_service {
 
 /* lb_backend.flags */
 #define LB_BACKEND_F_RESCHEDULE 1u  /* down: its flows pick a live backend on their next packet */
+#define LB_BACKEND_F_NO_NEW 2u      /* down, maintenance, unresolved: a SYN pinned to it picks again */
 
 struct lb_backend {
 	lb_u32 addr[4];

@@ -209,6 +209,15 @@ SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t genera
           sc.on_backend_down == DownPolicy::kReschedule) {
         be.flags |= LB_BACKEND_F_RESCHEDULE;
       }
+      // A SYN is a new connection whatever the flow table remembers of its ports: one pinned to
+      // a backend that cannot serve it would be refused, or sent to a dead host, until the old
+      // entry expired (minutes under "keep"). A drained backend still serves: a SYN on an open
+      // flow of it may be a retransmission, and stays (IPVS keeps a weight-0 destination's
+      // connections the same way unless expire_nodest_conn is set).
+      if (be.state == BackendState::kDown || be.state == BackendState::kMaintenance ||
+          be.state == BackendState::kUnresolved) {
+        be.flags |= LB_BACKEND_F_NO_NEW;
+      }
       const uint32_t table_weight = be.state == BackendState::kUp ? bc.weight : 0;
       // The Maglev key is the backend's endpoint alone, so every host (and the XDP path) that
       // has the same backends builds the same table whatever ids it handed out.

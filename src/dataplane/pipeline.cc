@@ -174,8 +174,12 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
     if (!valid) [[unlikely]] {
       ++counters_.flows_rescheduled;  // its backend is gone: a TCP peer will likely see a reset
       pick = true;
-    } else if (tcp && e->state == FlowState::kClosing && (flags & (kTcpSyn | kTcpAck)) == kTcpSyn) {
-      pick = true;  // a new connection reusing the ports of one that just closed
+    } else if (tcp && (flags & (kTcpSyn | kTcpAck)) == kTcpSyn &&
+               (e->state == FlowState::kClosing ||
+                (snap.backends[bid].flags & LB_BACKEND_F_NO_NEW) != 0)) {
+      // A new connection reusing the ports of one that closed, or pinned to a backend that
+      // cannot serve it (down, in maintenance, unresolved).
+      pick = true;
     }
   }
   if (pick) {

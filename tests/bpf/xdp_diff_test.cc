@@ -333,14 +333,14 @@ const IpAddress kVip6 = ip("2001:db8::10");  // web6, NAT
  * The three services with Sluice's own addresses and per-family gateways on 198.51.100.0/24 and
  * 2001:db8:b::/64, web rescheduling the flows of a down backend.
  */
-sluice::Config hostConfig() {
+sluice::Config hostConfig(DownPolicy web_policy = DownPolicy::kReschedule) {
   sluice::Config c = testsupport::threeServices();
   c.dataplane.flow_table_size = kFlowCapacity;
   c.dataplane.gateway_mac.reset();
   c.dataplane.addresses = {*sluice::IpPrefix::parse("198.51.100.2/24"),
                            *sluice::IpPrefix::parse("2001:db8:b::2/64")};
   c.dataplane.gateways = {kGateway4, kGateway6};
-  testsupport::service(c, "web").on_backend_down = DownPolicy::kReschedule;
+  testsupport::service(c, "web").on_backend_down = web_policy;
   sluice::validateConfig(c, "test");
   return c;
 }
@@ -349,9 +349,11 @@ sluice::Config hostConfig() {
  * hostConfig()'s snapshot with the gateways resolved (as the daemon's neighbour table would).
  * @param gateway6 whether the IPv6 gateway's MAC is known (else NAT replies use the learned one)
  * @param down a backend whose health check failed
+ * @param web_policy what web's flows do when their backend is down
  */
 SnapshotPtr hostSnapshot(sluice::IdRegistry& ids, bool gateway6 = true,
-                         const BackendRef* down = nullptr) {
+                         const BackendRef* down = nullptr,
+                         DownPolicy web_policy = DownPolicy::kReschedule) {
   sluice::RuntimeState rt;
   rt.neighbours[kGateway4] = kGateway4Mac;
   if (gateway6) {
@@ -360,7 +362,7 @@ SnapshotPtr hostSnapshot(sluice::IdRegistry& ids, bool gateway6 = true,
   if (down != nullptr) {
     rt.health[*down].up = false;
   }
-  return sluice::buildSnapshot(hostConfig(), ids, 1, nullptr, &rt);
+  return sluice::buildSnapshot(hostConfig(web_policy), ids, 1, nullptr, &rt);
 }
 
 enum class Action { kTx, kPass, kDrop };
@@ -1038,6 +1040,79 @@ TEST_F(XdpHost, AFlowOfABackendMarkedRescheduleMovesOnBothPaths) {
   EXPECT_GT(moved, 0u);
   EXPECT_EQ(dpdk_.counts().rescheduled, moved);
   EXPECT_EQ(xdp_->counts(*down).rescheduled, moved);
+}
+
+// Under "keep" a down backend's flows stay, but a SYN is a new connection: one on ports whose
+// flow is pinned to the down backend is scheduled afresh on both paths (else the client is
+// refused until the entry expires), and a SYN of a flow of a live backend stays.
+TEST_F(XdpHost, ASynPinnedToADownBackendPicksAgainUnderKeep) {
+  XDP_OR_SKIP();
+  sluice::IdRegistry ids;
+  const SnapshotPtr up = hostSnapshot(ids, true, nullptr, DownPolicy::kKeep);
+  const sluice::ServiceEntry* web = nullptr;
+  for (const sluice::ServiceEntry& s : up->services) {
+    if (s.present && s.name == "web") {
+      web = &s;
+    }
+  }
+  ASSERT_NE(web, nullptr);
+  auto backendOf = [&up](const Bytes& out) -> uint32_t {
+    for (uint32_t id = 1; id < up->backends.size(); ++id) {
+      if (up->backends[id].present && std::equal(out.begin(), out.begin() + 6,
+                                                 up->backends[id].mac)) {
+        return id;
+      }
+    }
+    return 0;
+  };
+  auto packet = [](uint32_t i, uint8_t flags) {
+    PacketSpec p;
+    p.src_mac = kGateway4Mac;
+    p.dst_mac = kPortMac;
+    p.src = IpAddress::v4(0xcb007200u + i);
+    p.dst = kVip4;
+    p.sport = static_cast<uint16_t>(31000 + i);
+    p.tcp_flags = flags;
+    return pktgen::build(p);
+  };
+  constexpr uint32_t kFlows = 40;
+  std::vector<uint32_t> pinned;
+  for (uint32_t i = 0; i < kFlows; ++i) {
+    const Both b = run(packet(i, 0x02), *up, false, kT0, fmt::format("SYN {} under up", i));
+    ASSERT_EQ(b.dpdk.action, Action::kTx);
+    pinned.push_back(backendOf(b.dpdk.frame));
+  }
+  const uint32_t gone = pinned[0];
+  const sluice::BackendEntry& g = up->backends[gone];
+  const BackendRef ref{web->vip, web->port, static_cast<uint8_t>(web->protocol), g.address,
+                       g.port};
+  const SnapshotPtr down = hostSnapshot(ids, true, &ref, DownPolicy::kKeep);
+  ASSERT_EQ(down->backends[gone].flags & LB_BACKEND_F_RESCHEDULE, 0u) << "web keeps";
+  ASSERT_NE(down->backends[gone].flags & LB_BACKEND_F_NO_NEW, 0u);
+  // The open connections' next packets (ACKs) stay where they are, the down backend's too.
+  for (uint32_t i = 0; i < kFlows; ++i) {
+    const std::string what = fmt::format("ACK {} (backend {}) under down", i, pinned[i]);
+    const Both b = run(packet(i, 0x10), *down, false, kT0 + kSec, what);
+    ASSERT_EQ(b.dpdk.action, Action::kTx) << what;
+    EXPECT_EQ(backendOf(b.dpdk.frame), pinned[i]) << what << ": kept";
+  }
+  // New connections on the same ports: those pinned to the down backend move.
+  size_t moved = 0;
+  for (uint32_t i = 0; i < kFlows; ++i) {
+    const std::string what = fmt::format("SYN {} (backend {}) under down", i, pinned[i]);
+    const Both b = run(packet(i, 0x02), *down, false, kT0 + 2 * kSec, what);
+    ASSERT_EQ(b.dpdk.action, Action::kTx) << what;
+    const uint32_t now_at = backendOf(b.dpdk.frame);
+    if (pinned[i] == gone) {
+      EXPECT_NE(now_at, gone) << what;
+      ++moved;
+    } else {
+      EXPECT_EQ(now_at, pinned[i]) << what << ": a SYN of a live backend's flow stays";
+    }
+  }
+  EXPECT_GT(moved, 0u);
+  EXPECT_EQ(dpdk_.counts().rescheduled, 0u) << "a new connection, not a moved flow";
+  EXPECT_EQ(xdp_->counts(*down).rescheduled, 0u);
 }
 
 TEST_F(XdpHost, NatRepliesGoToTheGatewayOfTheirFamily) {

@@ -275,6 +275,7 @@ TEST(SnapshotRuntime, StatesFromResolutionHealthAndMaintenance) {
   RuntimeState rt;
   SnapshotPtr s = buildSnapshot(c, ids, 1, nullptr, &rt);
   EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").state, BackendState::kUnresolved);
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").flags, LB_BACKEND_F_NO_NEW);
   EXPECT_EQ(entryOf(*s, "web", "198.51.100.12").state, BackendState::kUnresolved);
   EXPECT_EQ(entryOf(*s, "web", "10.9.0.1").state, BackendState::kUnresolved);  // gateway unknown
   EXPECT_EQ(entryOf(*s, "web", "10.9.0.2").state, BackendState::kUp);          // configured MAC
@@ -296,6 +297,7 @@ TEST(SnapshotRuntime, StatesFromResolutionHealthAndMaintenance) {
   EXPECT_EQ(MacAddress({a.mac[0], a.mac[1], a.mac[2], a.mac[3], a.mac[4], a.mac[5]}),
             *MacAddress::parse("02:00:00:00:01:11"));
   EXPECT_EQ(entryOf(*s, "web", "198.51.100.12").state, BackendState::kDrained);
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.12").flags, 0u) << "a drained backend still serves";
   const BackendEntry& off = entryOf(*s, "web", "10.9.0.1");
   EXPECT_EQ(off.state, BackendState::kUp);
   EXPECT_EQ(off.mac[5], 0x01);  // the gateway's
@@ -313,6 +315,7 @@ TEST(SnapshotRuntime, StatesFromResolutionHealthAndMaintenance) {
   EXPECT_EQ(down.state, BackendState::kDown);
   EXPECT_TRUE(down.present);
   EXPECT_NE(down.flags & LB_BACKEND_F_RESCHEDULE, 0u);
+  EXPECT_NE(down.flags & LB_BACKEND_F_NO_NEW, 0u);
   const ServiceEntry& svc = s->services[s->service_map.find(makeEndpointKey(web.vip, 80, 6))->service_id];
   const std::set<uint32_t> ids_in_table = inTable(svc);
   for (uint32_t id : svc.backend_ids) {
@@ -322,6 +325,8 @@ TEST(SnapshotRuntime, StatesFromResolutionHealthAndMaintenance) {
   rt.health[backendRef(web, web.backends[0])] = {true, true};
   s = buildSnapshot(c, ids, 4, s.get(), &rt);
   EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").state, BackendState::kMaintenance);
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").flags,
+            LB_BACKEND_F_RESCHEDULE | LB_BACKEND_F_NO_NEW);
   // Back up: in the table again, the flag cleared.
   rt.health[backendRef(web, web.backends[0])] = {};
   SnapshotPtr back = buildSnapshot(c, ids, 5, s.get(), &rt);
@@ -338,7 +343,8 @@ TEST(SnapshotRuntime, KeepPolicyLeavesFlowsOnADownBackend) {
   rt.health[backendRef(c.services[0], c.services[0].backends[0])].up = false;
   SnapshotPtr s = buildSnapshot(c, ids, 1, nullptr, &rt);
   EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").state, BackendState::kDown);
-  EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").flags, 0u);
+  // Its flows stay; only a new connection (a SYN) pinned to it picks again.
+  EXPECT_EQ(entryOf(*s, "web", "198.51.100.11").flags, LB_BACKEND_F_NO_NEW);
 }
 
 }  // namespace
