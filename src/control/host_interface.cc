@@ -20,6 +20,8 @@
 #include <netlink/route/addr.h>
 #include <netlink/route/link.h>
 #include <netlink/route/neighbour.h>
+#include <netlink/route/nexthop.h>
+#include <netlink/route/route.h>
 #include <netlink/socket.h>
 
 #include <fmt/format.h>
@@ -326,6 +328,10 @@ HostInterface::HostInterface(std::string ifname) : ifname_(std::move(ifname)) {
 }
 
 HostInterface::~HostInterface() {
+  for (auto it = routes_.rbegin(); it != routes_.rend(); ++it) {
+    std::string text;
+    defaultRouteRequest(*it, false, text);  // gone with the interface or an operator is fine
+  }
   // Newest first: the reverse of how they were added. Removing a primary IPv4 address also
   // removes the secondaries of its subnet unless net.ipv4.conf.IF.promote_secondaries is set, so
   // an address an operator added later in the subnet of one of ours goes with it (the kernel's
@@ -575,6 +581,69 @@ void HostInterface::ensureAddresses(const std::vector<IpPrefix>& prefixes) {
     }
     added_.push_back(p);
     present.emplace_back(p.address, p.length);
+  }
+}
+
+int HostInterface::defaultRouteRequest(const IpAddress& gateway, bool add,
+                                       std::string& kernel_text) {
+  rtnl_route* r = rtnl_route_alloc();
+  rtnl_nexthop* nh = rtnl_route_nh_alloc();
+  const std::array<uint8_t, 16> any{};
+  nl_addr* dst = nl_addr_build(addressFamily(gateway), any.data(), addressLength(gateway));
+  nl_addr* via = nl_addr_build(addressFamily(gateway), gateway.bytes.data(), addressLength(gateway));
+  nl_msg* msg = nullptr;
+  int err = -NLE_NOMEM;
+  if (r != nullptr && nh != nullptr && dst != nullptr && via != nullptr) {
+    nl_addr_set_prefixlen(dst, 0);
+    rtnl_route_set_family(r, static_cast<uint8_t>(addressFamily(gateway)));
+    rtnl_route_set_dst(r, dst);
+    rtnl_route_set_table(r, RT_TABLE_MAIN);
+    rtnl_route_set_priority(r, kDefaultRouteMetric);
+    rtnl_route_set_protocol(r, RTPROT_STATIC);
+    rtnl_route_set_scope(r, RT_SCOPE_UNIVERSE);
+    rtnl_route_set_type(r, RTN_UNICAST);
+    rtnl_route_nh_set_ifindex(nh, ifindex_);
+    rtnl_route_nh_set_gateway(nh, via);
+    rtnl_route_add_nexthop(r, nh);  // the route owns it from here
+    nh = nullptr;
+    err = add ? rtnl_route_build_add_request(r, NLM_F_EXCL, &msg)
+              : rtnl_route_build_del_request(r, 0, &msg);
+  }
+  if (nh != nullptr) {
+    rtnl_route_nh_free(nh);
+  }
+  for (nl_addr* a : {dst, via}) {
+    if (a != nullptr) {
+      nl_addr_put(a);
+    }
+  }
+  if (r != nullptr) {
+    rtnl_route_put(r);
+  }
+  if (err < 0) {
+    kernel_text = nl_geterror(err);
+    return -ENOMEM;
+  }
+  return request(msg, kernel_text, nullptr);
+}
+
+void HostInterface::ensureDefaultRoutes(const std::vector<IpAddress>& gateways) {
+  for (const IpAddress& gw : gateways) {
+    if (!gw.isV4() && !gw.isV6()) {
+      fail("cannot route through an unset gateway");
+    }
+    if (std::find(routes_.begin(), routes_.end(), gw) != routes_.end()) {
+      continue;
+    }
+    std::string text;
+    const int e = defaultRouteRequest(gw, true, text);
+    if (e == -EEXIST) {
+      continue;  // the same route is there already: someone else's, not ours to remove
+    }
+    if (e != 0) {
+      fail(fmt::format("cannot add a default route via {}: {}", gw.str(), errnoText(e, text)));
+    }
+    routes_.push_back(gw);
   }
 }
 

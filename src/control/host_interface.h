@@ -67,6 +67,17 @@ class HostInterface {
    */
   void ensureAddresses(const std::vector<IpPrefix>& prefixes);
 
+  /**
+   * Give the host's own traffic a way back to off-link peers: a default route via each gateway on
+   * this interface (main table, metric kDefaultRouteMetric, so a default route an operator already
+   * has, e.g. on a management interface, keeps precedence). Idempotent; routes this call adds are
+   * removed again by the destructor, before the addresses.
+   * @throws HostInterfaceError when the kernel refuses one (for instance a gateway that is not
+   *         on-link of an address of the interface)
+   */
+  void ensureDefaultRoutes(const std::vector<IpAddress>& gateways);
+  static constexpr uint32_t kDefaultRouteMetric = 20000;
+
   // Neighbours (the kernel's table for this interface)
 
   /**
@@ -141,6 +152,8 @@ class HostInterface {
   /** A neighbour message of this interface's table; nullopt for anything else or malformed. */
   static std::optional<Decoded> decode(nl_msg* msg, int ifindex);
   std::vector<std::pair<IpAddress, uint8_t>> kernelAddresses() const;
+  /** RTM_NEWROUTE (NLM_F_EXCL) or RTM_DELROUTE of the default route via gateway; 0 or -errno. */
+  int defaultRouteRequest(const IpAddress& gateway, bool add, std::string& kernel_text);
   int sendNeighbour(const IpAddress& addr, uint16_t state, uint8_t flags, int nl_flags,
                     std::string& kernel_text);
   void fetchNeighbour(const IpAddress& addr);
@@ -158,6 +171,7 @@ class HostInterface {
   std::map<IpAddress, Neighbour> neighbours_;
   std::vector<IpAddress> changed_;  // reported by the next processEvents()
   std::vector<IpPrefix> added_;     // removed by the destructor
+  std::vector<IpAddress> routes_;   // gateways of the default routes added; removed likewise
 };
 
 }  // namespace sluice

@@ -103,13 +103,19 @@ class DaemonLoop {
    * The kernel interface that carries Sluice's addresses, configured with them: the DPDK
    * exception port or the XDP interface. @throws HostInterfaceError
    */
-  HostInterface* openHost(const std::string& ifname, const std::vector<IpPrefix>& addresses) {
+  HostInterface* openHost(const std::string& ifname, const DataplaneConfig& dp) {
     host_ = std::make_unique<HostInterface>(ifname);
     host_->setUp();
-    host_->ensureAddresses(addresses);
+    host_->ensureAddresses(dp.addresses);
+    // The host's own answers (SSH, BGP, ping, health probes to off-link backends) to off-link
+    // peers leave through the gateway, like the data plane's NAT replies.
+    host_->ensureDefaultRoutes(dp.gateways);
     std::string list;
-    for (const IpPrefix& a : addresses) {
+    for (const IpPrefix& a : dp.addresses) {
       list += (list.empty() ? "" : ", ") + a.str();
+    }
+    for (const IpAddress& g : dp.gateways) {
+      list += fmt::format(", default via {}", g.str());
     }
     log_.info("host interface {} (mac {}): {}", ifname, host_->mac().str(),
               list.empty() ? "no addresses" : list);
@@ -197,7 +203,7 @@ int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, in
     if (!config.dataplane.addresses.empty()) {
       // The one-port form: Sluice's addresses live on the first interface, whose kernel answers
       // what the program passes (XDP_PASS) and resolves the neighbours.
-      loop.openHost(config.dataplane.interfaces.front(), config.dataplane.addresses);
+      loop.openHost(config.dataplane.interfaces.front(), config.dataplane);
     }
     ControlPlane control(config, opts.config_path, handle);
     control.start();
@@ -347,7 +353,7 @@ int runDaemon(const RunOptions& opts) {
         startPort(kc);
         log->info("port {}: kernel exception interface {} (port {})", nic, ifname, kernel);
         if (nic == nics.front()) {
-          loop.openHost(ifname, config.dataplane.addresses);
+          loop.openHost(ifname, config.dataplane);
         }
       }
       ports.push_back(nic);

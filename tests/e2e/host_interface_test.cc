@@ -392,6 +392,100 @@ TEST_F(HostInterfaceTest, EnsureAddressesIsIdempotentAndTheDestructorRemovesOnly
   EXPECT_EQ(count("198.51.100.9", 24), 1) << "the destructor removed an address it did not add";
 }
 
+// The host's own answers to off-link peers (a client's ping or SSH through the router) need a
+// route: a default route via the gateway, of each family, that leaves an operator's alone.
+TEST_F(HostInterfaceTest, DefaultRoutesViaTheGatewaysAreAddedOnceAndRemovedByTheDestructor) {
+  HostInterface& hi = openConfigured();
+  // b is the router: it owns an off-link address of each family on its loopback.
+  ASSERT_TRUE(runIn(ns_b_, {"link", "set", "lo", "up"}));
+  ASSERT_TRUE(runIn(ns_b_, {"addr", "add", "203.0.113.9/32", "dev", "lo"}));
+  ASSERT_TRUE(runIn(ns_b_, {"addr", "add", "2001:db8:ff::9/128", "dev", "lo"}));
+  auto defaults = [&](const char* family) {
+    std::vector<std::pair<std::string, int>> out;  // (gateway, metric)
+    for (const json& r : ipJson(ns_a_, {family, "route", "show", "default"})) {
+      out.emplace_back(r.value("gateway", ""), r.value("metric", 0));
+    }
+    return out;
+  };
+  // A TCP connection to a closed port of b's: refused (b's RST came back) when a's kernel has a
+  // route both ways, "network unreachable" at once when it has none.
+  auto connectTo = [&](const IpAddress& to) {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    if (to.isV4()) {
+      auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+      sin->sin_family = AF_INET;
+      sin->sin_port = htons(9);
+      std::memcpy(&sin->sin_addr, to.bytes.data(), 4);
+      len = sizeof(sockaddr_in);
+    } else {
+      auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      sin6->sin6_family = AF_INET6;
+      sin6->sin6_port = htons(9);
+      std::memcpy(&sin6->sin6_addr, to.bytes.data(), 16);
+      len = sizeof(sockaddr_in6);
+    }
+    const int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      return std::string("socket: ") + std::strerror(errno);
+    }
+    int err = 0;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+      err = errno;
+      if (err == EINPROGRESS) {
+        pollfd p{fd, POLLOUT, 0};
+        err = ::poll(&p, 1, 2000) == 1 ? 0 : ETIMEDOUT;
+        socklen_t el = sizeof(err);
+        if (err == 0) {
+          ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        }
+      }
+    }
+    ::close(fd);
+    return std::string(err == 0 ? "connected" : std::strerror(err));
+  };
+  const std::string refused = std::strerror(ECONNREFUSED);
+  EXPECT_EQ(connectTo(ip("203.0.113.9")), std::strerror(ENETUNREACH)) << "no route yet";
+
+  hi.ensureDefaultRoutes({ip("198.51.100.3"), ip("2001:db8:b::3")});
+  hi.ensureDefaultRoutes({ip("198.51.100.3"), ip("2001:db8:b::3")});  // again: no change
+  const int metric = static_cast<int>(HostInterface::kDefaultRouteMetric);
+  using Routes = std::vector<std::pair<std::string, int>>;
+  EXPECT_EQ(defaults("-4"), (Routes{{"198.51.100.3", metric}}));
+  EXPECT_EQ(defaults("-6"), (Routes{{"2001:db8:b::3", metric}}));
+  EXPECT_EQ(connectTo(ip("203.0.113.9")), refused);
+  EXPECT_EQ(connectTo(ip("2001:db8:ff::9")), refused);
+
+  try {
+    hi.ensureDefaultRoutes({ip("10.77.0.1")});
+    FAIL() << "added a default route via a gateway that is not on-link";
+  } catch (const HostInterfaceError& e) {
+    std::printf("[ message  ] %s\n", e.what());
+    EXPECT_NE(std::string(e.what()).find("cannot add a default route via 10.77.0.1: "),
+              std::string::npos)
+        << e.what();
+  }
+
+  hi_.reset();
+  EXPECT_TRUE(defaults("-4").empty());
+  EXPECT_TRUE(defaults("-6").empty());
+}
+
+TEST_F(HostInterfaceTest, AnOperatorsDefaultRouteIsLeftInPlace) {
+  // An operator's address keeps the subnet, and so the route, when Sluice's goes.
+  ASSERT_TRUE(runIn(ns_a_, {"addr", "add", "198.51.100.9/24", "dev", if_a_}));
+  HostInterface& hi = openConfigured();
+  const std::string metric = std::to_string(HostInterface::kDefaultRouteMetric);
+  // The same route, made by someone else: it is not the destructor's to remove.
+  ASSERT_TRUE(runIn(ns_a_, {"route", "add", "default", "via", "198.51.100.3", "dev", if_a_,
+                            "metric", metric}));
+  hi.ensureDefaultRoutes({ip("198.51.100.3")});
+  hi_.reset();
+  const json left = ipJson(ns_a_, {"-4", "route", "show", "default"});
+  ASSERT_EQ(left.size(), 1u) << left.dump();
+  EXPECT_EQ(left.at(0).value("gateway", ""), "198.51.100.3");
+}
+
 TEST_F(HostInterfaceTest, ErrorsCarryTheKernelsReason) {
   ASSERT_TRUE(run({"netns", "exec", ns_a_, "sysctl", "-qw",
                    fmt::format("net.ipv6.conf.{}.disable_ipv6=1", if_a_)}));
