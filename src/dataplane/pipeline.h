@@ -27,6 +27,7 @@ struct WorkerCounters {
   Counter passed;             // handed to the kernel through the exception port
   Counter answered;           // ARP, Neighbour Solicitations and echo requests answered in place
   Counter checksums_completed;  // partial checksums of local senders completed (kernel-fed ports)
+  Counter host_sent;          // frames the host's kernel sent out through the NIC (exception port)
 };
 
 /** What a worker knows of the port a packet came in on (and goes out of: one-armed). */

@@ -121,7 +121,7 @@ int Worker::run() noexcept {
       const uint16_t n = rte_eth_rx_burst(q.kernel_port, q.queue, mbufs.data(), kBurst);
       if (n != 0) {
         got += n;
-        transmit(q.port, mbufs.data(), n, counters);
+        counters.host_sent += transmit(q.port, mbufs.data(), n, counters);
       }
     }
     pipeline_.sweep(last_now);
