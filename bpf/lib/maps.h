@@ -80,7 +80,9 @@ struct {
 	});
 } maglev SEC(".maps");
 
-/* The per-CPU flow tables (one per CPU, as one per DPDK worker). */
+/* The flow tables: one per CPU, as one per DPDK worker, when the NIC keeps a flow on one CPU
+ * (RSS); one for all CPUs on a virtual interface (the loader makes it BPF_MAP_TYPE_LRU_HASH:
+ * FlowTableScope in src/xdp/xdp_dataplane.h says why). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__uint(max_entries, LB_FLOWS_DEFAULT_ENTRIES);

@@ -192,10 +192,12 @@ int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, in
   try {
     std::vector<std::unique_ptr<XdpDataplane>> programs;
     for (const std::string& ifname : config.dataplane.interfaces) {
-      auto p = std::make_unique<XdpDataplane>(config.dataplane.flow_table_size);
+      const FlowTableScope scope = XdpDataplane::flowTableScopeFor(ifname);
+      auto p = std::make_unique<XdpDataplane>(config.dataplane.flow_table_size, scope);
       const std::string how = p->attach(ifname, attachMode(config.dataplane.xdp_attach));
       p->setAcceptAnyMac(config.dataplane.promiscuous);
-      log.info("XDP program attached to {} ({} mode)", ifname, how);
+      log.info("XDP program attached to {} ({} mode, {} flow table)", ifname, how,
+               scope == FlowTableScope::kShared ? "one shared" : "per-CPU");
       programs.push_back(std::move(p));
     }
     XdpDataplaneHandle handle(std::move(programs));

@@ -5,6 +5,7 @@
 #include <linux/bpf.h>
 #include <linux/if_link.h>
 #include <net/if.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -301,12 +302,16 @@ void checkFits(const Snapshot& snap, uint32_t max_local_addresses) {
 
 }  // namespace
 
-XdpDataplane::XdpDataplane(uint32_t flow_capacity) {
+XdpDataplane::XdpDataplane(uint32_t flow_capacity, FlowTableScope scope) : scope_(scope) {
   skel_ = xdp_lb__open();
   if (skel_ == nullptr) {
     throw XdpError(fmt::format("cannot open the XDP program: {}", why(errno)));
   }
   bpf_map__set_max_entries(skel_->maps.flows, flow_capacity);
+  if (scope == FlowTableScope::kShared) {
+    // The program's code is the same for both: a lookup gives this CPU's value or the one value.
+    bpf_map__set_type(skel_->maps.flows, BPF_MAP_TYPE_LRU_HASH);
+  }
   if (int rc = xdp_lb__load(skel_); rc != 0) {
     xdp_lb__destroy(skel_);
     skel_ = nullptr;
@@ -327,6 +332,12 @@ XdpDataplane::~XdpDataplane() {
 }
 
 int XdpDataplane::programFd() const { return bpf_program__fd(skel_->progs.xdp_lb); }
+
+FlowTableScope XdpDataplane::flowTableScopeFor(const std::string& ifname) {
+  return access(("/sys/class/net/" + ifname + "/device").c_str(), F_OK) != 0
+             ? FlowTableScope::kShared
+             : FlowTableScope::kPerCpu;
+}
 
 std::string XdpDataplane::attach(const std::string& ifname, XdpAttachMode how) {
   const unsigned idx = if_nametoindex(ifname.c_str());
@@ -624,7 +635,15 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
   if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.cpu_counters), &zero, cpus.data()) != 0) {
     throw XdpError(fmt::format("cannot read the counters: {}", why(errno)));
   }
-  std::vector<FlowRow> rows = flows();
+  uint64_t now = skel_->bss->clock_override_ns;
+  if (now == 0) {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);  // bpf_ktime_get_ns()'s clock
+    now = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+  }
+  // Live entries only: the LRU keeps expired ones until it needs their room.
+  const std::vector<FlowRow> rows = flows(now);
+  bool first_worker = true;
   for (int cpu = 0; cpu < ncpus_; ++cpu) {
     const lb_cpu_counters& c = cpus[static_cast<size_t>(cpu)];
     if (c.rx_packets == 0) {
@@ -643,8 +662,12 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
     w.passed = c.passed;
     w.answered = c.answered;
     for (const FlowRow& f : rows) {
-      w.flows_active += f.worker == static_cast<uint32_t>(cpu) ? 1 : 0;
+      // A shared table is no CPU's: its flows are counted once, on the first CPU listed.
+      const bool mine = scope_ == FlowTableScope::kShared ? first_worker
+                                                           : f.worker == static_cast<uint32_t>(cpu);
+      w.flows_active += mine ? 1 : 0;
     }
+    first_worker = false;
     t.workers.push_back(w);
   }
   std::vector<lb_backend_counters> per_cpu(static_cast<size_t>(ncpus_));
@@ -691,18 +714,19 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
   return t;
 }
 
-std::vector<FlowRow> XdpDataplane::flows() const {
+std::vector<FlowRow> XdpDataplane::flows(uint64_t live_at) const {
   std::vector<FlowRow> rows;
   const int fd = bpf_map__fd(skel_->maps.flows);
-  std::vector<lb_flow> per_cpu(static_cast<size_t>(ncpus_));
+  const int copies = scope_ == FlowTableScope::kShared ? 1 : ncpus_;
+  std::vector<lb_flow> per_cpu(static_cast<size_t>(copies));
   lb_flow_key key{};
   lb_flow_key next{};
   const lb_flow_key* prev = nullptr;
   while (bpf_map_get_next_key(fd, prev, &next) == 0) {
     if (bpf_map_lookup_elem(fd, &next, per_cpu.data()) == 0) {
-      for (int cpu = 0; cpu < ncpus_; ++cpu) {
+      for (int cpu = 0; cpu < copies; ++cpu) {
         const lb_flow& f = per_cpu[static_cast<size_t>(cpu)];
-        if (f.backend_id != 0) {
+        if (f.backend_id != 0 && f.expires_ns > live_at) {
           rows.push_back({next, f.service_id, f.backend_id, static_cast<uint32_t>(cpu)});
         }
       }

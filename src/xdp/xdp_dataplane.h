@@ -30,14 +30,29 @@ enum class XdpAttachMode : uint8_t { kAuto, kNative, kGeneric };
 /** The XDP actions (linux/bpf.h's, which cannot be included beside libpcap's bpf.h). */
 enum XdpAction : int { kXdpAborted = 0, kXdpDrop = 1, kXdpPass = 2, kXdpTx = 3 };
 
+/**
+ * Where the flow table lives. One table per CPU (as one per DPDK worker) is right when the NIC
+ * keeps each flow on one CPU (RSS: a physical NIC, in native or generic mode). A virtual
+ * interface has no RSS: generic XDP on a veth runs on whichever CPU sent the frame into it, so
+ * one connection's packets meet several CPUs' tables, whose copies disagree once one CPU
+ * re-picks (a SYN on a closed or down flow) and another still holds the old choice: the table is
+ * then one for all CPUs.
+ */
+enum class FlowTableScope { kPerCpu, kShared };
+
 class XdpDataplane {
  public:
   /**
    * Open and load the program (the verifier runs here).
-   * @param flow_capacity entries of the per-CPU LRU flow table
+   * @param flow_capacity entries of the LRU flow table (of each CPU's, when per CPU)
+   * @param scope per CPU (BPF_MAP_TYPE_LRU_PERCPU_HASH) or shared (BPF_MAP_TYPE_LRU_HASH)
    * @throws XdpError (e.g. no CAP_BPF)
    */
-  explicit XdpDataplane(uint32_t flow_capacity);
+  explicit XdpDataplane(uint32_t flow_capacity, FlowTableScope scope = FlowTableScope::kPerCpu);
+
+  /** The scope an interface needs: shared on a virtual one (no /sys/class/net/IF/device). */
+  static FlowTableScope flowTableScopeFor(const std::string& ifname);
+  FlowTableScope flowTableScope() const { return scope_; }
   ~XdpDataplane();
   XdpDataplane(const XdpDataplane&) = delete;
   XdpDataplane& operator=(const XdpDataplane&) = delete;
@@ -96,8 +111,12 @@ class XdpDataplane {
   /** Per-CPU counters summed (one "worker" per CPU that saw packets) for snap's backends. */
   StatsTotals totals(const Snapshot& snap) const;
 
-  /** Every live flow in the per-CPU flow tables. */
-  std::vector<FlowRow> flows() const;
+  /**
+   * Every flow in the flow table(s), one row per CPU's copy (worker = the CPU; 0 in a shared
+   * table), whose expiry is after live_at (the program's clock: CLOCK_MONOTONIC, or setClock()'s);
+   * 0 lists every entry the LRU still holds, expired or not.
+   */
+  std::vector<FlowRow> flows(uint64_t live_at = 0) const;
 
   int programFd() const;
 
@@ -115,6 +134,7 @@ class XdpDataplane {
   uint32_t attach_flags_ = 0;
   xdp_lb* skel_ = nullptr;
   int ncpus_ = 1;
+  FlowTableScope scope_ = FlowTableScope::kPerCpu;
   std::vector<uint32_t> programmed_services_;  // service ids with a table in `maglev`
   // Backend ids with a non-zero epoch in `backends`, ascending: the ones a publish must clear
   // when the snapshot no longer has them (any id below LB_MAX_BACKENDS, not only the low ones).
