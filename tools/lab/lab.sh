@@ -287,7 +287,7 @@ checkPrerequisites() {
   SLUICED=$BUILD/src/sluiced
   SLUICECTL=$BUILD/tools/sluicectl/sluicectl
   local missing=() cmd
-  for cmd in ip sysctl nginx curl xargs; do
+  for cmd in ip sysctl nginx curl xargs ethtool; do
     command -v "$cmd" >/dev/null || missing+=("$cmd")
   done
   if [[ -z $STAND_IN ]]; then
@@ -335,6 +335,14 @@ buildSwitch() {
   for port in sw-rt sw-lb $(seq -f 'sw-be%g' 1 "$((BACKENDS + SPARE))"); do
     nsx sw ip link set "$port" master br0 up
   done
+  if [[ $DATAPLANE == dpdk && -z $STAND_IN ]]; then
+    # A wire carries frames of at most the MTU: the switch segments what the backends' kernels
+    # hand it as TSO/GSO super-frames (up to 64 KB) before they reach Sluice's port, as a
+    # physical link would. net_af_packet takes at most one ring frame (2 KB) of each and would
+    # see the rest cut off (bad_ip_length): DPDK NAT replies to large responses. Checksum
+    # offload stays on.
+    nsx sw ethtool -K sw-lb tso off gso off >/dev/null
+  fi
 }
 
 buildClientAndRouter() {
