@@ -202,9 +202,11 @@ void ControlPlane::start() {
   }
 }
 
-json ControlPlane::apply(Config next, const std::string& what) {
+json ControlPlane::apply(Config next, const std::string& what, Change change) {
   try {
-    validateConfig(next, kRequestSource);
+    if (change == Change::kConfig) {
+      validateConfig(next, kRequestSource);
+    }
   } catch (const ConfigError& e) {
     std::string msg = e.what();
     const std::string prefix = std::string(kRequestSource) + ": ";
@@ -256,7 +258,10 @@ json ControlPlane::apply(Config next, const std::string& what) {
     }
   }
   std::erase_if(runtime_.health, [&](const auto& kv) { return !live.contains(kv.first); });
-  if (on_applied_) {
+  // A health verdict's publish leaves the configuration as it was: what follows it (probe
+  // targets, neighbours to resolve) has nothing new to see, and at 1,000 backends would be
+  // rebuilt for each verdict.
+  if (on_applied_ && change == Change::kConfig) {
     on_applied_(config_);
   }
   return {{"ok", true},
@@ -268,7 +273,7 @@ json ControlPlane::apply(Config next, const std::string& what) {
 
 json ControlPlane::republish(const std::string& why) noexcept {
   try {
-    return apply(config_, why);
+    return apply(config_, why, Change::kRuntime);
   } catch (const std::exception& e) {
     return {{"ok", false}, {"error", e.what()}};
   }
@@ -286,7 +291,7 @@ json ControlPlane::setMaintenance(const json& req, bool down) {
   h.maintenance = down;
   const std::string what = fmt::format("backend {} {} {}", down ? "down" : "up", name,
                                        formatEndpoint(b.address, b.port));
-  json r = apply(config_, what);
+  json r = apply(config_, what, Change::kRuntime);
   if (!r.value("ok", false)) {
     runtime_.health[ref].maintenance = was;
   }
@@ -456,24 +461,20 @@ json ControlPlane::services(const Snapshot& snap, const StatsTotals& totals) con
   if (!annotate_) {
     return out;
   }
-  // servicesJson lists the snapshot's services by id and their backends in canonical order: find
-  // each one's configuration by its endpoint.
+  // A backend's reference is its service's endpoint and its own, all in the listing: no search
+  // of the configuration per backend (a list of 1,000 backends stays linear).
   for (json& js : out) {
     const auto vip = IpAddress::parse(js.at("vip").get<std::string>());
+    const auto proto = parseProtocol(js.at("protocol").get<std::string>());
+    if (!vip || !proto) {
+      continue;  // not reached: servicesJson writes both from a valid snapshot
+    }
     const uint16_t port = js.at("port").get<uint16_t>();
-    for (const ServiceConfig& sc : config_.services) {
-      if (!vip || sc.vip != *vip || sc.port != port ||
-          protocolName(sc.protocol) != js.at("protocol").get<std::string>()) {
-        continue;
-      }
-      for (json& jb : js.at("backends")) {
-        const auto addr = IpAddress::parse(jb.at("address").get<std::string>());
-        const uint16_t bport = jb.at("port").get<uint16_t>();
-        for (const BackendConfig& bc : sc.backends) {
-          if (addr && bc.address == *addr && bc.port == bport) {
-            annotate_(backendRef(sc, bc), jb);
-          }
-        }
+    for (json& jb : js.at("backends")) {
+      if (const auto addr = IpAddress::parse(jb.at("address").get<std::string>())) {
+        annotate_(BackendRef{*vip, port, static_cast<uint8_t>(*proto), *addr,
+                             jb.at("port").get<uint16_t>()},
+                  jb);
       }
     }
   }

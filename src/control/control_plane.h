@@ -49,7 +49,10 @@ class ControlPlane {
   /** What the daemon learned at run time; call republish() after changing it. */
   RuntimeState& runtime() { return runtime_; }
 
-  /** Called after every successful publish with the configuration now running. */
+  /**
+   * Called after every successful publish that changed the configuration (not after one of
+   * run-time state only: republish(), maintenance), with the configuration now running.
+   */
   void onApplied(std::function<void(const Config&)> f) { on_applied_ = std::move(f); }
 
   /** Adds run-time fields (health results) to each backend of `list` and `stats`. */
@@ -64,8 +67,13 @@ class ControlPlane {
   double lastBuildMicros() const { return last_build_us_; }
 
  private:
-  /** Validate next, build and publish it; on success it becomes the running configuration. */
-  nlohmann::json apply(Config next, const std::string& what);
+  /** What a publish changes: the configuration, or only the run-time state beside it. */
+  enum class Change { kConfig, kRuntime };
+  /**
+   * Validate next (kConfig; kRuntime republishes the running one as it is), build and publish
+   * it; on success it becomes the running configuration.
+   */
+  nlohmann::json apply(Config next, const std::string& what, Change change = Change::kConfig);
   nlohmann::json list() const;
   nlohmann::json stats() const;
   /** servicesJson of the snapshot, with each backend annotated. */
