@@ -2,8 +2,9 @@
 /*
  * xdp_lb.bpf.c - Sluice's XDP data path: the twin of the DPDK pipeline, packet for packet
  * (src/dataplane/pipeline.cc, Pipeline::forward and Pipeline::host), decision for decision in the
- * same order. Forwarded packets and the answers to ARP, Neighbour Solicitations and echo requests
- * leave through the port they came in on (XDP_TX); frames for another MAC, malformed packets,
+ * same order. Forwarded packets, ICMP errors about a flow (sent on to its backend) and the answers
+ * to ARP, Neighbour Solicitations and echo requests leave through the port they came in on
+ * (XDP_TX); frames for another MAC, malformed packets (and ICMP errors with a malformed quote),
  * fragments for a VIP, and packets with no backend or no next hop are dropped; the host's own
  * traffic, traffic for no service and non-IP frames go to the kernel (XDP_PASS). Every outcome is
  * counted as the DPDK workers count it.
@@ -76,12 +77,16 @@ int xdp_lb(struct xdp_md *ctx)
 		}
 	}
 
-	lb_src_endpoint(&p.key, &ek);			/* 9. */
+	ret = lb_icmp_error(ctx, &p, &ek, cc);		/* 9. an error about a flow of a VIP */
+	if (ret >= 0)
+		return ret;
+
+	lb_src_endpoint(&p.key, &ek);			/* 10. */
 	reply = bpf_map_lookup_elem(&nat_replies, &ek);
 	if (reply)
 		return lb_forward_nat_reply(ctx, &p, reply, cc);
 
-	return lb_drop(cc, LB_DROP_NO_SERVICE);		/* 10. */
+	return lb_drop(cc, LB_DROP_NO_SERVICE);		/* 11. */
 }
 
 char LICENSE[] SEC("license") = "BSD";

@@ -2,7 +2,8 @@
 /*
  * lb.h - the decisions and rewrites of the XDP data path, the twin of Pipeline::forward(),
  * toBackend() and natReply() in src/dataplane/pipeline.cc and of src/dataplane/rewrite.h. What
- * the host answers itself (ARP, ND, echo) is in host.h.
+ * the host answers itself (ARP, ND, echo) is in host.h. ICMP errors about a flow go to its
+ * backend as icmpErrorToBackend() and src/dataplane/icmp_error.h send them.
  */
 #ifndef SLUICE_BPF_LB_H
 #define SLUICE_BPF_LB_H
@@ -89,6 +90,19 @@ static __always_inline __u32 lb_maglev_pick(const struct lb_service *svc, __u32 
 	slot = hash % m;
 	bid = bpf_map_lookup_elem(table, &slot);
 	return bid ? *bid : LB_BACKEND_NONE;
+}
+
+/*
+ * pinnedBackendValid(): whether flow f's backend b (NULL past the array) may still carry it: the
+ * same service, the same backend (its id not handed to another), and not down in a service that
+ * reschedules its flows.
+ */
+static __always_inline int lb_pinned_backend_valid(const struct lb_flow *f,
+						   const struct lb_service *svc,
+						   const struct lb_backend *b)
+{
+	return f->service_id == svc->id && b && b->epoch != 0 && b->epoch == f->backend_epoch &&
+	       !(b->flags & LB_BACKEND_F_RESCHEDULE);
 }
 
 /* Record the NAT client's router (the source MAC) if it changed. */
@@ -252,8 +266,7 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 	if (e && live) {
 		f = *e;
 		b = lb_backend_get(f.backend_id);
-		if (f.service_id != svc->id || !b || b->epoch == 0 ||
-		    b->epoch != f.backend_epoch || (b->flags & LB_BACKEND_F_RESCHEDULE)) {
+		if (!lb_pinned_backend_valid(&f, svc, b)) {
 			/* its backend is gone, or down in a service that reschedules */
 			cc->flows_rescheduled++;
 			pick = 1;
@@ -364,6 +377,142 @@ static __always_inline int lb_forward_nat_reply(struct xdp_md *ctx, const struct
 		bc->reply_bytes += data_end - data;
 	}
 	return lb_transmit(cc);
+}
+
+/*
+ * rewriteIcmpError(), NAT: the error goes to the backend as if the reply it quotes had left the
+ * backend unchanged. The outer destination VIP becomes addr, and in the quote the source
+ * VIP:vport becomes addr:port_be. Updated incrementally (RFC 1624): the outer IPv4 header
+ * checksum, the quoted IPv4 header checksum, and the ICMP checksum, which covers the whole
+ * message and so the quote's address, port and header checksum (RFC 792), and for ICMPv6 the
+ * pseudo-header with the outer destination too (RFC 4443 section 2.3). The quoted TCP/UDP
+ * checksum is left as it is: the quote is usually cut short of the segment it sums, and the
+ * backend's stack does not check it (IPVS's ip_vs_nat_icmp() leaves it too).
+ * Returns -1 only if a header the parser checked is not there (never: for the verifier).
+ */
+static __always_inline int lb_rewrite_icmp_error(void *data, void *data_end,
+						 const struct lb_parsed *p,
+						 const struct lb_icmp_error *e, const __u32 *addr,
+						 __u16 port_be)
+{
+	__u8 *ip = data + (p->l3_off & LB_HDR_OFF_MASK);
+	__u8 *icmp = data + (p->l4_off & LB_HDR_OFF_MASK);
+	__u8 *inner = data + (e->inner_l3 & LB_HDR_OFF_MASK);
+	__u8 *th = data + (e->inner_l4 & LB_HDR_OFF_MASK);
+	__u16 old_csum;
+	__u16 new_csum;
+	__u32 quoted;
+	__u32 msg;
+
+	if ((void *)(icmp + LB_ICMP_HLEN) > data_end || (void *)(th + 2) > data_end)
+		return -1;
+	if (p->key.family == LB_FAMILY_IPV4) {
+		if ((void *)(ip + LB_IPV4_HLEN) > data_end ||
+		    (void *)(inner + LB_IPV4_HLEN) > data_end)
+			return -1;
+		msg = lb_csum_replace(0, ip + 16, addr, 4);
+		*(__u16 *)(ip + 10) = lb_csum_apply(msg, *(__u16 *)(ip + 10));
+		__builtin_memcpy(ip + 16, addr, 4);
+		quoted = lb_csum_replace(0, inner + 12, addr, 4);
+		old_csum = *(__u16 *)(inner + 10);
+		new_csum = lb_csum_apply(quoted, old_csum);
+		msg = lb_csum_replace(quoted, &old_csum, &new_csum, 2);
+		*(__u16 *)(inner + 10) = new_csum;
+		__builtin_memcpy(inner + 12, addr, 4);
+	} else {
+		if ((void *)(ip + LB_IPV6_HLEN) > data_end ||
+		    (void *)(inner + LB_IPV6_HLEN) > data_end)
+			return -1;
+		msg = lb_csum_replace(0, ip + 24, addr, 16);	/* the pseudo-header's destination */
+		msg = lb_csum_replace(msg, inner + 8, addr, 16);
+		__builtin_memcpy(ip + 24, addr, 16);
+		__builtin_memcpy(inner + 8, addr, 16);
+	}
+	msg = lb_csum_replace(msg, th, &port_be, 2);
+	*(__u16 *)(icmp + 2) = lb_csum_apply(msg, *(__u16 *)(icmp + 2));
+	*(__u16 *)th = port_be;
+	return 0;
+}
+
+/*
+ * icmpErrorToBackend(): an ICMP error about a flow of svc goes to the backend the flow's next
+ * client packet would reach: this CPU's entry's while it is live and valid, else the Maglev pick
+ * a new flow would get. An error is not traffic of the flow: the entry is neither created nor
+ * refreshed.
+ */
+static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struct lb_parsed *p,
+						 const struct lb_icmp_error *e,
+						 const struct lb_service *svc,
+						 struct lb_cpu_counters *cc)
+{
+	const struct lb_backend *b = NULL;
+	struct lb_backend_counters *bc;
+	const struct lb_flow *f;
+	__u32 bid = LB_BACKEND_NONE;
+	void *data_end;
+	void *data;
+
+	f = bpf_map_lookup_elem(&flows, &e->key);
+	if (f && f->expires_ns > lb_now()) {
+		b = lb_backend_get(f->backend_id);
+		if (lb_pinned_backend_valid(f, svc, b))
+			bid = f->backend_id;
+		else
+			b = NULL;
+	}
+	if (!b) {
+		bid = lb_maglev_pick(svc, lb_flow_hash(&e->key));
+		if (bid == LB_BACKEND_NONE)
+			return lb_drop(cc, LB_DROP_NO_BACKEND);
+		b = lb_backend_get(bid);
+		if (!b || b->epoch == 0)	/* a slot ahead of its backend (map update) */
+			return lb_drop(cc, LB_DROP_NO_BACKEND);
+	}
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (svc->forwarding == LB_FWD_NAT &&
+	    lb_rewrite_icmp_error(data, data_end, p, e, b->addr, b->port))
+		return lb_drop(cc, LB_DROP_TRUNCATED);
+	if (lb_rewrite_macs(data, data_end, b->mac, port_mac))
+		return lb_drop(cc, LB_DROP_TRUNCATED);
+	cc->icmp_forwarded++;
+	bc = lb_backend_stats(bid, b->epoch);
+	if (bc) {
+		bc->packets++;
+		bc->bytes += data_end - data;
+	}
+	return lb_transmit(cc);
+}
+
+/*
+ * The ICMP error step of Pipeline::forward(): an error to a VIP (vip, its address key) about a
+ * flow of one of its services is forwarded; a quote cut short or malformed is dropped. Returns
+ * the XDP action, or -1 when the packet is no such error (the caller goes on).
+ */
+static __always_inline int lb_icmp_error(struct xdp_md *ctx, const struct lb_parsed *p,
+					 const struct lb_endpoint_key *vip,
+					 struct lb_cpu_counters *cc)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	const struct lb_service *svc;
+	struct lb_endpoint_key ek;
+	struct lb_icmp_error e;
+	int ret;
+
+	if (!lb_is_icmp_error(data, data_end, p) || !bpf_map_lookup_elem(&vip_addrs, vip))
+		return -1;
+	ret = lb_parse_icmp_error(data, data_end, p, &e);
+	if (ret >= 0)
+		return lb_drop(cc, ret);
+	if (ret != LB_PARSE_OK)
+		return -1;
+	lb_dst_endpoint(&e.key, &ek);
+	svc = bpf_map_lookup_elem(&services, &ek);
+	if (!svc)
+		return -1;
+	return lb_forward_icmp_error(ctx, p, &e, svc, cc);
 }
 
 #endif /* SLUICE_BPF_LB_H */

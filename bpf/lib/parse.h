@@ -176,4 +176,108 @@ static __always_inline int lb_parse(void *data, void *data_end, __u32 pkt_len,
 	return LB_PARSE_OK;
 }
 
+/*
+ * An ICMP error about a flow (IcmpError, src/dataplane/icmp_error.h): the flow as its client's
+ * packets carry it (the quoted tuple reversed) and where the quote lies in the frame.
+ */
+struct lb_icmp_error {
+	struct lb_flow_key key;
+	__u16 inner_l3;		/* the quoted IP header */
+	__u16 inner_l4;		/* the quoted TCP/UDP header (its first 8 bytes are present) */
+};
+
+/* lb_parse_icmp_error(): not an error about a TCP/UDP flow of the VIP (kNotAFlowError). */
+#define LB_NOT_A_FLOW_ERROR (-2)
+
+/*
+ * isIcmpError(): one of the ICMP errors about a flow that are forwarded (LB_ICMP_* and
+ * LB_ICMPV6_* in lb_abi.h, every code), with its 8-byte ICMP header present.
+ */
+static __always_inline int lb_is_icmp_error(void *data, void *data_end,
+					    const struct lb_parsed *p)
+{
+	__u8 *icmp;
+	__u8 type;
+
+	if (p->fragment || p->l4_off + LB_ICMP_HLEN > p->l3_end)
+		return 0;
+	icmp = data + (p->l4_off & LB_HDR_OFF_MASK);
+	if ((void *)(icmp + LB_ICMP_HLEN) > data_end)
+		return 0;
+	type = icmp[0];
+	if (p->key.family == LB_FAMILY_IPV4)
+		return p->key.proto == LB_IPPROTO_ICMP &&
+		       (type == LB_ICMP_DEST_UNREACH || type == LB_ICMP_TIME_EXCEEDED);
+	return p->key.proto == LB_IPPROTO_ICMPV6 &&
+	       (type == LB_ICMPV6_DEST_UNREACH || type == LB_ICMPV6_PACKET_TOO_BIG ||
+		type == LB_ICMPV6_TIME_EXCEEDED);
+}
+
+/*
+ * parseIcmpError(): the packet an ICMP error (lb_is_icmp_error()) quotes: an IPv4 header with
+ * options or an IPv6 header without extension headers, of the outer family, then the first 8
+ * bytes of its TCP/UDP header. Each check against p->l3_end (a frame's padding is no quote) has
+ * its twin against data_end (the bytes present), in packet.h's order.
+ * Returns LB_PARSE_OK with out filled; LB_NOT_A_FLOW_ERROR when the quote is no TCP/UDP packet
+ * from the address the error is sent to (another protocol, an IPv6 extension header, a
+ * non-first fragment, another source); or the drop reason of a quoted header cut short
+ * (truncated) or malformed (bad_ip_header).
+ */
+static __always_inline int lb_parse_icmp_error(void *data, void *data_end,
+					       const struct lb_parsed *p,
+					       struct lb_icmp_error *out)
+{
+	__u32 l3 = p->l4_off + LB_ICMP_HLEN;
+	__u32 end = p->l3_end;
+	__u8 *ip = data + (l3 & LB_HDR_OFF_MASK);
+	__u8 *th;
+	__u32 l4;
+	__u8 proto;
+
+	__builtin_memset(&out->key, 0, sizeof(out->key));
+	if (p->key.family == LB_FAMILY_IPV4) {
+		__u32 ihl;
+
+		if (l3 + LB_IPV4_HLEN > end || (void *)(ip + LB_IPV4_HLEN) > data_end)
+			return LB_DROP_TRUNCATED;
+		ihl = (ip[0] & 0x0f) * 4;
+		if ((ip[0] >> 4) != 4 || ihl < LB_IPV4_HLEN)
+			return LB_DROP_BAD_IP_HEADER;
+		l4 = l3 + ihl;
+		th = ip + ihl;
+		if (l4 + 8 > end || (void *)(th + 8) > data_end)
+			return LB_DROP_TRUNCATED;
+		if ((lb_load_be16(ip + 6) & 0x1fff) != 0)
+			return LB_NOT_A_FLOW_ERROR;	/* a later fragment has no ports */
+		proto = ip[9];
+		__builtin_memcpy(&out->key.dst[0], ip + 12, 4);
+		__builtin_memcpy(&out->key.src[0], ip + 16, 4);
+	} else {
+		if (l3 + LB_IPV6_HLEN > end || (void *)(ip + LB_IPV6_HLEN) > data_end)
+			return LB_DROP_TRUNCATED;
+		if ((ip[0] >> 4) != 6)
+			return LB_DROP_BAD_IP_HEADER;
+		l4 = l3 + LB_IPV6_HLEN;
+		th = ip + LB_IPV6_HLEN;
+		if (l4 + 8 > end || (void *)(th + 8) > data_end)
+			return LB_DROP_TRUNCATED;
+		proto = ip[6];
+		__builtin_memcpy(out->key.dst, ip + 8, 16);
+		__builtin_memcpy(out->key.src, ip + 24, 16);
+	}
+	if ((proto != LB_PROTO_TCP && proto != LB_PROTO_UDP) ||
+	    out->key.dst[0] != p->key.dst[0] || out->key.dst[1] != p->key.dst[1] ||
+	    out->key.dst[2] != p->key.dst[2] || out->key.dst[3] != p->key.dst[3])
+		return LB_NOT_A_FLOW_ERROR;
+	/* The quote is the reply (VIP:vport -> client:cport); the client's packets go the other
+	 * way. */
+	__builtin_memcpy(&out->key.dport, th, 2);
+	__builtin_memcpy(&out->key.sport, th + 2, 2);
+	out->key.proto = proto;
+	out->key.family = p->key.family;
+	out->inner_l3 = l3;
+	out->inner_l4 = l4;
+	return LB_PARSE_OK;
+}
+
 #endif /* SLUICE_BPF_PARSE_H */

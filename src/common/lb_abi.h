@@ -71,6 +71,19 @@ typedef uint64_t lb_u64;
 #define LB_ARP_LEN 28             /* Ethernet/IPv4 ARP (RFC 826) */
 #define LB_REPLY_HOP_LIMIT 64     /* TTL / hop limit of an answered echo */
 
+/*
+ * The ICMP errors about a flow that are forwarded to its backend (RFC 792, RFC 1191 section 4,
+ * RFC 4443 sections 3.1-3.3): the quoted packet is a backend's reply, so the error belongs to the
+ * backend that sent it, as IPVS (ip_vs_in_icmp) and Katran forward it.
+ */
+#define LB_ICMP_DEST_UNREACH 3    /* code 4: fragmentation needed (PMTU discovery, RFC 1191) */
+#define LB_ICMP_TIME_EXCEEDED 11
+#define LB_ICMPV6_DEST_UNREACH 1
+#define LB_ICMPV6_PACKET_TOO_BIG 2 /* PMTU discovery for IPv6 (RFC 8201) */
+#define LB_ICMPV6_TIME_EXCEEDED 3
+/* An ICMP error's header: type, code, checksum and 4 bytes (unused, or the next-hop MTU). */
+#define LB_ICMP_HLEN 8
+
 #define LB_TCP_FIN 0x01
 #define LB_TCP_SYN 0x02
 #define LB_TCP_RST 0x04
@@ -277,6 +290,7 @@ struct lb_cpu_counters {
 	lb_u64 flows_created;
 	lb_u64 flows_rescheduled;
 	lb_u64 answered;    /* ARP, Neighbour Solicitations and echo requests answered in place */
+	lb_u64 icmp_forwarded; /* ICMP errors about a flow sent on to its backend */
 	lb_u64 drops[LB_DROP__COUNT];
 };
 

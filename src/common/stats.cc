@@ -17,6 +17,7 @@ void addTotals(WorkerTotals& into, const WorkerTotals& w) {
   into.flows_rescheduled += w.flows_rescheduled;
   into.passed += w.passed;
   into.answered += w.answered;
+  into.icmp_forwarded += w.icmp_forwarded;
   into.host_sent += w.host_sent;
 }
 

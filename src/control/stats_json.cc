@@ -83,6 +83,7 @@ json workerJson(const WorkerTotals& w, bool with_index) {
   j["flows_rescheduled"] = w.flows_rescheduled;
   j["passed"] = w.passed;
   j["answered"] = w.answered;
+  j["icmp_forwarded"] = w.icmp_forwarded;
   j["host_sent"] = w.host_sent;
   return j;
 }

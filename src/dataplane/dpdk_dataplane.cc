@@ -22,6 +22,7 @@ StatsTotals collectStats(std::span<const Pipeline* const> pipelines, const Snaps
     w.flows_rescheduled = c.flows_rescheduled;
     w.passed = c.passed;
     w.answered = c.answered;
+    w.icmp_forwarded = c.icmp_forwarded;
     w.host_sent = c.host_sent;
     const FlowTableStats& fs = p->flows().stats();
     w.flows_created = fs.inserted;

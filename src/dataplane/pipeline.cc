@@ -51,6 +51,18 @@ EndpointKey srcEndpoint(const lb_flow_key& k) noexcept {
   return e;
 }
 
+/**
+ * Whether a flow entry's backend may still carry it: the same service, the same backend (its id
+ * not handed to another), and not down in a service that reschedules its flows.
+ */
+bool pinnedBackendValid(const FlowEntry& e, const ServiceEntry& svc,
+                        const Snapshot& snap) noexcept {
+  const uint32_t bid = e.backend_id;
+  return e.service_id == svc.id && bid < snap.backends.size() && snap.backends[bid].present &&
+         snap.backends[bid].epoch == e.backend_epoch &&
+         (snap.backends[bid].flags & LB_BACKEND_F_RESCHEDULE) == 0;
+}
+
 }  // namespace
 
 Pipeline::Pipeline(uint32_t flow_capacity, uint32_t max_backend_ids)
@@ -137,6 +149,21 @@ bool Pipeline::forward(PacketRef& p, const Snapshot& snap, PortContext& port) no
     answerEcho(p.data, p.parsed, port.mac);  // a VIP answers ping, as an IPVS host does
     return answered();
   }
+  if (isIcmpError(p.data, p.parsed, p.data_len) && snap.vip_addresses.find(dst) != nullptr)
+      [[unlikely]] {
+    // A router's error about a backend's reply (PMTU discovery): to that backend. One whose
+    // quote names no service of the VIP goes on as before, to the kernel.
+    IcmpError e;
+    const int status = parseIcmpError(p.data, p.parsed, p.data_len, e);
+    if (status >= 0) {
+      return drop(status);
+    }
+    if (status == kParseOk) {
+      if (const EndpointMap::Value* v = snap.service_map.find(dstEndpoint(e.key)); v != nullptr) {
+        return icmpErrorToBackend(p, snap, snap.services[v->service_id], e, port);
+      }
+    }
+  }
   if (const EndpointMap::Value* v = snap.nat_reply_map.find(srcEndpoint(k)); v != nullptr) {
     return natReply(p, snap, *v, port);
   }
@@ -168,10 +195,7 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
   bool pick = (e == nullptr);
   if (e != nullptr) {
     const uint32_t bid = e->backend_id;
-    const bool valid = e->service_id == svc.id && bid < snap.backends.size() &&
-                       snap.backends[bid].present && snap.backends[bid].epoch == e->backend_epoch &&
-                       (snap.backends[bid].flags & LB_BACKEND_F_RESCHEDULE) == 0;
-    if (!valid) [[unlikely]] {
+    if (!pinnedBackendValid(*e, svc, snap)) [[unlikely]] {
       ++counters_.flows_rescheduled;  // its backend is gone: a TCP peer will likely see a reset
       pick = true;
     } else if (tcp && (flags & (kTcpSyn | kTcpAck)) == kTcpSyn &&
@@ -223,6 +247,31 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
   }
   rewriteMacs(p.data, b.mac, port.mac);
   BackendCounters& bc = backend_counters_[e->backend_id];
+  bc.claim(b.epoch);
+  ++bc.packets;
+  bc.bytes += p.pkt_len;
+  return true;
+}
+
+bool Pipeline::icmpErrorToBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry& svc,
+                                  const IcmpError& e, PortContext& port) noexcept {
+  // The backend the flow's next client packet would reach: its entry's while that is valid, else
+  // the Maglev pick a new flow would get. An error is not traffic of the flow: the entry is
+  // neither created nor refreshed, and a lookup only expires what has expired.
+  const uint32_t hash = lb_flow_hash(&e.key);
+  const FlowEntry* f = flows_.lookup(e.key, hash, p.now_ns);
+  const uint32_t bid =
+      f != nullptr && pinnedBackendValid(*f, svc, snap) ? f->backend_id : svc.pick(hash);
+  if (bid == LB_BACKEND_NONE) [[unlikely]] {
+    return drop(LB_DROP_NO_BACKEND);
+  }
+  const BackendEntry& b = snap.backends[bid];
+  if (svc.forwarding == Forwarding::kNat) {
+    rewriteIcmpError(p.data, p.parsed, e, b.addr, b.port_be);
+  }
+  rewriteMacs(p.data, b.mac, port.mac);
+  ++counters_.icmp_forwarded;
+  BackendCounters& bc = backend_counters_[bid];
   bc.claim(b.epoch);
   ++bc.packets;
   bc.bytes += p.pkt_len;

@@ -14,6 +14,7 @@
 #include "common/snapshot.h"
 #include "dataplane/backend_counters.h"
 #include "dataplane/flow_table.h"
+#include "dataplane/icmp_error.h"
 #include "dataplane/packet.h"
 
 namespace sluice {
@@ -26,6 +27,7 @@ struct WorkerCounters {
   Counter flows_rescheduled;  // a pinned backend was removed; the flow got a new one
   Counter passed;             // handed to the kernel through the exception port
   Counter answered;           // ARP, Neighbour Solicitations and echo requests answered in place
+  Counter icmp_forwarded;     // ICMP errors about a flow sent on to its backend (icmp_error.h)
   Counter checksums_completed;  // partial checksums of local senders completed (kernel-fed ports)
   Counter host_sent;          // frames the host's kernel sent out through the NIC (exception port)
 };
@@ -94,6 +96,9 @@ class Pipeline {
                  PortContext& port) noexcept;
   bool natReply(PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v,
                 PortContext& port) noexcept;
+  /** An ICMP error about a flow of svc (icmp_error.h): to the flow's backend, the flow untouched. */
+  bool icmpErrorToBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry& svc,
+                          const IcmpError& e, PortContext& port) noexcept;
   bool drop(int reason) noexcept {
     ++counters_.drops[reason];
     return false;

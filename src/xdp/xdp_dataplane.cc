@@ -635,14 +635,17 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
   if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.cpu_counters), &zero, cpus.data()) != 0) {
     throw XdpError(fmt::format("cannot read the counters: {}", why(errno)));
   }
-  uint64_t now = skel_->bss->clock_override_ns;
-  if (now == 0) {
+  // Attached, live entries only: the LRU keeps expired ones until it needs their room, where
+  // the DPDK workers sweep theirs. A replay counts every entry, as the DPDK replay's table
+  // holds every flow the capture made until the sweep reaches it.
+  uint64_t live_at = 0;
+  if (ifindex_ != 0) {
     timespec ts{};
     clock_gettime(CLOCK_MONOTONIC, &ts);  // bpf_ktime_get_ns()'s clock
-    now = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+    live_at =
+        static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
   }
-  // Live entries only: the LRU keeps expired ones until it needs their room.
-  const std::vector<FlowRow> rows = flows(now);
+  const std::vector<FlowRow> rows = flows(live_at);
   bool first_worker = true;
   for (int cpu = 0; cpu < ncpus_; ++cpu) {
     const lb_cpu_counters& c = cpus[static_cast<size_t>(cpu)];
@@ -661,6 +664,7 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
     w.flows_rescheduled = c.flows_rescheduled;
     w.passed = c.passed;
     w.answered = c.answered;
+    w.icmp_forwarded = c.icmp_forwarded;
     for (const FlowRow& f : rows) {
       // A shared table is no CPU's: its flows are counted once, on the first CPU listed.
       const bool mine = scope_ == FlowTableScope::kShared ? first_worker

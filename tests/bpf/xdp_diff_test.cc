@@ -4,7 +4,8 @@
 //
 // And in process (XdpHost below), table-driven fixtures of what a host answers itself (ARP,
 // Neighbour Solicitations, echo requests), its own traffic, frames for other MACs, rescheduling
-// of a down backend's flows and per-family NAT gateways: each frame through the DPDK pipeline
+// of a down backend's flows, per-family NAT gateways and (XdpIcmpError) ICMP errors about a flow
+// sent on to its backend: each frame through the DPDK pipeline
 // (src/dataplane/pipeline.h on a byte buffer, trimmed as the worker trims) and through the loaded
 // XDP program, with the expected action, counters and output bytes. The expected answers are
 // built from scratch by tools/pktgen, checksums included, so they check both paths against an
@@ -13,14 +14,18 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <arpa/inet.h>
 #include <sched.h>
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/lb_abi.h"
@@ -29,6 +34,10 @@
 #include "common/snapshot.h"
 #include "sluice_config.h"
 #if SLUICE_HAS_XDP
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <unistd.h>
+
 #include "control/snapshot_builder.h"
 #include "dataplane/pipeline.h"
 #include "xdp/xdp_dataplane.h"
@@ -202,6 +211,27 @@ std::vector<PcapRecord> capture() {
     e.dst = to;
     all.push_back({t++, pktgen::buildEchoRequest(e, 77, static_cast<uint16_t>(t), Bytes(56, 7))});
   }
+  // ICMP errors about replies of DR and NAT services, IPv4 and IPv6 (forwarded to the backend),
+  // and one quoting a port that is no service (to the kernel).
+  const std::vector<std::tuple<IpAddress, uint16_t, uint8_t, IpAddress>> quoted = {
+      {ip("192.0.2.10"), 80, LB_PROTO_TCP, ip("198.51.100.70")},
+      {ip("192.0.2.53"), 53, LB_PROTO_UDP, ip("203.0.113.70")},
+      {ip("2001:db8::10"), 443, LB_PROTO_TCP, ip("2001:db8:ff::70")},
+      {ip("192.0.2.10"), 81, LB_PROTO_TCP, ip("198.51.100.70")}};
+  for (const auto& [vip, vport, proto, client] : quoted) {
+    PacketSpec r;
+    r.src = vip;
+    r.dst = client;
+    r.proto = proto;
+    r.sport = vport;
+    r.dport = 33333;
+    r.payload = Bytes(1400, 0x21);
+    PacketSpec o;
+    o.src = vip.isV4() ? ip("198.51.100.254") : ip("2001:db8:ff::fe");
+    o.dst = vip;
+    all.push_back({t++, vip.isV4() ? pktgen::buildIcmpError(o, 3, 4, 1300, r, 548)
+                                   : pktgen::buildIcmpError(o, 2, 0, 1280, r, 1232)});
+  }
   PacketSpec ssh = base;
   ssh.dst = ip("192.0.2.1");
   ssh.dport = 22;
@@ -267,6 +297,8 @@ TEST(XdpDifferential, SameCaptureSameOutputBothPaths) {
   // ARP requests for the two IPv4 VIPs and the local address, the NSs with an option for the
   // IPv6 VIP and the local address, an echo request to a VIP of each family.
   EXPECT_EQ(dt.at("answered").get<uint64_t>(), 7u);
+  // The three ICMP errors about a flow of a service (the outputs below compare their bytes).
+  EXPECT_EQ(dt.at("icmp_forwarded").get<uint64_t>(), 3u);
   // Every forwarded packet, byte for byte and in order.
   ASSERT_EQ(xdp.out.size(), dpdk.out.size());
   size_t differing = 0;
@@ -378,12 +410,12 @@ struct Outcome {
 
 /** Every counter both paths keep per worker / CPU. */
 struct Counts {
-  uint64_t rx = 0, tx = 0, passed = 0, answered = 0, rescheduled = 0;
+  uint64_t rx = 0, tx = 0, passed = 0, answered = 0, rescheduled = 0, icmp_forwarded = 0;
   std::array<uint64_t, LB_DROP__COUNT> drops{};
   bool operator==(const Counts&) const = default;
   std::string str() const {
-    std::string s = fmt::format("rx {} tx {} passed {} answered {} rescheduled {} drops", rx, tx,
-                                passed, answered, rescheduled);
+    std::string s = fmt::format("rx {} tx {} passed {} answered {} rescheduled {} icmp {} drops",
+                                rx, tx, passed, answered, rescheduled, icmp_forwarded);
     for (int r = 0; r < LB_DROP__COUNT; ++r) {
       if (drops[r] != 0) {
         s += fmt::format(" {}={}", lb_drop_reason_name(r), drops[r]);
@@ -431,11 +463,15 @@ class DpdkPath {
     n.passed = c.passed;
     n.answered = c.answered;
     n.rescheduled = c.flows_rescheduled;
+    n.icmp_forwarded = c.icmp_forwarded;
     for (int r = 0; r < LB_DROP__COUNT; ++r) {
       n.drops[r] = c.drops[r];
     }
     return n;
   }
+
+  uint64_t flowsCreated() const { return pipe_.flows().stats().inserted; }
+  uint64_t backendPackets(uint32_t id) const { return pipe_.backendCounters()[id].packets; }
 
  private:
   Pipeline pipe_{kFlowCapacity, sluice::kMaxBackendIds};
@@ -447,7 +483,15 @@ class XdpPath {
  public:
   explicit XdpPath(std::unique_ptr<XdpDataplane> xdp) : xdp_(std::move(xdp)) {
     xdp_->setPortMac(kPortMac.bytes.data());
+    cpu_counters_fd_ = mapOfProgram(xdp_->programFd(), "cpu_counters");
   }
+  ~XdpPath() {
+    if (cpu_counters_fd_ >= 0) {
+      close(cpu_counters_fd_);
+    }
+  }
+  XdpPath(const XdpPath&) = delete;
+  XdpPath& operator=(const XdpPath&) = delete;
 
   Outcome run(const Bytes& in, const Snapshot& snap, bool accept_any, uint64_t now) {
     if (&snap != applied_) {
@@ -475,14 +519,68 @@ class XdpPath {
     n.passed = t.passed;
     n.answered = t.answered;
     n.rescheduled = t.flows_rescheduled;
+    n.icmp_forwarded = icmpForwarded();
     for (int r = 0; r < LB_DROP__COUNT; ++r) {
       n.drops[r] = t.drops[r];
     }
     return n;
   }
 
+  uint64_t flowsCreated(const Snapshot& snap) const {
+    return xdp_->totals(snap).all.flows_created;
+  }
+
  private:
+  /** A map of a loaded program by name, opened (-1: none of that name). */
+  static int mapOfProgram(int prog_fd, const std::string& name) {
+    bpf_prog_info info{};
+    uint32_t len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) {
+      return -1;
+    }
+    std::vector<uint32_t> ids(info.nr_map_ids);
+    info = bpf_prog_info{};
+    info.nr_map_ids = static_cast<uint32_t>(ids.size());
+    info.map_ids = reinterpret_cast<uint64_t>(ids.data());
+    len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) {
+      return -1;
+    }
+    for (const uint32_t id : ids) {
+      const int fd = bpf_map_get_fd_by_id(id);
+      bpf_map_info mi{};
+      uint32_t mlen = sizeof(mi);
+      if (fd >= 0 && bpf_obj_get_info_by_fd(fd, &mi, &mlen) == 0 && name == mi.name) {
+        return fd;
+      }
+      if (fd >= 0) {
+        close(fd);
+      }
+    }
+    return -1;
+  }
+
+  /**
+   * icmp_forwarded summed over the CPUs, read from the program's counters map: the counter the
+   * program keeps, whether or not XdpDataplane::totals() reports it yet.
+   */
+  uint64_t icmpForwarded() const {
+    std::vector<lb_cpu_counters> cpus(static_cast<size_t>(libbpf_num_possible_cpus()));
+    const uint32_t zero = 0;
+    if (cpu_counters_fd_ < 0 ||
+        bpf_map_lookup_elem(cpu_counters_fd_, &zero, cpus.data()) != 0) {
+      ADD_FAILURE() << "cannot read the program's cpu_counters";
+      return 0;
+    }
+    uint64_t n = 0;
+    for (const lb_cpu_counters& c : cpus) {
+      n += c.icmp_forwarded;
+    }
+    return n;
+  }
+
   std::unique_ptr<XdpDataplane> xdp_;
+  int cpu_counters_fd_ = -1;
   const Snapshot* applied_ = nullptr;
 };
 
@@ -1182,6 +1280,495 @@ TEST_F(XdpHost, NatRepliesGoToTheGatewayOfTheirFamily) {
   b = run(pktgen::build(r4), *only4, false, kT0, "IPv4 NAT reply, its gateway known");
   EXPECT_EQ(hex(b.dpdk.frame), hex(out4));
   EXPECT_EQ(dpdk_.counts().drops[LB_DROP_NO_NEXT_HOP], 2u);
+}
+// ---------------------------------------------------------------------------------------------
+// ICMP errors about a flow (src/dataplane/icmp_error.h): a router that cannot pass a backend's
+// reply (too big for a link: PMTU discovery, RFC 1191 / RFC 8201) sends the error to the VIP,
+// quoting the reply. Both paths send it on to the flow's backend, DR as a forward (MACs only),
+// NAT with the VIP rewritten to the backend in the outer header and the quote.
+
+const IpAddress kRouter4 = ip("198.51.100.254");
+const IpAddress kRouter6 = ip("2001:db8:b::fe");
+
+sluice::BackendConfig icmpBackend(const char* addr, uint16_t port, const char* m,
+                                  uint32_t weight = 1) {
+  sluice::BackendConfig b;
+  b.address = ip(addr);
+  b.port = port;
+  b.mac = mac(m);
+  b.weight = weight;
+  return b;
+}
+
+sluice::ServiceConfig icmpService(const char* name, const char* vip, uint16_t port,
+                                  sluice::Protocol proto, sluice::Forwarding fwd,
+                                  std::vector<sluice::BackendConfig> backends) {
+  sluice::ServiceConfig s;
+  s.name = name;
+  s.vip = ip(vip);
+  s.port = port;
+  s.protocol = proto;
+  s.forwarding = fwd;
+  s.backends = std::move(backends);
+  return s;
+}
+
+/**
+ * hostConfig() and a service of each kind it lacks: DR/UDP/IPv4, NAT/TCP/IPv4, DR/TCP/IPv6,
+ * NAT/UDP/IPv6, and one whose only backend is drained. reweighted: the first backend of every
+ * service weighs ten times as much (the same backends, ids and epochs: other Maglev tables).
+ */
+sluice::Config icmpConfig(bool reweighted = false) {
+  using sluice::Forwarding;
+  using sluice::Protocol;
+  sluice::Config c = hostConfig();
+  c.services.push_back(icmpService("dnsdr", "192.0.2.54", 53, Protocol::kUdp, Forwarding::kDr,
+                                   {icmpBackend("10.0.4.1", 53, "02:00:00:00:04:01"),
+                                    icmpBackend("10.0.4.2", 53, "02:00:00:00:04:02")}));
+  c.services.push_back(icmpService("api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
+                                   {icmpBackend("10.0.2.1", 8443, "02:00:00:00:03:01"),
+                                    icmpBackend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
+  c.services.push_back(icmpService("web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
+                                   {icmpBackend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
+                                    icmpBackend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
+  c.services.push_back(icmpService("dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
+                                   {icmpBackend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
+                                    icmpBackend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
+  c.services.push_back(icmpService("drained", "192.0.2.30", 80, Protocol::kUdp, Forwarding::kDr,
+                                   {icmpBackend("10.0.3.1", 80, "02:00:00:00:07:01", 0)}));
+  if (reweighted) {
+    for (sluice::ServiceConfig& s : c.services) {
+      if (!s.backends.empty() && s.backends[0].weight != 0) {
+        s.backends[0].weight *= 10;
+      }
+    }
+  }
+  sluice::validateConfig(c, "test");
+  return c;
+}
+
+SnapshotPtr icmpSnapshot(sluice::IdRegistry& ids, bool reweighted = false, uint64_t gen = 1) {
+  sluice::RuntimeState rt;
+  rt.neighbours[kGateway4] = kGateway4Mac;
+  rt.neighbours[kGateway6] = kGateway6Mac;
+  return sluice::buildSnapshot(icmpConfig(reweighted), ids, gen, nullptr, &rt);
+}
+
+const sluice::ServiceEntry& serviceNamed(const Snapshot& snap, const std::string& name) {
+  for (const sluice::ServiceEntry& s : snap.services) {
+    if (s.present && s.name == name) {
+      return s;
+    }
+  }
+  throw std::invalid_argument("no service " + name);
+}
+
+/** One connection of a service: the client's packets and the (rewritten) replies it gets. */
+struct IcmpFlow {
+  std::string service;
+  IpAddress vip;
+  uint16_t vport = 0;
+  uint8_t proto = LB_PROTO_TCP;
+  IpAddress client;
+  uint16_t cport = 0;
+
+  /** The flow key of the client's packets (what the flow table and the hash are keyed by). */
+  lb_flow_key key() const {
+    lb_flow_key k{};
+    const size_t n = vip.isV4() ? 4 : 16;
+    std::memcpy(k.src, client.bytes.data(), n);
+    std::memcpy(k.dst, vip.bytes.data(), n);
+    k.sport = htons(cport);
+    k.dport = htons(vport);
+    k.proto = proto;
+    k.family = vip.isV4() ? LB_FAMILY_IPV4 : LB_FAMILY_IPV6;
+    return k;
+  }
+
+  /** A packet of the client's: a SYN (TCP) or a datagram (UDP). */
+  Bytes clientPacket() const {
+    PacketSpec p;
+    p.src_mac = vip.isV4() ? kGateway4Mac : kGateway6Mac;
+    p.dst_mac = kPortMac;
+    p.src = client;
+    p.dst = vip;
+    p.proto = proto;
+    p.sport = cport;
+    p.dport = vport;
+    p.tcp_flags = 0x02;
+    p.payload = Bytes(16, 0x51);
+    return pktgen::build(p);
+  }
+
+  /** The reply as it left Sluice (or, DR, the backend): from VIP:vport, a full-sized segment. */
+  PacketSpec reply() const {
+    PacketSpec r;
+    r.src = vip;
+    r.dst = client;
+    r.proto = proto;
+    r.sport = vport;
+    r.dport = cport;
+    r.tcp_flags = 0x18;
+    r.seq = 0x01020304;
+    r.ack = 0x0a0b0c0d;
+    r.ttl = 61;
+    r.ip_id = 0x4d2;
+    r.payload = Bytes(1452, 0x77);
+    return r;
+  }
+};
+
+/** An ICMP error from a router to the VIP about the flow's reply, and how much of it is quoted. */
+struct IcmpErrorSpec {
+  uint8_t type = 0;
+  uint8_t code = 0;
+  uint32_t rest = 0;
+  size_t quote_len = 0;
+};
+
+/** IPv4 fragmentation needed (RFC 1191: next-hop MTU 1400), IPv6 packet too big (MTU 1280). */
+IcmpErrorSpec pmtuError(bool v4, size_t quote_len) {
+  return v4 ? IcmpErrorSpec{3, 4, 1400, quote_len} : IcmpErrorSpec{2, 0, 1280, quote_len};
+}
+
+PacketSpec routerSpec(const IcmpFlow& f) {
+  PacketSpec o;
+  const bool v4 = f.vip.isV4();
+  o.src_mac = v4 ? kGateway4Mac : kGateway6Mac;
+  o.dst_mac = kPortMac;
+  o.src = v4 ? kRouter4 : kRouter6;
+  o.dst = f.vip;
+  o.ttl = 254;
+  o.ip_id = 0x77;
+  return o;
+}
+
+Bytes icmpErrorFrame(const IcmpFlow& f, const IcmpErrorSpec& e) {
+  return pktgen::buildIcmpError(routerSpec(f), e.type, e.code, e.rest, f.reply(), e.quote_len);
+}
+
+/**
+ * What the error must leave as towards backend b, built from scratch: DR, the same message
+ * from the port's MAC to b's; NAT, the outer destination b's address and the quote's source
+ * b:port, every checksum computed anew but the quoted TCP/UDP checksum, which keeps the value
+ * the router quoted (neither path fixes it: see rewriteIcmpError()).
+ */
+Bytes expectedIcmpForward(const IcmpFlow& f, const IcmpErrorSpec& e, const sluice::BackendEntry& b,
+                          bool nat) {
+  PacketSpec o = routerSpec(f);
+  o.src_mac = kPortMac;
+  std::copy(b.mac, b.mac + 6, o.dst_mac.bytes.begin());
+  const PacketSpec r = f.reply();
+  Bytes quote = pktgen::ipPacket(r);
+  if (nat) {
+    PacketSpec moved = r;
+    moved.src = b.address;
+    moved.sport = b.port;
+    const Bytes rewritten = pktgen::ipPacket(moved);
+    const size_t l4 = r.src.isV4() ? 20 : 40;
+    const size_t csum = l4 + (f.proto == LB_PROTO_TCP ? 16 : 6);
+    Bytes patched = rewritten;
+    patched[csum] = quote[csum];
+    patched[csum + 1] = quote[csum + 1];
+    quote = patched;
+    o.dst = b.address;
+  }
+  quote.resize(std::min(quote.size(), e.quote_len));
+  return pktgen::buildIcmp(o, e.type, e.code, e.rest, quote);
+}
+
+class XdpIcmpError : public XdpHost {
+ protected:
+  /** The backend a frame was sent to (by destination MAC), or 0. */
+  static uint32_t backendOf(const Snapshot& snap, const Bytes& out) {
+    for (uint32_t id = 1; id < snap.backends.size(); ++id) {
+      if (snap.backends[id].present && out.size() >= 6 &&
+          std::equal(out.begin(), out.begin() + 6, snap.backends[id].mac)) {
+        return id;
+      }
+    }
+    return 0;
+  }
+
+  /**
+   * The error through both paths: forwarded to backend `to`, exactly as built from scratch,
+   * its checksums valid, counted once as icmp_forwarded and in tx and the backend's packets,
+   * and no flow created.
+   */
+  void expectForwarded(const IcmpFlow& f, const IcmpErrorSpec& e, const Snapshot& snap,
+                       uint32_t to, uint64_t now, const std::string& what) {
+    const sluice::ServiceEntry& svc = serviceNamed(snap, f.service);
+    const bool nat = svc.forwarding == sluice::Forwarding::kNat;
+    const Counts before = dpdk_.counts();
+    const uint64_t dpdk_flows = dpdk_.flowsCreated();
+    const uint64_t xdp_flows = xdp_->flowsCreated(snap);
+    const uint64_t packets_before = backendPackets(to);
+    const Bytes in = icmpErrorFrame(f, e);
+    const Both b = run(in, snap, false, now, what);
+    ASSERT_EQ(b.dpdk.action, Action::kTx) << what;
+    EXPECT_EQ(backendOf(snap, b.dpdk.frame), to) << what;
+    EXPECT_EQ(hex(b.dpdk.frame), hex(expectedIcmpForward(f, e, snap.backends[to], nat)))
+        << what << ": the rewritten message, built from scratch";
+    const auto icmp = pktgen::decodeIcmp(b.xdp.frame);
+    ASSERT_TRUE(icmp.has_value()) << what;
+    EXPECT_TRUE(icmp->ip_checksum_ok) << what;
+    EXPECT_TRUE(icmp->icmp_checksum_ok) << what;
+    EXPECT_EQ(icmp->type, e.type);
+    EXPECT_EQ(icmp->dst, nat ? snap.backends[to].address : f.vip) << what;
+    // The quote's source: the backend (NAT) or the VIP (DR), and its port.
+    const Bytes& m = icmp->message;
+    const bool v4 = f.vip.isV4();
+    const size_t src_at = 8 + (v4 ? 12 : 8);
+    const size_t port_at = 8 + (v4 ? 20 : 40);
+    const IpAddress& src = nat ? snap.backends[to].address : f.vip;
+    EXPECT_TRUE(std::equal(m.begin() + src_at, m.begin() + src_at + (v4 ? 4 : 16),
+                           src.bytes.begin()))
+        << what;
+    EXPECT_EQ(m[port_at] << 8 | m[port_at + 1], nat ? snap.backends[to].port : f.vport) << what;
+    if (v4) {
+      EXPECT_EQ(pktgen::onesSum(std::span<const uint8_t>(m).subspan(8, 20)), 0xffff)
+          << what << ": the quoted IPv4 header's checksum";
+    }
+    const Counts after = dpdk_.counts();
+    EXPECT_EQ(after.icmp_forwarded - before.icmp_forwarded, 1u) << what;
+    EXPECT_EQ(after.tx - before.tx, 1u) << what;
+    EXPECT_EQ(after.drops, before.drops) << what;
+    EXPECT_EQ(after.rescheduled, before.rescheduled) << what;
+    EXPECT_EQ(dpdk_.flowsCreated(), dpdk_flows) << what << ": an error creates no flow";
+    EXPECT_EQ(xdp_->flowsCreated(snap), xdp_flows) << what << ": an error creates no flow";
+    EXPECT_EQ(backendPackets(to), packets_before + 1) << what;
+  }
+
+  uint64_t backendPackets(uint32_t id) const { return dpdk_.backendPackets(id); }
+
+  /** The Maglev pick of the flow under snap: where a new flow of that key goes. */
+  static uint32_t maglevPick(const IcmpFlow& f, const Snapshot& snap) {
+    const lb_flow_key k = f.key();
+    return serviceNamed(snap, f.service).pick(lb_flow_hash(&k));
+  }
+};
+
+/** A flow of each kind (family, protocol, forwarding mode). */
+std::vector<IcmpFlow> icmpFlows() {
+  return {
+      {"web", kVip4, 80, LB_PROTO_TCP, ip("203.0.113.21"), 41001},            // DR TCP
+      {"dnsdr", ip("192.0.2.54"), 53, LB_PROTO_UDP, ip("203.0.113.22"), 41002},  // DR UDP
+      {"api", ip("192.0.2.20"), 443, LB_PROTO_TCP, ip("203.0.113.23"), 41003},   // NAT TCP
+      {"dns", ip("192.0.2.53"), 53, LB_PROTO_UDP, ip("203.0.113.24"), 41004},    // NAT UDP
+      {"web6dr", kVip6, 80, LB_PROTO_TCP, ip("2001:db8:ff::21"), 42001},         // DR TCP
+      {"web6", kVip6, 443, LB_PROTO_TCP, ip("2001:db8:ff::22"), 42002},          // NAT TCP
+      {"dns6", ip("2001:db8::53"), 53, LB_PROTO_UDP, ip("2001:db8:ff::23"), 42003},  // NAT UDP
+  };
+}
+
+// Without a flow entry the error goes where a new flow of that key would (the Maglev pick);
+// after the client's first packet, to the flow's backend (the same one: nothing changed). Quotes
+// of the RFC 792 minimum (header + 8), of Linux's 576-byte limit, and of a whole 1280 bytes.
+TEST_F(XdpIcmpError, PmtuErrorsGoToTheFlowsBackendBothPaths) {
+  XDP_OR_SKIP();
+  sluice::IdRegistry ids;
+  const SnapshotPtr snap = icmpSnapshot(ids);
+  for (const IcmpFlow& base : icmpFlows()) {
+    const bool v4 = base.vip.isV4();
+    for (const size_t quote : {v4 ? size_t{28} : size_t{48}, v4 ? size_t{548} : size_t{1232}}) {
+      IcmpFlow f = base;
+      f.cport = static_cast<uint16_t>(f.cport + quote);  // a flow of its own per quote
+      const IcmpErrorSpec e = pmtuError(v4, quote);
+      const std::string what = fmt::format("{} {} quote {}", f.service, v4 ? "frag-needed" : "ptb",
+                                           quote);
+      const uint32_t pick = maglevPick(f, *snap);
+      ASSERT_NE(pick, LB_BACKEND_NONE) << what;
+      expectForwarded(f, e, *snap, pick, kT0, what + ", no flow");
+      const Both c = run(f.clientPacket(), *snap, false, kT0 + kSec, what + ": client packet");
+      ASSERT_EQ(c.dpdk.action, Action::kTx) << what;
+      ASSERT_EQ(backendOf(*snap, c.dpdk.frame), pick) << what << ": the flow is pinned there";
+      expectForwarded(f, e, *snap, pick, kT0 + 2 * kSec, what + ", pinned flow");
+    }
+  }
+  EXPECT_EQ(dpdk_.counts().icmp_forwarded, 2u * 2u * icmpFlows().size());
+}
+
+// Weights change: flows stay where they are pinned, and so do the errors about them, even where
+// the Maglev pick of their key is now another backend; a flow without an entry takes the pick.
+TEST_F(XdpIcmpError, APinnedFlowsErrorsStayWithItAfterAWeightChange) {
+  XDP_OR_SKIP();
+  sluice::IdRegistry ids;
+  const SnapshotPtr before = icmpSnapshot(ids);
+  const SnapshotPtr after = icmpSnapshot(ids, true, 2);
+  for (const IcmpFlow& base : icmpFlows()) {
+    const bool v4 = base.vip.isV4();
+    const IcmpErrorSpec e = pmtuError(v4, v4 ? 548 : 1232);
+    bool found = false;
+    for (uint16_t i = 0; i < 200 && !found; ++i) {
+      IcmpFlow f = base;
+      f.cport = static_cast<uint16_t>(50000 + i);
+      const uint32_t pinned = maglevPick(f, *before);
+      const uint32_t now_pick = maglevPick(f, *after);
+      if (pinned == now_pick) {
+        continue;
+      }
+      found = true;
+      const std::string what = fmt::format("{} port {}: pinned {}, now picked {}", f.service,
+                                           f.cport, pinned, now_pick);
+      ASSERT_EQ(after->backends[pinned].epoch, before->backends[pinned].epoch) << what;
+      const Both c = run(f.clientPacket(), *before, false, kT0, what + ": client packet");
+      ASSERT_EQ(backendOf(*before, c.dpdk.frame), pinned) << what;
+      expectForwarded(f, e, *after, pinned, kT0 + kSec, what + ": error, pinned");
+      // The same connection's error from another client port has no entry: the new pick.
+      IcmpFlow fresh = f;
+      fresh.client = v4 ? ip("203.0.113.99") : ip("2001:db8:ff::99");
+      expectForwarded(fresh, e, *after, maglevPick(fresh, *after), kT0 + kSec,
+                      what + ": error, no flow");
+    }
+    EXPECT_TRUE(found) << base.service << ": no flow moved by the weight change";
+  }
+}
+
+// What is not an error about a flow of a service goes on as before; a quote cut short or
+// malformed is dropped; an error about a service without backends is no_backend.
+TEST_F(XdpIcmpError, OtherErrorsAndMalformedQuotes) {
+  XDP_OR_SKIP();
+  sluice::IdRegistry ids;
+  const SnapshotPtr snap = icmpSnapshot(ids);
+  const IcmpFlow web = icmpFlows()[0];
+  const IcmpFlow web6 = icmpFlows()[5];
+  struct Case {
+    std::string description;
+    Bytes input;
+    Action action;
+    int reason;
+  };
+  std::vector<Case> cases;
+  {
+    IcmpFlow f = web;
+    f.vport = 8080;  // the VIP, another port: no service
+    cases.push_back({"quote of VIP:8080 (no service)", icmpErrorFrame(f, pmtuError(true, 28)),
+                     Action::kPass, LB_DROP_NO_SERVICE});
+    IcmpFlow u = web;
+    u.proto = LB_PROTO_UDP;  // web is TCP
+    cases.push_back({"quote of a UDP reply from a TCP service's VIP:port",
+                     icmpErrorFrame(u, pmtuError(true, 28)), Action::kPass, LB_DROP_NO_SERVICE});
+    IcmpFlow v6 = web6;
+    v6.vport = 8443;
+    cases.push_back({"IPv6 quote of VIP:8443 (no service)",
+                     icmpErrorFrame(v6, pmtuError(false, 1232)), Action::kPass,
+                     LB_DROP_NO_SERVICE});
+  }
+  {
+    PacketSpec o = routerSpec(web);
+    o.dst = ip("192.0.2.99");  // no VIP: as before
+    cases.push_back({"error to an address that is no VIP",
+                     pktgen::buildIcmpError(o, 3, 4, 1400, web.reply(), 28), Action::kPass,
+                     LB_DROP_NO_SERVICE});
+    PacketSpec local = routerSpec(web);
+    local.dst = kLocal4;  // the host's own: its kernel's
+    PacketSpec r = web.reply();
+    r.src = kLocal4;
+    cases.push_back({"error to a local address", pktgen::buildIcmpError(local, 3, 4, 1400, r, 28),
+                     Action::kPass, -1});
+  }
+  {
+    PacketSpec r = web.reply();
+    r.src = ip("192.0.2.54");  // another VIP than the error's destination
+    cases.push_back({"quote from another VIP",
+                     pktgen::buildIcmpError(routerSpec(web), 3, 4, 1400, r, 28), Action::kPass,
+                     LB_DROP_NO_SERVICE});
+    PacketSpec echo = web.reply();
+    echo.proto = LB_IPPROTO_ICMP;
+    echo.payload = {8, 0, 0, 0, 0, 1, 0, 1};
+    cases.push_back({"quote of an ICMP packet",
+                     pktgen::buildIcmpError(routerSpec(web), 3, 1, 0, echo, 28), Action::kPass,
+                     LB_DROP_NO_SERVICE});
+    PacketSpec frag = web.reply();
+    frag.frag_offset = 100;
+    frag.payload = Bytes(64, 0x66);
+    cases.push_back({"quote of a later fragment",
+                     pktgen::buildIcmpError(routerSpec(web), 3, 4, 1400, frag, 28), Action::kPass,
+                     LB_DROP_NO_SERVICE});
+  }
+  {
+    PacketSpec o = routerSpec(web);
+    cases.push_back({"other ICMP to a VIP (timestamp request)",
+                     pktgen::buildIcmp(o, 13, 0, 0, Bytes(12, 0)), Action::kPass,
+                     LB_DROP_NO_SERVICE});
+  }
+  for (const size_t cut : {size_t{0}, size_t{10}, size_t{20}, size_t{27}}) {
+    cases.push_back({fmt::format("IPv4 quote cut to {} bytes", cut),
+                     icmpErrorFrame(web, pmtuError(true, cut)), Action::kDrop,
+                     LB_DROP_TRUNCATED});
+  }
+  for (const size_t cut : {size_t{39}, size_t{47}}) {
+    cases.push_back({fmt::format("IPv6 quote cut to {} bytes", cut),
+                     icmpErrorFrame(web6, pmtuError(false, cut)), Action::kDrop,
+                     LB_DROP_TRUNCATED});
+  }
+  {
+    // Options in the quoted header (IHL 15): its ports lie past the 28 bytes quoted.
+    Bytes q = pktgen::ipPacket(web.reply());
+    q.resize(28);
+    q[0] = 0x4f;
+    cases.push_back({"IPv4 quote with IHL 15 cut to 28 bytes",
+                     pktgen::buildIcmp(routerSpec(web), 3, 4, 1400, q), Action::kDrop,
+                     LB_DROP_TRUNCATED});
+    q[0] = 0x44;
+    cases.push_back({"IPv4 quote with IHL 4", pktgen::buildIcmp(routerSpec(web), 3, 4, 1400, q),
+                     Action::kDrop, LB_DROP_BAD_IP_HEADER});
+    q[0] = 0x65;
+    cases.push_back({"IPv4 error quoting version 6",
+                     pktgen::buildIcmp(routerSpec(web), 3, 4, 1400, q), Action::kDrop,
+                     LB_DROP_BAD_IP_HEADER});
+    Bytes q6 = pktgen::ipPacket(web6.reply());
+    q6.resize(48);
+    q6[0] = 0x45;
+    cases.push_back({"IPv6 error quoting version 4",
+                     pktgen::buildIcmp(routerSpec(web6), 2, 0, 1280, q6), Action::kDrop,
+                     LB_DROP_BAD_IP_HEADER});
+  }
+  {
+    // The quote only in the Ethernet trailer: the IP packet ends after the ICMP header.
+    Bytes f = icmpErrorFrame(web, pmtuError(true, 28));
+    f[14 + 2] = 0;
+    f[14 + 3] = 20 + 8;  // IPv4 total length
+    f[14 + 10] = f[14 + 11] = 0;
+    const uint16_t sum = pktgen::onesSum(std::span<const uint8_t>(f).subspan(14, 20));
+    f[14 + 10] = static_cast<uint8_t>(~sum >> 8);
+    f[14 + 11] = static_cast<uint8_t>(~sum);
+    cases.push_back({"quote in the frame's padding, past the IP packet", f, Action::kDrop,
+                     LB_DROP_TRUNCATED});
+  }
+  {
+    PacketSpec ext = web6.reply();
+    ext.ipv6_ext = {60};  // a destination options header: not walked in a quote
+    cases.push_back({"IPv6 quote with an extension header",
+                     pktgen::buildIcmpError(routerSpec(web6), 2, 0, 1280, ext, 1232),
+                     Action::kPass, LB_DROP_NO_SERVICE});
+  }
+  {
+    IcmpFlow d{"drained", ip("192.0.2.30"), 80, LB_PROTO_UDP, ip("203.0.113.40"), 40000};
+    cases.push_back({"error about a service without backends",
+                     icmpErrorFrame(d, pmtuError(true, 28)), Action::kDrop, LB_DROP_NO_BACKEND});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.description);
+    const Counts before = dpdk_.counts();
+    const Both b = run(c.input, *snap, false, kT0, c.description);
+    EXPECT_EQ(actionName(b.dpdk.action), std::string(actionName(c.action)));
+    const Counts after = dpdk_.counts();
+    EXPECT_EQ(after.icmp_forwarded, before.icmp_forwarded);
+    for (int r = 0; r < LB_DROP__COUNT; ++r) {
+      EXPECT_EQ(after.drops[r] - before.drops[r], r == c.reason ? 1u : 0u)
+          << lb_drop_reason_name(r);
+    }
+  }
+  // And the other error types of the list: time exceeded (both families), IPv6 unreachable.
+  const IcmpErrorSpec others[] = {{11, 0, 0, 28}, {3, 1, 0, 548}, {3, 0, 0, 1232},
+                                  {1, 4, 0, 1232}};
+  const IcmpFlow flows[] = {web, icmpFlows()[2], web6, icmpFlows()[6]};
+  for (size_t i = 0; i < std::size(others); ++i) {
+    expectForwarded(flows[i], others[i], *snap, maglevPick(flows[i], *snap), kT0,
+                    fmt::format("{} type {} code {}", flows[i].service, others[i].type,
+                                others[i].code));
+  }
 }
 #endif  // SLUICE_HAS_XDP
 

@@ -1134,6 +1134,129 @@ TEST(PipelineDeterminism, PickIsTheMaglevSlotOfTheFlowHash) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// ICMP errors about a flow (dataplane/icmp_error.h): what tests/bpf/xdp_diff_test.cc does not
+// reach on the XDP side (VLAN tags with a quoted header with options, multi-segment frames) and
+// that an error leaves its flow entry alone.
+
+// The reply of the flow of client:cport with vip:vport as its router quotes it: the IP packet.
+PacketSpec replySpec(const char* vip, uint16_t vport, uint8_t proto, const IpAddress& client,
+                     uint16_t cport) {
+  PacketSpec r;
+  r.src = ip(vip);
+  r.dst = client;
+  r.proto = proto;
+  r.sport = vport;
+  r.dport = cport;
+  r.tcp_flags = 0x18;
+  r.payload = Bytes(1400, 0x5c);
+  return r;
+}
+
+PacketSpec routerToVip(const char* vip) {
+  PacketSpec o;
+  o.src_mac = kRouterMac;
+  o.dst_mac = kPortMac;
+  o.src = ip("198.51.100.254");
+  o.dst = ip(vip);
+  return o;
+}
+
+void setIpv4HeaderChecksum(Bytes& b, size_t at) {
+  const size_t ihl = (b[at] & 0x0f) * 4u;
+  b[at + 10] = b[at + 11] = 0;
+  const uint16_t sum = pktgen::onesSum(std::span<const uint8_t>(b).subspan(at, ihl));
+  b[at + 10] = static_cast<uint8_t>(~sum >> 8);
+  b[at + 11] = static_cast<uint8_t>(~sum);
+}
+
+// NAT, VLAN-tagged, the quoted IPv4 header with 4 bytes of options (IHL 6): the quoted port is
+// found past the options and every checksum comes out as a from-scratch build's.
+TEST(PipelineIcmpError, NatErrorWithAVlanTagAndQuotedIpOptions) {
+  Lb lb(baseConfig());
+  const PacketSpec c = clientSpec(3, "192.0.2.20", 443, LB_PROTO_TCP, 0x02);
+  Bytes syn = pktgen::build(c);
+  ASSERT_TRUE(runOne(lb, syn, kT0));
+  const uint32_t bid = backendIdByMac(*lb.snap, syn.data());
+  ASSERT_NE(bid, 0u);
+  const BackendEntry& b = lb.snap->backends[bid];
+
+  // The reply as Sluice sent it (from the VIP), with options: NOP, NOP, NOP, EOL.
+  Bytes quote = pktgen::ipPacket(replySpec("192.0.2.20", 443, LB_PROTO_TCP, c.src, c.sport));
+  quote.insert(quote.begin() + 20, {1, 1, 1, 0});
+  quote[0] = 0x46;
+  const uint16_t total = static_cast<uint16_t>((quote[2] << 8 | quote[3]) + 4);
+  quote[2] = static_cast<uint8_t>(total >> 8);
+  quote[3] = static_cast<uint8_t>(total);
+  setIpv4HeaderChecksum(quote, 0);
+  quote.resize(24 + 8);
+  PacketSpec o = routerToVip("192.0.2.20");
+  o.vlans = {42};
+  Bytes f = pktgen::buildIcmp(o, 3, 4, 1400, quote);
+
+  Bytes want_quote = quote;
+  std::copy(b.address.bytes.begin(), b.address.bytes.begin() + 4, want_quote.begin() + 12);
+  want_quote[24] = static_cast<uint8_t>(b.port >> 8);
+  want_quote[25] = static_cast<uint8_t>(b.port);
+  setIpv4HeaderChecksum(want_quote, 0);
+  PacketSpec want = o;
+  want.dst = b.address;
+  want.src_mac = kPortMac;
+  std::copy(b.mac, b.mac + 6, want.dst_mac.bytes.begin());
+
+  ASSERT_TRUE(runOne(lb, f, kT0 + kSec));
+  EXPECT_EQ(f, pktgen::buildIcmp(want, 3, 4, 1400, want_quote));
+  EXPECT_EQ(lb.pipe.counters().icmp_forwarded, 1u);
+  EXPECT_EQ(lb.pipe.backendCounters()[bid].packets, 2u);
+}
+
+// The DPDK path checks the quote against the first segment: ports in a later one are not read.
+TEST(PipelineIcmpError, AQuoteBeyondTheFirstSegmentIsTruncated) {
+  Lb lb(baseConfig());
+  const PacketSpec r = replySpec("192.0.2.10", 80, LB_PROTO_TCP, ip("203.0.113.9"), 40000);
+  Bytes f = pktgen::buildIcmpError(routerToVip("192.0.2.10"), 3, 4, 1400, r, 548);
+  PacketRef p;
+  p.data = f.data();
+  p.pkt_len = static_cast<uint32_t>(f.size());
+  p.data_len = 14 + 20 + 8 + 20 + 4;  // the quote's IP header and half its ports
+  p.now_ns = kT0;
+  lb.pipe.process(std::span<PacketRef>(&p, 1), *lb.snap, lb.port);
+  EXPECT_FALSE(p.transmit);
+  EXPECT_FALSE(p.to_kernel);
+  EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_TRUNCATED], 1u);
+  p.data_len = 14 + 20 + 8 + 20 + 8;  // all of the ports
+  lb.pipe.process(std::span<PacketRef>(&p, 1), *lb.snap, lb.port);
+  EXPECT_TRUE(p.transmit);
+  EXPECT_EQ(lb.pipe.counters().icmp_forwarded, 1u);
+}
+
+// An error is no traffic of its flow: it creates no entry and does not extend one, so a flow
+// idle for longer than its timeout expires even though errors about it kept arriving.
+TEST(PipelineIcmpError, AnErrorNeitherCreatesNorRefreshesItsFlow) {
+  Lb lb(baseConfig());
+  const PacketSpec c = clientSpec(5, "192.0.2.53", 53, LB_PROTO_UDP);
+  const PacketSpec r = replySpec("192.0.2.53", 53, LB_PROTO_UDP, c.src, c.sport);
+  auto error = [&r] {
+    return pktgen::buildIcmpError(routerToVip("192.0.2.53"), 3, 4, 1400, r, 548);
+  };
+  Bytes e = error();
+  ASSERT_TRUE(runOne(lb, e, kT0));
+  EXPECT_EQ(lb.pipe.flows().stats().inserted, 0u) << "no entry for an error";
+  Bytes d = pktgen::build(c);
+  ASSERT_TRUE(runOne(lb, d, kT0));
+  EXPECT_EQ(lb.pipe.flows().stats().inserted, 1u);
+  EXPECT_EQ(std::memcmp(e.data(), d.data(), 6), 0) << "the error went where the flow went";
+  const uint64_t udp = lb.snap->udp_timeout_ns;
+  e = error();
+  ASSERT_TRUE(runOne(lb, e, kT0 + udp - kSec));
+  EXPECT_EQ(std::memcmp(e.data(), d.data(), 6), 0);
+  d = pktgen::build(c);
+  ASSERT_TRUE(runOne(lb, d, kT0 + udp + kSec));
+  EXPECT_EQ(lb.pipe.flows().stats().expired, 1u) << "the error did not extend the flow";
+  EXPECT_EQ(lb.pipe.flows().stats().inserted, 2u);
+  EXPECT_EQ(lb.pipe.counters().icmp_forwarded, 2u);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Robustness: mutated frames through the whole pipeline (run under ASan locally).
 
 TEST(PipelineFuzz, MutatedFramesAreHandledAndAccountedFor) {

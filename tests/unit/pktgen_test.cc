@@ -716,5 +716,37 @@ TEST(PktgenTraffic, Deterministic) {
   EXPECT_EQ(readFile(p1.str()), readFile(p2.str()));
 }
 
+// An ICMP error quotes the start of the IP packet it is about after its 8-byte header, and its
+// checksum covers the quote (ICMPv6: and the pseudo-header, RFC 4443 section 2.3).
+TEST(PktgenIcmp, ErrorQuotesTheStartOfTheIpPacket) {
+  for (const bool v4 : {true, false}) {
+    PacketSpec reply;
+    reply.src = ip(v4 ? "192.0.2.10" : "2001:db8::10");
+    reply.dst = ip(v4 ? "203.0.113.9" : "2001:db8:ff::9");
+    reply.vlans = {5};  // not quoted: the quote is the IP packet
+    reply.sport = 80;
+    reply.dport = 40000;
+    reply.payload = Bytes(1400, 0x61);
+    PacketSpec err;
+    err.src = ip(v4 ? "198.51.100.1" : "2001:db8:b::1");
+    err.dst = reply.src;
+    const size_t quote_len = v4 ? 28 : 100;
+    const Bytes f = buildIcmpError(err, v4 ? 3 : 2, v4 ? 4 : 0, v4 ? 1300 : 1280, reply, quote_len);
+    const auto d = decodeIcmp(f);
+    ASSERT_TRUE(d.has_value());
+    EXPECT_EQ(d->type, v4 ? 3 : 2);
+    EXPECT_EQ(d->code, v4 ? 4 : 0);
+    EXPECT_TRUE(d->ip_checksum_ok);
+    EXPECT_TRUE(d->icmp_checksum_ok);
+    ASSERT_EQ(d->message.size(), 8 + quote_len);
+    EXPECT_EQ(get16(d->message, 6), v4 ? 1300 : 1280);
+    const Bytes whole = ipPacket(reply);
+    EXPECT_EQ(Bytes(d->message.begin() + 8, d->message.end()),
+              Bytes(whole.begin(), whole.begin() + static_cast<std::ptrdiff_t>(quote_len)));
+    EXPECT_EQ(whole[0] >> 4, v4 ? 4 : 6);
+    EXPECT_EQ(whole.size(), (v4 ? 20u : 40u) + 20u + 1400u);
+  }
+}
+
 }  // namespace
 }  // namespace pktgen

@@ -1,5 +1,6 @@
 #include "tools/pktgen/packet_builder.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <utility>
 
@@ -373,6 +374,20 @@ Bytes buildEchoRequest(const PacketSpec& spec, uint16_t id, uint16_t seq,
                        std::span<const uint8_t> data) {
   const uint8_t type = spec.src.isV4() ? 8 : 128;
   return buildIcmp(spec, type, 0, uint32_t{id} << 16 | seq, data);
+}
+
+Bytes ipPacket(const PacketSpec& spec) {
+  const Bytes frame = build(spec);
+  return Bytes(frame.begin() + static_cast<std::ptrdiff_t>(kEthHeaderLen +
+                                                           kVlanTagLen * spec.vlans.size()),
+               frame.end());
+}
+
+Bytes buildIcmpError(const PacketSpec& spec, uint8_t type, uint8_t code, uint32_t rest,
+                     const PacketSpec& quoted, size_t quote_len) {
+  Bytes quote = ipPacket(quoted);
+  quote.resize(std::min(quote.size(), quote_len));
+  return buildIcmp(spec, type, code, rest, quote);
 }
 
 Bytes buildNeighbourSolicit(const PacketSpec& spec, const sluice::IpAddress& target,

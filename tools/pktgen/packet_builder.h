@@ -97,6 +97,21 @@ Bytes buildIcmp(PacketSpec spec, uint8_t type, uint8_t code, uint32_t rest,
 Bytes buildEchoRequest(const PacketSpec& spec, uint16_t id, uint16_t seq,
                        std::span<const uint8_t> data = {});
 
+/** The IP packet of spec: build(spec) without its Ethernet header and VLAN tags. */
+Bytes ipPacket(const PacketSpec& spec);
+
+/**
+ * An ICMP error from spec.src to spec.dst (IPv4: type 3 destination unreachable, 11 time
+ * exceeded; ICMPv6: type 1 destination unreachable, 2 packet too big, 3 time exceeded) quoting
+ * the first quote_len bytes of ipPacket(quoted): RFC 792 quotes the IP header and 8 bytes,
+ * RFC 4443 as much as fits in 1280 bytes (the default: all of it). rest is the word after the
+ * checksum: for fragmentation needed the next-hop MTU in its low 16 bits (RFC 1191 section 4),
+ * for packet too big the MTU (RFC 4443 section 3.2), else 0. For a quote that is not a
+ * PacketSpec's (patched bytes), buildIcmp() with the bytes as body.
+ */
+Bytes buildIcmpError(const PacketSpec& spec, uint8_t type, uint8_t code, uint32_t rest,
+                     const PacketSpec& quoted, size_t quote_len = SIZE_MAX);
+
 /**
  * A Neighbour Solicitation (RFC 4861 section 4.3) from spec.src to spec.dst (usually the
  * target's solicited-node group) for target, with a source link-layer address option carrying
