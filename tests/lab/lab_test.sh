@@ -22,6 +22,8 @@
 #               error counted by the client's or the backends' kernels
 #   8 counters  no frame of the lab's traffic dropped but for no service, non-IP or another MAC;
 #               on DPDK, the host kernel's frames left through the exception interface
+#   9 pmtu      a 1 MB download per VIP through a 1,280-byte link between router and client:
+#               the router's ICMP errors reach the backends through Sluice (icmp_forwarded)
 #
 # Usage: tests/lab/lab_test.sh BUILD_DIR [--dataplanes dpdk,xdp] [--forwardings dr,nat]
 #                              [--requests N] [--keep-failed]
@@ -591,6 +593,37 @@ checkDownload() { # FAMILY EVENTS_END_MS
   fi
 }
 
+# 9: path MTU discovery through Sluice (RFC 1191, RFC 8201). With the router's link to the client
+# at 1,280 bytes, a backend's full-sized replies (the client's MSS is 1,460) cannot pass the
+# router, which sends "fragmentation needed" / "packet too big" to their source, the VIP: Sluice
+# must send it on to the backend (NAT: rewritten to it) for the backend to send smaller segments.
+# Without that the download stalls: a black hole.
+checkPmtu() {
+  local fam url out code http size before after
+  before=$(ctl --json stats | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["total"]["icmp_forwarded"])')
+  nsx router ip link set rt-c mtu 1280
+  for fam in 4 6; do
+    url=$(vipUrl "$fam" "$LAB_BIG_PATH")
+    out=$(nsx client curl -s -o /dev/null --max-time 10 -w '%{http_code} %{size_download} %{header_json}' "$url" 2>&1)
+    code=$?
+    read -r http size _ <<<"$out"
+    local be
+    be=$(grep -o '"x-backend":\["[a-z0-9]*"' <<<"$out" | grep -o 'be[0-9]*')
+    if [[ $code == 0 && $http == 200 && $size == "$LAB_BIG_BYTES" ]]; then
+      pass "9-pmtu IPv$fam" "$size of $LAB_BIG_BYTES bytes from ${be:-?} through a 1280-byte link, curl exit 0"
+    else
+      fail "9-pmtu IPv$fam" "${size:-0} of $LAB_BIG_BYTES bytes from ${be:-?} through a 1280-byte link, curl exit $code, http ${http:-none}"
+    fi
+  done
+  nsx router ip link set rt-c mtu 1500
+  after=$(ctl --json stats | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["total"]["icmp_forwarded"])')
+  if ((after > before)); then
+    pass "9-pmtu-icmp" "$((after - before)) ICMP errors forwarded to their flows' backends (icmp_forwarded)"
+  else
+    fail "9-pmtu-icmp" "no ICMP error forwarded (icmp_forwarded $before -> $after)"
+  fi
+}
+
 checkEcho() { # FROM DESTINATION NAME WHAT
   local out
   if out=$(nsx "$1" "$PY" -c "$ECHO_PY" "$2" 3 2>&1); then
@@ -834,6 +867,7 @@ runCombo() { # DATAPLANE FORWARDING
   checkDownload 6 "$t_end"
 
   checkChecksum "$spread_ok"
+  checkPmtu
 
   if ! kill -0 "$LAB_DAEMON_PID" 2>/dev/null; then
     fail "daemon" "sluiced is no longer running"

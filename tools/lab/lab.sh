@@ -21,6 +21,7 @@ readonly READY_TIMEOUT_S=30             # how long Sluice may take to report eve
 readonly PARALLEL=8                     # requests in flight at once
 readonly MAX_BACKENDS=40                # 198.51.100.11 .. .50, spares included
 readonly SLOW_FILE_KB=200 SLOW_RATE=10k # nginx's /slow/200k.bin: 200 KB at 10 KB/s, about 20 s
+readonly BIG_FILE_KB=1024               # nginx's /big/1024k.bin: 1 MB at full speed
 
 # Documentation ranges (RFC 5737, RFC 3849): no address of the lab can leave this machine.
 readonly CLIENT4=203.0.113.10 CLIENT6=2001:db8:c::10
@@ -391,13 +392,14 @@ buildBackend() { # I
 
 # nginx in slab-beI, answering "beI" on every path, with a header "X-Backend: beI" on every
 # answer; /slow/200k.bin is a file of 200 KB sent at 10 KB/s (a long-lived connection for the
-# tests). The access log has the time to the millisecond. The same command starts it again after
+# tests), /big/1024k.bin one of 1 MB at full speed (full-sized segments). The access log has the time to the millisecond. The same command starts it again after
 # a test killed it: the file `start` next to its configuration.
 startNginx() { # I
   local i=$1 dir="$TMP/be$1" port
   port=$(bePort)
-  mkdir -p "$dir/www/slow"
+  mkdir -p "$dir/www/slow" "$dir/www/big"
   head -c $((SLOW_FILE_KB * 1024)) /dev/zero >"$dir/www/slow/${SLOW_FILE_KB}k.bin"
+  head -c $((BIG_FILE_KB * 1024)) /dev/zero >"$dir/www/big/${BIG_FILE_KB}k.bin"
   # nginx's workers run as nobody: they must get through the temp dir (mktemp's 0700) to www/.
   chmod 711 "$TMP" "$dir"
   chmod -R a+rX "$dir/www"
@@ -426,6 +428,10 @@ http {
       root $dir/www;
       default_type application/octet-stream;
       limit_rate $SLOW_RATE;
+    }
+    location /big/ {
+      root $dir/www;
+      default_type application/octet-stream;
     }
   }
 }
@@ -699,7 +705,8 @@ writeEnv() { # READY: 1 if every backend was up
       BE_PORT "$(bePort)" INTERVAL_MS "$INTERVAL_MS" TIMEOUT_MS "$TIMEOUT_MS" RISE "$RISE" \
       FALL "$FALL" SLUICED "$SLUICED" SLUICECTL "$SLUICECTL" SOCKET "$SOCK" LOG "$LOG" \
       CONF "$CONF" DAEMON_PID "$DAEMON_PID" READY "$1" VIP4 "$VIP4" VIP6 "$VIP6" LB4 "$LB4" \
-      LB6 "$LB6" SLOW_PATH "/slow/${SLOW_FILE_KB}k.bin" SLOW_BYTES "$((SLOW_FILE_KB * 1024))"
+      LB6 "$LB6" SLOW_PATH "/slow/${SLOW_FILE_KB}k.bin" SLOW_BYTES "$((SLOW_FILE_KB * 1024))" \
+      BIG_PATH "/big/${BIG_FILE_KB}k.bin" BIG_BYTES "$((BIG_FILE_KB * 1024))"
     echo "# backend I: LAB_DIR/beI/ (nginx.conf, start, access.log), addresses 198.51.100.(10+I), 2001:db8:b::(10+I)"
   } >"$env"
   echo "lab: env $env"
