@@ -13,13 +13,9 @@
 // The expected fields are computed here from scratch (addresses, length and protocol summed as
 // big-endian words), not with the data path's helpers. Needs root (CAP_BPF): every test skips
 // when the program cannot be loaded.
-#include <sched.h>
-
-#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <span>
 #include <string>
 #include <vector>
 
@@ -32,6 +28,7 @@
 #include "control/config.h"
 #include "control/snapshot_builder.h"
 #include "dataplane/pipeline.h"
+#include "tests/bpf/xdp_harness.h"
 #include "tests/support/fixtures.h"
 #include "tools/pktgen/packet_builder.h"
 #include "xdp/xdp_dataplane.h"
@@ -39,6 +36,7 @@
 namespace sluice {
 namespace {
 
+using bpftest::hex;
 using pktgen::Bytes;
 using pktgen::PacketSpec;
 using testsupport::ip;
@@ -222,62 +220,28 @@ PacketSpec toClient(PacketSpec r, const NatService& n) {
 /** rewritten's frame with its checksum field partial: what the program must send. */
 Bytes expectedPartial(const PacketSpec& rewritten) { return partial(rewritten); }
 
-std::string hex(const Bytes& f) {
-  std::string s;
-  for (uint8_t b : f) {
-    s += fmt::format("{:02x}", b);
-  }
-  return s;
-}
-
 /** One DPDK worker on byte buffers, on a port that does not complete partial checksums. */
-struct Reference {
-  Reference() { std::copy(kPortMac.bytes.begin(), kPortMac.bytes.end(), port.mac); }
+struct Reference : bpftest::Reference {
+  Reference() : bpftest::Reference(kFlowCapacity, kPortMac) {}
   std::optional<Bytes> run(const Bytes& in, const Snapshot& snap) {
-    Bytes frame = in;
-    PacketRef p;
-    p.data = frame.data();
-    p.data_len = static_cast<uint32_t>(frame.size());
-    p.pkt_len = p.data_len;
-    p.now_ns = kT0;
-    pipe.process(std::span<PacketRef>(&p, 1), snap, port);
-    if (!p.transmit) {
-      return std::nullopt;
-    }
-    return frame;
+    return bpftest::Reference::run(in, snap, kT0);
   }
-  Pipeline pipe{kFlowCapacity, kMaxBackendIds};
-  PortContext port;
 };
 
 class XdpPartialChecksums : public ::testing::Test {
  protected:
   void SetUp() override {
-    // The flow tables are per CPU: stay on one.
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(static_cast<unsigned>(sched_getcpu()), &one);
-    sched_setaffinity(0, sizeof(one), &one);
-    try {
-      xdp_ = std::make_unique<XdpDataplane>(kFlowCapacity);
-    } catch (const XdpError& e) {
-      why_ = e.what();
+    bpftest::stayOnThisCpu();  // the flow tables are per CPU
+    xdp_ = bpftest::loadProgram(kFlowCapacity, kPortMac, kT0, why_);
+    if (!xdp_) {
       return;
     }
-    xdp_->setPortMac(kPortMac.bytes.data());
-    xdp_->setClock(kT0);
     snap_ = buildSnapshot(natConfig(), ids_, 1);
     xdp_->apply(*snap_);
   }
 
   /** The frame the program sends for in, or nullopt when it does not transmit it. */
-  std::optional<Bytes> run(const Bytes& in) {
-    std::vector<uint8_t> out;
-    if (xdp_->run(in, out) != kXdpTx) {
-      return std::nullopt;
-    }
-    return out;
-  }
+  std::optional<Bytes> run(const Bytes& in) { return bpftest::runXdp(*xdp_, in); }
 
   IdRegistry ids_;
   SnapshotPtr snap_;

@@ -13,7 +13,6 @@
 // Needs root (CAP_BPF for BPF_PROG_TEST_RUN): every test skips when the program cannot be loaded.
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,6 +40,7 @@
 #include "control/control_plane.h"
 #include "control/snapshot_builder.h"
 #include "dataplane/pipeline.h"
+#include "tests/bpf/xdp_harness.h"
 #include "tests/support/fixtures.h"
 #include "tools/pktgen/packet_builder.h"
 #include "xdp/xdp_dataplane.h"
@@ -48,6 +48,8 @@
 namespace sluice {
 namespace {
 
+using bpftest::runXdp;
+using bpftest::show;
 using pktgen::Bytes;
 using pktgen::PacketSpec;
 using testsupport::ip;
@@ -63,65 +65,10 @@ const MacAddress kRouterMac = mac("02:00:00:00:00:ac");
 // ---------------------------------------------------------------------------------------------
 // The two paths.
 
-/** A loaded program with the replay port's MAC and the test clock, or nullptr (why says why). */
-std::unique_ptr<XdpDataplane> loadProgram(std::string& why) {
-  try {
-    auto p = std::make_unique<XdpDataplane>(kFlowCapacity);
-    p->setPortMac(kPortMac.bytes.data());
-    p->setClock(kT0);
-    return p;
-  } catch (const XdpError& e) {
-    why = e.what();
-    return nullptr;
-  }
-}
-
-/** The frame the program sends for in, or nullopt when it does not transmit it. */
-std::optional<Bytes> runXdp(XdpDataplane& xdp, const Bytes& in, uint64_t now) {
-  xdp.setClock(now);
-  std::vector<uint8_t> out;
-  if (xdp.run(in, out) != kXdpTx) {
-    return std::nullopt;
-  }
-  return out;
-}
-
-/** One DPDK worker: the reference. */
-struct Reference {
-  Reference() { std::copy(kPortMac.bytes.begin(), kPortMac.bytes.end(), port.mac); }
-
-  /** The frame the pipeline sends for in under snap, or nullopt when it does not. */
-  std::optional<Bytes> run(const Bytes& in, const Snapshot& snap, uint64_t now) {
-    Bytes frame = in;
-    PacketRef p;
-    p.data = frame.data();
-    p.data_len = static_cast<uint32_t>(frame.size());
-    p.pkt_len = p.data_len;
-    p.now_ns = now;
-    pipe.process(std::span<PacketRef>(&p, 1), snap, port);
-    if (!p.transmit) {
-      return std::nullopt;
-    }
-    if (p.new_len != 0 && p.new_len < frame.size()) {
-      frame.resize(p.new_len);  // an answered Neighbour Solicitation, trimmed by the worker
-    }
-    return frame;
-  }
-
-  Pipeline pipe{kFlowCapacity, kMaxBackendIds};
-  PortContext port;
+/** One DPDK worker, on the replay port's MAC: the reference. */
+struct Reference : bpftest::Reference {
+  Reference() : bpftest::Reference(kFlowCapacity, kPortMac) {}
 };
-
-std::string show(const std::optional<Bytes>& f) {
-  if (!f) {
-    return "(not sent)";
-  }
-  std::string s;
-  for (uint8_t b : *f) {
-    s += fmt::format("{:02x}", b);
-  }
-  return s;
-}
 
 /** A client packet of flow `client` to service s. */
 Bytes clientFrame(const ServiceEntry& s, uint32_t client, uint8_t tcp_flags = 0x10) {
@@ -491,18 +438,12 @@ std::string diff(const Dump& a, const Dump& b) {
 
 class XdpMaps : public ::testing::Test {
  protected:
-  void SetUp() override {
-    // The flow tables are per CPU: stay on one, as one DPDK worker would (and as replay does).
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(static_cast<unsigned>(sched_getcpu()), &one);
-    sched_setaffinity(0, sizeof(one), &one);
-  }
+  void SetUp() override { bpftest::stayOnThisCpu(); }
 
-  /** Load a program into xdp, or tell the caller to skip. */
+  /** Load a program (replay port's MAC, test clock) into xdp, or tell the caller to skip. */
   bool load(std::unique_ptr<XdpDataplane>& xdp) {
     std::string why;
-    xdp = loadProgram(why);
+    xdp = bpftest::loadProgram(kFlowCapacity, kPortMac, kT0, why);
     if (!xdp) {
       skip_reason_ = why;
     }

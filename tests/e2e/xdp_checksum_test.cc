@@ -15,11 +15,8 @@
 // (0 of 30 requests answered); it must keep the field partial (bpf/lib/lb.h, lb_rewrite_l3l4).
 // The namespaces are removed at the end whatever happens.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sched.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,7 +30,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -43,6 +39,7 @@
 #include "common/net.h"
 #include "control/config.h"
 #include "tests/support/fixtures.h"
+#include "tests/support/netns.h"
 #include "tests/support/run.h"
 
 namespace {
@@ -50,8 +47,9 @@ namespace {
 using json = nlohmann::json;
 using testsupport::ip;
 using testsupport::mac;
+using testsupport::XdpDaemon;
 
-bool sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
+const testsupport::Programs kPrograms{SLUICED_PATH, SLUICECTL_PATH};
 
 std::string capture(const std::string& cmd) {
   std::string out;
@@ -93,12 +91,8 @@ const Plan kPlan6 = {"fd77:0::2", "fd77:0::1", "fd77:1::1", "fd77:1::2",
 /** Four namespaces, three veth pairs, routes and offloads; removed on destruction. */
 class Lab {
  public:
-  Lab() {
-    const int pid = ::getpid();
-    for (const char* role : {"c", "r", "l", "b"}) {
-      ns_[role] = fmt::format("sluice-csum-{}-{}", role, pid);
-    }
-    const int tag = pid % 100000;
+  Lab() : netns_("sluice-csum", {"c", "r", "l", "b"}) {
+    const int tag = ::getpid() % 100000;
     c0_ = fmt::format("scc{}", tag);   // client
     rc_ = fmt::format("scrc{}", tag);  // router, toward the client
     rl_ = fmt::format("scrl{}", tag);  // router, toward Sluice
@@ -107,50 +101,24 @@ class Lab {
     b0_ = fmt::format("scb{}", tag);   // backend
     ok_ = setUp();
   }
-  ~Lab() {
-    for (const auto& [role, ns] : ns_) {
-      sh("ip netns del " + ns);
-    }
-  }
   bool ok() const { return ok_; }
-  const std::string& error() const { return error_; }
-  const std::string& ns(const char* role) const { return ns_.at(role); }
+  const std::string& error() const { return netns_.error(); }
+  const std::string& ns(const char* role) const { return netns_.ns(role); }
   const std::string& lbIf() const { return l0_; }
   const std::string& routerToClientIf() const { return rc_; }
 
  private:
-  bool run(const std::string& cmd) {
-    if (sh(cmd)) {
-      return true;
-    }
-    error_ = "failed: " + cmd;
-    return false;
-  }
-  bool in(const char* role, const std::string& cmd) {
-    return run(fmt::format("ip netns exec {} {}", ns_.at(role), cmd));
-  }
+  bool in(const char* role, const std::string& cmd) { return netns_.in(role, cmd); }
 
   bool setUp() {
-    for (const auto& [role, ns] : ns_) {
-      if (!run("ip netns add " + ns)) {
-        return false;
-      }
-    }
-    const std::string& c = ns_.at("c");
-    const std::string& r = ns_.at("r");
-    const std::string& l = ns_.at("l");
-    const std::string& b = ns_.at("b");
-    if (!run(fmt::format("ip link add {} netns {} type veth peer name {} netns {}", c0_, c, rc_, r)) ||
-        !run(fmt::format("ip link add {} netns {} type veth peer name {} netns {}", l0_, l, rl_, r)) ||
-        !run(fmt::format("ip link add {} netns {} type veth peer name {} netns {}", b0_, b, rb_, r)) ||
-        !run(fmt::format("ip -n {} link set {} address {}", r, rl_, kRouterLbMac.str())) ||
-        !run(fmt::format("ip -n {} link set {} address {}", l, l0_, kLbMac.str()))) {
+    if (!netns_.create() || !netns_.veth("c", c0_, "r", rc_) || !netns_.veth("l", l0_, "r", rl_) ||
+        !netns_.veth("b", b0_, "r", rb_) || !netns_.setMac("r", rl_, kRouterLbMac) ||
+        !netns_.setMac("l", l0_, kLbMac)) {
       return false;
     }
     for (const auto& [role, ifname] :
          {std::pair{"c", c0_}, {"r", rc_}, {"r", rl_}, {"r", rb_}, {"l", l0_}, {"b", b0_}}) {
-      if (!run(fmt::format("ip -n {} link set {} up", ns_.at(role), ifname)) ||
-          !run(fmt::format("ip -n {} link set lo up", ns_.at(role)))) {
+      if (!netns_.up(role, ifname) || !netns_.up(role, "lo")) {
         return false;
       }
     }
@@ -194,40 +162,10 @@ class Lab {
            in("r", fmt::format("ethtool -K {} tx off", rb_));
   }
 
-  std::map<std::string, std::string> ns_;
+  testsupport::Namespaces netns_;
   std::string c0_, rc_, rl_, l0_, rb_, b0_;
   bool ok_ = false;
-  std::string error_;
 };
-
-/** Move the calling thread into the network namespace ns, on CPU 0; "" or why not. */
-std::string enterNamespace(const std::string& ns) {
-  // Generic XDP on a veth runs on the sending CPU: keep the flows on one, as RSS would, so that
-  // the per-CPU flow table sees all of a flow.
-  cpu_set_t one;
-  CPU_ZERO(&one);
-  CPU_SET(0, &one);
-  ::sched_setaffinity(0, sizeof(one), &one);
-  const int fd = ::open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return std::string("open netns: ") + std::strerror(errno);
-  }
-  const int rc = ::setns(fd, CLONE_NEWNET);
-  const int e = errno;
-  ::close(fd);
-  return rc == 0 ? "" : std::string("setns: ") + std::strerror(e);
-}
-
-/** Run f on a thread that has entered the namespace ns (the test's own thread stays out). */
-void inNamespace(const std::string& ns, const std::function<void()>& f, std::string& error) {
-  std::thread t([&] {
-    error = enterNamespace(ns);
-    if (error.empty()) {
-      f();
-    }
-  });
-  t.join();
-}
 
 sockaddr_storage sockaddrOf(const char* addr, uint16_t port, socklen_t& len) {
   sockaddr_storage ss{};
@@ -261,7 +199,9 @@ class Backend {
   Backend(const std::string& ns, std::string& error) {
     std::atomic<bool> ready{false};
     thread_ = std::thread([this, ns, &error, &ready] {
-      error = enterNamespace(ns);
+      // On CPU 0, as the client: generic XDP on a veth runs on the sending CPU, and one CPU
+      // keeps each flow on one per-CPU flow table, as RSS would.
+      error = testsupport::enterNamespace(ns);
       if (error.empty()) {
         serve(ready);
       }
@@ -435,58 +375,6 @@ long snmp(const std::string& ns, const std::string& group, const std::string& fi
   return -1;
 }
 
-/** `sluiced run` on the XDP path in Sluice's namespace. */
-class XdpDaemon {
- public:
-  XdpDaemon(const Lab& lab, const testsupport::TempDir& dir, const std::string& config_text)
-      : dir_(dir), sock_(dir.file("s.sock")), log_(dir.file("sluiced.log")) {
-    const std::string cfg = dir.file("sluice.toml");
-    testsupport::writeFile(cfg, config_text);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, STDOUT_FILENO);
-      ::dup2(fd, STDERR_FILENO);
-      ::execlp("ip", "ip", "netns", "exec", lab.ns("l").c_str(), SLUICED_PATH, "run", "--config",
-               cfg.c_str(), "--socket", sock_.c_str(), "--interface", lab.lbIf().c_str(),
-               nullptr);
-      ::_exit(127);
-    }
-    for (int i = 0; i < 100 && !up_; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      up_ = ctl({"version"}).status == 0;
-    }
-  }
-  ~XdpDaemon() {
-    if (pid_ > 0) {
-      stop();
-    }
-  }
-  XdpDaemon(const XdpDaemon&) = delete;
-  XdpDaemon& operator=(const XdpDaemon&) = delete;
-
-  bool up() const { return up_; }
-  std::string log() const { return testsupport::readFile(log_); }
-  testsupport::RunResult ctl(std::vector<std::string> args) const {
-    args.insert(args.begin(), {"--socket", sock_});
-    return testsupport::runProgram(SLUICECTL_PATH, args, dir_.path());
-  }
-  /** SIGTERM (to this child only) and wait; the wait status. */
-  int stop() {
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  const testsupport::TempDir& dir_;
-  std::string sock_, log_;
-  pid_t pid_ = -1;
-  bool up_ = false;
-};
-
 /** NAT services for TCP and UDP in both families, to the backend; its next hop is the router. */
 sluice::Config labConfig() {
   sluice::Config c;
@@ -517,11 +405,11 @@ sluice::Config labConfig() {
 }
 
 std::string whyNot(const Lab& lab) {
-  if (::geteuid() != 0) {
-    return "needs root (network namespaces, XDP)";
+  if (std::string why = testsupport::whyNoNamespaces(); !why.empty()) {
+    return why;
   }
-  if (!sh("ip -V") || !sh("ethtool --version")) {
-    return "iproute2 (ip) or ethtool is not installed";
+  if (!testsupport::sh("ethtool --version")) {
+    return "ethtool is not installed";
   }
   if (!lab.ok()) {
     return "cannot build the namespaces here: " + lab.error();
@@ -535,9 +423,11 @@ TEST(XdpChecksum, NatConnectionsWorkThroughARouterThatCompletesChecksums) {
     GTEST_SKIP() << why;
   }
   testsupport::TempDir dir("sluice-xdp-csum");
-  XdpDaemon daemon(lab, dir, testsupport::configText(labConfig()));
+  XdpDaemon daemon(lab.ns("l"), lab.lbIf(), dir, testsupport::configText(labConfig()), kPrograms);
   ASSERT_TRUE(daemon.up()) << daemon.log();
-  ASSERT_NE(daemon.log().find("XDP program attached to " + lab.lbIf() + " (generic mode)"),
+  // A veth: generic mode, and one flow table for all CPUs (src/sluiced/daemon.cc).
+  ASSERT_NE(daemon.log().find("XDP program attached to " + lab.lbIf() +
+                              " (generic mode, one shared flow table)"),
             std::string::npos)
       << daemon.log();
   ASSERT_NE(capture(fmt::format("ip netns exec {} ethtool -k {}", lab.ns("r"),
@@ -554,7 +444,7 @@ TEST(XdpChecksum, NatConnectionsWorkThroughARouterThatCompletesChecksums) {
   constexpr int kRequests = 15;  // per family and protocol
   std::map<std::string, int> answered;
   std::map<std::string, std::string> first_failure;
-  inNamespace(lab.ns("c"), [&] {
+  testsupport::inNamespace(lab.ns("c"), [&] {  // on CPU 0, as the backend
     for (const Plan* p : {&kPlan4, &kPlan6}) {
       const std::string fam = p == &kPlan4 ? "IPv4" : "IPv6";
       for (int i = 0; i < kRequests; ++i) {
@@ -585,9 +475,8 @@ TEST(XdpChecksum, NatConnectionsWorkThroughARouterThatCompletesChecksums) {
   EXPECT_EQ(snmp(lab.ns("b"), "Udp", "InCsumErrors"), 0);
   EXPECT_EQ(snmp(lab.ns("c"), "Udp", "InCsumErrors"), 0);
 
-  const testsupport::RunResult stats = daemon.ctl({"--json", "stats"});
-  ASSERT_EQ(stats.status, 0) << stats.describe();
-  const json total = json::parse(stats.out).at("total");
+  const json total = daemon.totals();
+  ASSERT_TRUE(total.contains("packets_out")) << total.dump();
   EXPECT_GT(total.at("packets_out").get<uint64_t>(), 4u * kRequests) << total.dump();
   for (const char* reason : {"truncated", "bad_l4_header", "no_backend", "no_next_hop"}) {
     if (total.at("drops").contains(reason)) {

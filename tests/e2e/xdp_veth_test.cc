@@ -4,12 +4,9 @@
 // namespaces are removed at the end whatever happens. Sluice is a host on the link: frames for
 // another host's MAC are dropped (not_for_us), unless the configuration says promiscuous.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
-#include <sched.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -29,6 +26,7 @@
 #include "common/net.h"
 #include "control/config.h"
 #include "tests/support/fixtures.h"
+#include "tests/support/netns.h"
 #include "tests/support/run.h"
 #include "tools/pktgen/packet_builder.h"
 
@@ -39,8 +37,9 @@ using pktgen::Bytes;
 using pktgen::PacketSpec;
 using sluice::IpAddress;
 using sluice::MacAddress;
+using testsupport::XdpDaemon;
 
-bool sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
+const testsupport::Programs kPrograms{SLUICED_PATH, SLUICECTL_PATH};
 
 // The two ends of the veth, given fixed MACs so that the frames can be addressed to Sluice's.
 const MacAddress kLbMac = *MacAddress::parse("02:5d:00:00:00:01");   // sluiced's interface
@@ -51,34 +50,25 @@ const MacAddress kOtherHostMac = *MacAddress::parse("02:00:00:00:00:cc");
 /** Two namespaces joined by a veth pair; removed on destruction. */
 class VethPair {
  public:
-  VethPair() {
-    const int pid = ::getpid();
-    lb_ = fmt::format("sluice-xdp-lb-{}", pid);
-    gen_ = fmt::format("sluice-xdp-gen-{}", pid);
-    lb_if_ = fmt::format("sxl{}", pid % 100000);
-    gen_if_ = fmt::format("sxg{}", pid % 100000);
-    ok_ = sh("ip netns add " + lb_) && sh("ip netns add " + gen_) &&
-          sh(fmt::format("ip link add {} netns {} type veth peer name {} netns {}", lb_if_, lb_,
-                         gen_if_, gen_)) &&
-          sh(fmt::format("ip -n {} link set {} address {}", lb_, lb_if_, kLbMac.str())) &&
-          sh(fmt::format("ip -n {} link set {} address {}", gen_, gen_if_, kGenMac.str())) &&
-          sh(fmt::format("ip -n {} link set {} up", lb_, lb_if_)) &&
-          sh(fmt::format("ip -n {} link set {} up", gen_, gen_if_));
-    sh(fmt::format("ip netns exec {} sysctl -qw net.ipv6.conf.{}.disable_ipv6=1", lb_, lb_if_));
-    sh(fmt::format("ip netns exec {} sysctl -qw net.ipv6.conf.{}.disable_ipv6=1", gen_, gen_if_));
-  }
-  ~VethPair() {
-    sh("ip netns del " + lb_);
-    sh("ip netns del " + gen_);
+  VethPair() : netns_("sluice-xdp", {"lb", "gen"}) {
+    const int tag = ::getpid() % 100000;
+    lb_if_ = fmt::format("sxl{}", tag);
+    gen_if_ = fmt::format("sxg{}", tag);
+    ok_ = netns_.create() && netns_.veth("lb", lb_if_, "gen", gen_if_) &&
+          netns_.setMac("lb", lb_if_, kLbMac) && netns_.setMac("gen", gen_if_, kGenMac) &&
+          netns_.up("lb", lb_if_) && netns_.up("gen", gen_if_);
+    netns_.in("lb", fmt::format("sysctl -qw net.ipv6.conf.{}.disable_ipv6=1", lb_if_));
+    netns_.in("gen", fmt::format("sysctl -qw net.ipv6.conf.{}.disable_ipv6=1", gen_if_));
   }
   bool ok() const { return ok_; }
-  const std::string& lbNs() const { return lb_; }
-  const std::string& genNs() const { return gen_; }
+  const std::string& lbNs() const { return netns_.ns("lb"); }
+  const std::string& genNs() const { return netns_.ns("gen"); }
   const std::string& lbIf() const { return lb_if_; }
   const std::string& genIf() const { return gen_if_; }
 
  private:
-  std::string lb_, gen_, lb_if_, gen_if_;
+  testsupport::Namespaces netns_;
+  std::string lb_if_, gen_if_;
   bool ok_ = false;
 };
 
@@ -104,26 +94,16 @@ sluice::Config vethConfig() {
 }
 
 /**
- * In the generator namespace (on this thread only): send frames on the interface and collect what
- * comes back within the time limit: `want` frames, and whatever else comes in the next linger_ms
- * (frames that should not have come back at all).
+ * In the generator namespace, on a thread pinned to cpu: send frames on the interface and
+ * collect what comes back within the time limit: `want` frames, and whatever else comes in the
+ * next linger_ms (frames that should not have come back at all).
  */
 std::vector<Bytes> exchange(const std::string& ns, const std::string& ifname,
                             const std::vector<Bytes>& frames, size_t want, std::string& error,
                             int linger_ms = 300, int cpu = 0) {
   std::vector<Bytes> got;
-  std::thread t([&] {
-    // Generic XDP on a veth runs on the CPU that sends: the frames' CPU is the sender's.
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    ::sched_setaffinity(0, sizeof(one), &one);
-    const int nsfd = ::open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
-    if (nsfd < 0 || ::setns(nsfd, CLONE_NEWNET) != 0) {
-      error = std::string("setns: ") + std::strerror(errno);
-      return;
-    }
-    ::close(nsfd);
+  // Generic XDP on a veth runs on the CPU that sends: the frames' CPU is the sender's.
+  testsupport::inNamespace(ns, [&] {
     const int fd = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
     sockaddr_ll sll{};
     sll.sll_family = AF_PACKET;
@@ -158,67 +138,9 @@ std::vector<Bytes> exchange(const std::string& ns, const std::string& ifname,
       got.emplace_back(buf, buf + n);
     }
     ::close(fd);
-  });
-  t.join();
+  }, error, cpu);
   return got;
 }
-
-/** `sluiced run` on the XDP path in the lb namespace, attached to its end of the veth. */
-class XdpDaemon {
- public:
-  XdpDaemon(const VethPair& veth, const testsupport::TempDir& dir, const std::string& config_text)
-      : dir_(dir), sock_(dir.file("s.sock")), log_(dir.file("sluiced.log")) {
-    const std::string cfg = dir.file("sluice.toml");
-    testsupport::writeFile(cfg, config_text);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, STDOUT_FILENO);
-      ::dup2(fd, STDERR_FILENO);
-      ::execlp("ip", "ip", "netns", "exec", veth.lbNs().c_str(), SLUICED_PATH, "run", "--config",
-               cfg.c_str(), "--socket", sock_.c_str(), "--interface", veth.lbIf().c_str(),
-               nullptr);
-      ::_exit(127);
-    }
-    for (int i = 0; i < 100 && !up_; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      up_ = ctl({"version"}).status == 0;
-    }
-  }
-  ~XdpDaemon() {
-    if (pid_ > 0) {
-      stop();
-    }
-  }
-  XdpDaemon(const XdpDaemon&) = delete;
-  XdpDaemon& operator=(const XdpDaemon&) = delete;
-
-  bool up() const { return up_; }
-  std::string log() const { return testsupport::readFile(log_); }
-  testsupport::RunResult ctl(std::vector<std::string> args) const {
-    args.insert(args.begin(), {"--socket", sock_});
-    return testsupport::runProgram(SLUICECTL_PATH, args, dir_.path());
-  }
-  json totals() const {
-    const testsupport::RunResult stats = ctl({"--json", "stats"});
-    EXPECT_EQ(stats.status, 0) << stats.describe();
-    return stats.status == 0 ? json::parse(stats.out).at("total") : json::object();
-  }
-  /** SIGTERM (to this child only) and wait; the wait status. */
-  int stop() {
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  const testsupport::TempDir& dir_;
-  std::string sock_, log_;
-  pid_t pid_ = -1;
-  bool up_ = false;
-};
 
 /** A TCP SYN (or ACK) from client:sport to the web VIP, from the test's end to dst_mac. */
 Bytes webFrame(uint32_t client, uint16_t sport, uint8_t flags, const MacAddress& dst_mac) {
@@ -248,11 +170,8 @@ constexpr uint32_t kForOthers = 3;
 
 /** Why these tests cannot run here, or "". */
 std::string whyNot(const VethPair& veth) {
-  if (::geteuid() != 0) {
-    return "needs root (network namespaces, XDP)";
-  }
-  if (!sh("ip -V")) {
-    return "iproute2 (ip) is not installed";
+  if (std::string why = testsupport::whyNoNamespaces(); !why.empty()) {
+    return why;
   }
   if (!veth.ok()) {
     return "cannot create network namespaces and a veth pair here";
@@ -266,7 +185,8 @@ TEST(XdpVeth, RunForwardsRealFramesOnAVeth) {
     GTEST_SKIP() << why;
   }
   testsupport::TempDir dir("sluice-xdp-veth");
-  XdpDaemon daemon(veth, dir, testsupport::configText(vethConfig()));
+  XdpDaemon daemon(veth.lbNs(), veth.lbIf(), dir, testsupport::configText(vethConfig()),
+                   kPrograms);
   ASSERT_TRUE(daemon.up()) << daemon.log();
   const std::string started = daemon.log();
   EXPECT_NE(started.find("XDP program attached to " + veth.lbIf() +
@@ -402,7 +322,7 @@ TEST(XdpVeth, PromiscuousTakesFramesForAnyMac) {
   testsupport::TempDir dir("sluice-xdp-veth");
   sluice::Config c = vethConfig();
   c.dataplane.promiscuous = true;
-  XdpDaemon daemon(veth, dir, testsupport::configText(c));
+  XdpDaemon daemon(veth.lbNs(), veth.lbIf(), dir, testsupport::configText(c), kPrograms);
   ASSERT_TRUE(daemon.up()) << daemon.log();
 
   std::vector<Bytes> frames;
@@ -453,7 +373,8 @@ TEST(XdpVeth, AFlowRePickedOnOneCpuIsRePickedForAllOnAVeth) {
   }
   testsupport::TempDir dir("sluice-xdp-veth");
   sluice::Config config = vethConfig();
-  XdpDaemon daemon(veth, dir, testsupport::configText(config));  // web keeps (the default)
+  // web keeps (the default)
+  XdpDaemon daemon(veth.lbNs(), veth.lbIf(), dir, testsupport::configText(config), kPrograms);
   ASSERT_TRUE(daemon.up()) << daemon.log();
   MacAddress be11, be12;  // web's two backends, by the MACs the frames will carry
   for (const sluice::BackendConfig& b : testsupport::service(config, "web").backends) {

@@ -1,12 +1,10 @@
 // Tests of what the DPDK pipeline does as the host of its addresses and VIPs (src/dataplane/
 // host.h and Pipeline::forward): ARP and Neighbour Solicitations answered in place, echo requests
 // to a VIP answered, the host's own traffic handed to the kernel, frames for other MACs dropped
-// (not_for_us), down backends' flows rescheduled, partial checksums completed. Frames are written
-// byte by byte here and answers are checked field by field, checksums recomputed from scratch.
-#include <arpa/inet.h>
-
+// (not_for_us), down backends' flows rescheduled, partial checksums completed. Frames are built
+// and answers read with tools/pktgen, which computes every checksum from scratch and shares no
+// code with the data plane; answers are checked field by field.
 #include <cstdint>
-#include <cstring>
 #include <span>
 #include <vector>
 
@@ -19,11 +17,12 @@
 #include "control/snapshot_builder.h"
 #include "dataplane/pipeline.h"
 #include "tests/support/fixtures.h"
+#include "tools/pktgen/packet_builder.h"
 
 namespace sluice {
 namespace {
 
-using Bytes = std::vector<uint8_t>;
+using pktgen::Bytes;
 using testsupport::ip;
 using testsupport::mac;
 
@@ -31,174 +30,95 @@ const MacAddress kPortMac = mac("02:00:00:00:00:bb");
 const MacAddress kPeerMac = mac("02:00:00:00:00:aa");
 const MacAddress kOtherMac = mac("02:00:00:00:00:cc");
 
-void put(Bytes& b, std::initializer_list<uint8_t> bytes) { b.insert(b.end(), bytes); }
-void put(Bytes& b, const MacAddress& m) { b.insert(b.end(), m.bytes.begin(), m.bytes.end()); }
-void put(Bytes& b, const IpAddress& a) {
-  b.insert(b.end(), a.bytes.begin(), a.bytes.begin() + (a.isV4() ? 4 : 16));
-}
-void put16(Bytes& b, uint16_t v) { put(b, {static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v)}); }
-uint16_t get16(const Bytes& b, size_t at) { return static_cast<uint16_t>(b[at] << 8 | b[at + 1]); }
+constexpr size_t kEthLen = 14;
+constexpr size_t kTcpLen = 20;
 
-// The Internet checksum over big-endian words (RFC 1071), written plainly: the reference the
-// pipeline's incremental and in-place sums are checked against.
-uint16_t internetChecksum(const Bytes& data) {
-  uint64_t sum = 0;
-  for (size_t i = 0; i < data.size(); i += 2) {
-    sum += static_cast<uint64_t>(data[i]) << 8 | (i + 1 < data.size() ? data[i + 1] : 0);
-  }
-  while (sum >> 16) {
-    sum = (sum & 0xffff) + (sum >> 16);
-  }
-  return static_cast<uint16_t>(~sum);
-}
+Bytes bytesOf(const MacAddress& m) { return Bytes(m.bytes.begin(), m.bytes.end()); }
+MacAddress dstMac(const Bytes& f) { return MacAddress{{f[0], f[1], f[2], f[3], f[4], f[5]}}; }
 
-Bytes pseudoHeader(const IpAddress& src, const IpAddress& dst, uint32_t len, uint8_t proto) {
-  Bytes p;
-  put(p, src);
-  put(p, dst);
-  if (src.isV4()) {
-    put(p, {0, proto});
-    put16(p, static_cast<uint16_t>(len));
-  } else {
-    put(p, {static_cast<uint8_t>(len >> 24), static_cast<uint8_t>(len >> 16),
-            static_cast<uint8_t>(len >> 8), static_cast<uint8_t>(len), 0, 0, 0, proto});
-  }
-  return p;
+/** An ARP request (or, op 2, reply) from the peer for target, padded to the Ethernet minimum. */
+Bytes arpFrame(const MacAddress& dst_mac, const IpAddress& sender, const IpAddress& target,
+               uint16_t op = 1) {
+  pktgen::ArpSpec a;
+  a.src_mac = kPeerMac;
+  a.dst_mac = dst_mac;
+  a.op = op;
+  a.sender_mac = kPeerMac;
+  a.sender = sender;
+  a.target = target;
+  a.min_frame = 60;  // Ethernet minimum, as a switch delivers it
+  return pktgen::buildArp(a);
 }
 
-Bytes ethernet(const MacAddress& dst, const MacAddress& src, uint16_t type) {
-  Bytes f;
-  put(f, dst);
-  put(f, src);
-  put16(f, type);
-  return f;
-}
-
-Bytes arpRequest(const MacAddress& dst_mac, const IpAddress& sender, const IpAddress& target) {
-  Bytes f = ethernet(dst_mac, kPeerMac, LB_ETH_P_ARP);
-  put(f, {0, 1, 8, 0, 6, 4, 0, 1});
-  put(f, kPeerMac);
-  put(f, sender);
-  put(f, {0, 0, 0, 0, 0, 0});
-  put(f, target);
-  f.resize(60, 0);  // Ethernet minimum, as a switch delivers it
-  return f;
-}
-
-// IPv4 header with a correct checksum; payload appended by the caller.
-Bytes ipv4(const IpAddress& src, const IpAddress& dst, uint8_t proto, size_t payload, uint8_t ttl = 64) {
-  Bytes h;
-  put(h, {0x45, 0});
-  put16(h, static_cast<uint16_t>(20 + payload));
-  put(h, {0x12, 0x34, 0x40, 0, ttl, proto, 0, 0});
-  put(h, src);
-  put(h, dst);
-  const uint16_t c = internetChecksum(h);
-  h[10] = static_cast<uint8_t>(c >> 8);
-  h[11] = static_cast<uint8_t>(c);
-  return h;
-}
-
-Bytes ipv6(const IpAddress& src, const IpAddress& dst, uint8_t next, size_t payload, uint8_t hops) {
-  Bytes h;
-  put(h, {0x60, 0, 0, 0});
-  put16(h, static_cast<uint16_t>(payload));
-  put(h, {next, hops});
-  put(h, src);
-  put(h, dst);
-  return h;
-}
-
-// A Neighbour Solicitation for target from src, with a source link-layer address option.
+// A Neighbour Solicitation for target from src, to the target's solicited-node group (RFC 4291
+// section 2.7.1), with a source link-layer address option unless with_option is false.
 Bytes solicitation(const IpAddress& src, const IpAddress& target, uint8_t hops = 255,
                    bool with_option = true) {
-  Bytes icmp = {LB_ICMPV6_NEIGH_SOLICIT, 0, 0, 0, 0, 0, 0, 0};
-  put(icmp, target);
-  if (with_option) {
-    put(icmp, {LB_ND_OPT_SOURCE_LLADDR, 1});
-    put(icmp, kPeerMac);
-  }
-  // To the solicited-node group ff02::1:ffXX:XXXX of the target (RFC 4291 section 2.7.1).
-  IpAddress group = *IpAddress::parse("ff02::1:ff00:0");
-  std::copy(target.bytes.begin() + 13, target.bytes.end(), group.bytes.begin() + 13);
-  Bytes pseudo = pseudoHeader(src, group, static_cast<uint32_t>(icmp.size()), LB_IPPROTO_ICMPV6);
-  pseudo.insert(pseudo.end(), icmp.begin(), icmp.end());
-  const uint16_t c = internetChecksum(pseudo);
-  icmp[2] = static_cast<uint8_t>(c >> 8);
-  icmp[3] = static_cast<uint8_t>(c);
-  MacAddress group_mac = mac("33:33:ff:00:00:00");
-  std::copy(target.bytes.begin() + 13, target.bytes.end(), group_mac.bytes.begin() + 3);
-  Bytes f = ethernet(group_mac, kPeerMac, LB_ETH_P_IPV6);
-  const Bytes h = ipv6(src, group, LB_IPPROTO_ICMPV6, icmp.size(), hops);
-  f.insert(f.end(), h.begin(), h.end());
-  f.insert(f.end(), icmp.begin(), icmp.end());
-  return f;
+  pktgen::PacketSpec s;
+  s.src_mac = kPeerMac;
+  s.src = src;
+  s.dst = pktgen::solicitedNode(target);
+  s.dst_mac = pktgen::multicastMac(s.dst);
+  s.ttl = hops;
+  return pktgen::buildNeighbourSolicit(s, target, with_option);
 }
 
 Bytes echoRequest(const IpAddress& src, const IpAddress& dst) {
-  Bytes icmp = {src.isV4() ? uint8_t{LB_ICMP_ECHO_REQUEST} : uint8_t{LB_ICMPV6_ECHO_REQUEST}, 0,
-                0, 0, 0x0b, 0xad, 0, 7};
+  pktgen::PacketSpec s;
+  s.src_mac = kPeerMac;
+  s.dst_mac = kPortMac;
+  s.src = src;
+  s.dst = dst;
+  s.ttl = 57;
+  s.ip_id = 0x1234;
+  Bytes data;
   for (int i = 0; i < 24; ++i) {
-    icmp.push_back(static_cast<uint8_t>(i * 7));
+    data.push_back(static_cast<uint8_t>(i * 7));
   }
-  Bytes summed = icmp;
-  if (!src.isV4()) {
-    summed = pseudoHeader(src, dst, static_cast<uint32_t>(icmp.size()), LB_IPPROTO_ICMPV6);
-    summed.insert(summed.end(), icmp.begin(), icmp.end());
-  }
-  const uint16_t c = internetChecksum(summed);
-  icmp[2] = static_cast<uint8_t>(c >> 8);
-  icmp[3] = static_cast<uint8_t>(c);
-  Bytes f = ethernet(kPortMac, kPeerMac, src.isV4() ? LB_ETH_P_IPV4 : LB_ETH_P_IPV6);
-  const Bytes h = src.isV4() ? ipv4(src, dst, LB_IPPROTO_ICMP, icmp.size(), 57)
-                             : ipv6(src, dst, LB_IPPROTO_ICMPV6, icmp.size(), 57);
-  f.insert(f.end(), h.begin(), h.end());
-  f.insert(f.end(), icmp.begin(), icmp.end());
-  return f;
+  return pktgen::buildEchoRequest(s, 0x0bad, 7, data);
+}
+
+// pktgen builds complete checksums only. What Linux leaves in a CHECKSUM_PARTIAL field is the
+// folded pseudo-header sum, not complemented (RFC 793, RFC 8200 section 8.1); as 16-bit words
+// the pseudo-header is the two addresses, the length's two halves and the protocol.
+uint16_t pseudoHeaderSum(const IpAddress& src, const IpAddress& dst, uint32_t len, uint8_t proto) {
+  const size_t n = src.isV4() ? 4 : 16;
+  Bytes addresses(src.bytes.begin(), src.bytes.begin() + static_cast<long>(n));
+  addresses.insert(addresses.end(), dst.bytes.begin(), dst.bytes.begin() + static_cast<long>(n));
+  return pktgen::onesSum(addresses, (len >> 16) + (len & 0xffff) + proto);
 }
 
 // A TCP segment with a payload; `partial`: the checksum field holds only the folded
 // pseudo-header sum, as Linux leaves it for the NIC (CHECKSUM_PARTIAL).
 Bytes tcp(const MacAddress& dst_mac, const IpAddress& src, const IpAddress& dst, uint16_t sport,
           uint16_t dport, uint8_t flags, bool partial = false, size_t payload = 37) {
-  Bytes seg;
-  put16(seg, sport);
-  put16(seg, dport);
-  put(seg, {0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0});
+  pktgen::PacketSpec s;
+  s.src_mac = kPeerMac;
+  s.dst_mac = dst_mac;
+  s.src = src;
+  s.dst = dst;
+  s.sport = sport;
+  s.dport = dport;
+  s.tcp_flags = flags;
+  s.ip_id = 0x1234;
   for (size_t i = 0; i < payload; ++i) {
-    seg.push_back(static_cast<uint8_t>(i * 13 + 5));
+    s.payload.push_back(static_cast<uint8_t>(i * 13 + 5));
   }
-  Bytes pseudo = pseudoHeader(src, dst, static_cast<uint32_t>(seg.size()), LB_PROTO_TCP);
-  uint16_t c;
+  Bytes f = pktgen::build(s);
   if (partial) {
-    c = static_cast<uint16_t>(~internetChecksum(pseudo));  // the folded sum, not complemented
-  } else {
-    pseudo.insert(pseudo.end(), seg.begin(), seg.end());
-    c = internetChecksum(pseudo);
+    const size_t l4 = f.size() - kTcpLen - payload;
+    const uint16_t c =
+        pseudoHeaderSum(src, dst, static_cast<uint32_t>(kTcpLen + payload), LB_PROTO_TCP);
+    f[l4 + 16] = static_cast<uint8_t>(c >> 8);
+    f[l4 + 17] = static_cast<uint8_t>(c);
   }
-  seg[16] = static_cast<uint8_t>(c >> 8);
-  seg[17] = static_cast<uint8_t>(c);
-  Bytes f = ethernet(dst_mac, kPeerMac, src.isV4() ? LB_ETH_P_IPV4 : LB_ETH_P_IPV6);
-  const Bytes h = src.isV4() ? ipv4(src, dst, LB_PROTO_TCP, seg.size())
-                             : ipv6(src, dst, LB_PROTO_TCP, seg.size(), 64);
-  f.insert(f.end(), h.begin(), h.end());
-  f.insert(f.end(), seg.begin(), seg.end());
   return f;
 }
 
-// Whether the TCP checksum of an untagged frame verifies.
+// Whether the TCP checksum of a frame verifies.
 bool tcpChecksumValid(const Bytes& f) {
-  const bool v4 = get16(f, 12) == LB_ETH_P_IPV4;
-  const size_t l3 = 14;
-  const size_t l4 = l3 + (v4 ? 20 : 40);
-  IpAddress src;
-  IpAddress dst;
-  src.family = dst.family = v4 ? LB_FAMILY_IPV4 : LB_FAMILY_IPV6;
-  std::copy_n(f.begin() + static_cast<long>(l3 + (v4 ? 12 : 8)), v4 ? 4 : 16, src.bytes.begin());
-  std::copy_n(f.begin() + static_cast<long>(l3 + (v4 ? 16 : 24)), v4 ? 4 : 16, dst.bytes.begin());
-  Bytes sum = pseudoHeader(src, dst, static_cast<uint32_t>(f.size() - l4), LB_PROTO_TCP);
-  sum.insert(sum.end(), f.begin() + static_cast<long>(l4), f.end());
-  return internetChecksum(sum) == 0;
+  const auto d = pktgen::decode(f);
+  return d && d->proto == LB_PROTO_TCP && d->l4_checksum_ok;
 }
 
 struct Host {
@@ -271,18 +191,20 @@ Config hostConfig() {
 TEST(HostTest, AnswersArpForItsAddressAndVips) {
   Host h(hostConfig());
   for (const IpAddress& target : {kHost4, kVip4}) {
-    Bytes f = arpRequest(mac("ff:ff:ff:ff:ff:ff"), kPeer4, target);
+    Bytes f = arpFrame(mac("ff:ff:ff:ff:ff:ff"), kPeer4, target);
     const PacketRef r = h.run(f);
     ASSERT_TRUE(r.transmit) << target.str();
     EXPECT_FALSE(r.to_kernel);
-    Bytes want = ethernet(kPeerMac, kPortMac, LB_ETH_P_ARP);
-    put(want, {0, 1, 8, 0, 6, 4, 0, 2});
-    put(want, kPortMac);
-    put(want, target);
-    put(want, kPeerMac);
-    put(want, kPeer4);
-    want.resize(60, 0);
-    EXPECT_EQ(f, want) << target.str();
+    pktgen::ArpSpec want;
+    want.src_mac = kPortMac;
+    want.dst_mac = kPeerMac;
+    want.op = 2;
+    want.sender_mac = kPortMac;
+    want.sender = target;
+    want.target_mac = kPeerMac;
+    want.target = kPeer4;
+    want.min_frame = 60;
+    EXPECT_EQ(f, pktgen::buildArp(want)) << target.str();
   }
   EXPECT_EQ(h.pipe.counters().answered.get(), 2u);
 }
@@ -290,8 +212,8 @@ TEST(HostTest, AnswersArpForItsAddressAndVips) {
 TEST(HostTest, OtherArpGoesToTheKernel) {
   Host h(hostConfig());
   const std::vector<Bytes> frames = {
-      arpRequest(mac("ff:ff:ff:ff:ff:ff"), kPeer4, ip("198.51.100.99")),  // someone else
-      arpRequest(mac("ff:ff:ff:ff:ff:ff"), kVip4, kVip4),                 // a gratuitous one
+      arpFrame(mac("ff:ff:ff:ff:ff:ff"), kPeer4, ip("198.51.100.99")),  // someone else
+      arpFrame(mac("ff:ff:ff:ff:ff:ff"), kVip4, kVip4),                 // a gratuitous one
   };
   for (Bytes f : frames) {
     const Bytes before = f;
@@ -300,8 +222,7 @@ TEST(HostTest, OtherArpGoesToTheKernel) {
     EXPECT_TRUE(r.to_kernel);
     EXPECT_EQ(f, before);  // untouched
   }
-  Bytes reply = arpRequest(kPortMac, kPeer4, kHost4);
-  reply[21] = 2;  // an ARP reply to the kernel's own request
+  Bytes reply = arpFrame(kPortMac, kPeer4, kHost4, 2);  // an ARP reply to the kernel's own request
   EXPECT_TRUE(h.run(reply).to_kernel);
   EXPECT_EQ(h.pipe.counters().drops[LB_DROP_NON_IP].get(), 3u);
   EXPECT_EQ(h.pipe.counters().passed.get(), 3u);
@@ -314,30 +235,25 @@ TEST(HostTest, AnswersNeighbourSolicitations) {
     Bytes f = solicitation(kPeer6, target);
     const PacketRef r = h.run(f);
     ASSERT_TRUE(r.transmit) << target.str();
-    ASSERT_EQ(f.size(), 14u + 40 + LB_ND_NA_LEN);
-    EXPECT_EQ(Bytes(f.begin(), f.begin() + 6), Bytes(kPeerMac.bytes.begin(), kPeerMac.bytes.end()));
-    EXPECT_EQ(Bytes(f.begin() + 6, f.begin() + 12),
-              Bytes(kPortMac.bytes.begin(), kPortMac.bytes.end()));
-    const size_t ip6 = 14;
-    const size_t icmp = ip6 + 40;
-    EXPECT_EQ(get16(f, ip6 + 4), LB_ND_NA_LEN);
-    EXPECT_EQ(f[ip6 + 6], LB_IPPROTO_ICMPV6);
-    EXPECT_EQ(f[ip6 + 7], 255);  // RFC 4861 section 7.1.2
-    EXPECT_EQ(Bytes(f.begin() + ip6 + 8, f.begin() + ip6 + 24),
+    ASSERT_EQ(f.size(), kEthLen + 40 + LB_ND_NA_LEN);
+    const auto d = pktgen::decodeIcmp(f);
+    ASSERT_TRUE(d.has_value());
+    EXPECT_EQ(d->dst_mac, kPeerMac);
+    EXPECT_EQ(d->src_mac, kPortMac);
+    EXPECT_EQ(d->l4_offset, kEthLen + 40) << "ICMPv6 right after the IPv6 header";
+    ASSERT_EQ(d->message.size(), LB_ND_NA_LEN) << "the IPv6 payload length";
+    EXPECT_EQ(d->ttl, 255);  // RFC 4861 section 7.1.2
+    EXPECT_EQ(d->src, target);
+    EXPECT_EQ(d->dst, kPeer6);
+    const Bytes& m = d->message;
+    EXPECT_EQ(d->type, LB_ICMPV6_NEIGH_ADVERT);
+    EXPECT_EQ(m[4], 0x60);  // solicited, override, not a router
+    EXPECT_EQ(Bytes(m.begin() + 8, m.begin() + 24),
               Bytes(target.bytes.begin(), target.bytes.end()));
-    EXPECT_EQ(Bytes(f.begin() + ip6 + 24, f.begin() + ip6 + 40),
-              Bytes(kPeer6.bytes.begin(), kPeer6.bytes.end()));
-    EXPECT_EQ(f[icmp], LB_ICMPV6_NEIGH_ADVERT);
-    EXPECT_EQ(f[icmp + 4], 0x60);  // solicited, override, not a router
-    EXPECT_EQ(Bytes(f.begin() + icmp + 8, f.begin() + icmp + 24),
-              Bytes(target.bytes.begin(), target.bytes.end()));
-    EXPECT_EQ(f[icmp + 24], LB_ND_OPT_TARGET_LLADDR);
-    EXPECT_EQ(f[icmp + 25], 1);
-    EXPECT_EQ(Bytes(f.begin() + icmp + 26, f.end()),
-              Bytes(kPortMac.bytes.begin(), kPortMac.bytes.end()));
-    Bytes sum = pseudoHeader(target, kPeer6, LB_ND_NA_LEN, LB_IPPROTO_ICMPV6);
-    sum.insert(sum.end(), f.begin() + icmp, f.end());
-    EXPECT_EQ(internetChecksum(sum), 0) << "NA checksum for " << target.str();
+    EXPECT_EQ(m[24], LB_ND_OPT_TARGET_LLADDR);
+    EXPECT_EQ(m[25], 1);
+    EXPECT_EQ(Bytes(m.begin() + 26, m.end()), bytesOf(kPortMac));
+    EXPECT_TRUE(d->icmp_checksum_ok) << "NA checksum for " << target.str();
   }
   EXPECT_EQ(h.pipe.counters().answered.get(), 2u);
 }
@@ -367,23 +283,18 @@ TEST(HostTest, VipAnswersEchoHostsEchoGoesToTheKernel) {
     const Bytes before = f;
     const PacketRef r = h.run(f);
     ASSERT_TRUE(r.transmit) << vip.str();
-    const bool v4 = vip.isV4();
-    const size_t icmp = 14 + (v4 ? 20 : 40);
-    EXPECT_EQ(f[icmp], v4 ? LB_ICMP_ECHO_REPLY : LB_ICMPV6_ECHO_REPLY);
-    EXPECT_EQ(Bytes(f.begin() + static_cast<long>(icmp) + 4, f.end()),
-              Bytes(before.begin() + static_cast<long>(icmp) + 4, before.end()));  // id, seq, data
-    if (v4) {
-      EXPECT_EQ(f[14 + 8], LB_REPLY_HOP_LIMIT);
-      EXPECT_EQ(internetChecksum(Bytes(f.begin() + 14, f.begin() + 34)), 0);
-      EXPECT_EQ(Bytes(f.begin() + 26, f.begin() + 30), Bytes(vip.bytes.begin(), vip.bytes.begin() + 4));
-      EXPECT_EQ(internetChecksum(Bytes(f.begin() + 34, f.end())), 0);
-    } else {
-      EXPECT_EQ(f[14 + 7], LB_REPLY_HOP_LIMIT);
-      Bytes sum = pseudoHeader(vip, client, static_cast<uint32_t>(f.size() - icmp), LB_IPPROTO_ICMPV6);
-      sum.insert(sum.end(), f.begin() + static_cast<long>(icmp), f.end());
-      EXPECT_EQ(internetChecksum(sum), 0);
-    }
-    EXPECT_EQ(Bytes(f.begin(), f.begin() + 6), Bytes(kPeerMac.bytes.begin(), kPeerMac.bytes.end()));
+    const auto d = pktgen::decodeIcmp(f);
+    const auto sent = pktgen::decodeIcmp(before);
+    ASSERT_TRUE(d.has_value() && sent.has_value());
+    EXPECT_EQ(d->type, vip.isV4() ? LB_ICMP_ECHO_REPLY : LB_ICMPV6_ECHO_REPLY);
+    EXPECT_EQ(Bytes(d->message.begin() + 4, d->message.end()),
+              Bytes(sent->message.begin() + 4, sent->message.end()));  // id, seq, data
+    EXPECT_EQ(d->ttl, LB_REPLY_HOP_LIMIT);
+    EXPECT_TRUE(d->ip_checksum_ok);
+    EXPECT_EQ(d->src, vip);
+    EXPECT_EQ(d->dst, client);
+    EXPECT_TRUE(d->icmp_checksum_ok);
+    EXPECT_EQ(d->dst_mac, kPeerMac);
   }
   Bytes to_host = echoRequest(kClient4, kHost4);
   const Bytes before = to_host;
@@ -426,7 +337,7 @@ TEST(HostTest, FramesForOtherMacsAreNotForUs) {
   Bytes flooded = tcp(kOtherMac, kClient4, kVip4, 1234, 80, LB_TCP_SYN);
   EXPECT_FALSE(h.run(flooded).transmit);
   EXPECT_EQ(h.pipe.counters().drops[LB_DROP_NOT_FOR_US].get(), 1u);
-  Bytes arp_unicast = arpRequest(kOtherMac, kPeer4, kHost4);
+  Bytes arp_unicast = arpFrame(kOtherMac, kPeer4, kHost4);
   EXPECT_FALSE(h.run(arp_unicast).transmit);
   EXPECT_EQ(h.pipe.counters().drops[LB_DROP_NOT_FOR_US].get(), 2u);
   // Replaying a capture taken elsewhere: the port takes any destination.
@@ -451,7 +362,7 @@ TEST(HostTest, UnresolvedBackendsGetNoFlowsUntilResolved) {
   for (uint16_t sport = 2000; sport < 2050; ++sport) {
     Bytes g = tcp(kPortMac, kClient4, kVip4, sport, 80, LB_TCP_SYN);
     ASSERT_TRUE(h.run(g).transmit);
-    EXPECT_EQ((MacAddress{{g[0], g[1], g[2], g[3], g[4], g[5]}}), mac("02:00:00:00:01:12"));
+    EXPECT_EQ(dstMac(g), mac("02:00:00:00:01:12"));
   }
 }
 
@@ -466,7 +377,7 @@ TEST(HostTest, DownBackendsFlowsFollowTheServicesPolicy) {
     // Pin a flow, then take its backend down.
     Bytes syn = tcp(kPortMac, kClient4, kVip4, 5555, 80, LB_TCP_SYN);
     ASSERT_TRUE(h.run(syn).transmit);
-    const MacAddress first{{syn[0], syn[1], syn[2], syn[3], syn[4], syn[5]}};
+    const MacAddress first = dstMac(syn);
     const IpAddress first_ip =
         first == mac("02:00:00:00:01:11") ? ip("198.51.100.11") : ip("198.51.100.12");
     h.runtime.health[backendRef(c.services[0], c.services[0].backends[first_ip == ip("198.51.100.11") ? 0 : 1])]
@@ -474,7 +385,7 @@ TEST(HostTest, DownBackendsFlowsFollowTheServicesPolicy) {
     h.rebuild();
     Bytes ack = tcp(kPortMac, kClient4, kVip4, 5555, 80, LB_TCP_ACK);
     ASSERT_TRUE(h.run(ack).transmit);
-    const MacAddress now{{ack[0], ack[1], ack[2], ack[3], ack[4], ack[5]}};
+    const MacAddress now = dstMac(ack);
     if (policy == DownPolicy::kKeep) {
       EXPECT_EQ(now, first) << "keep: the established flow stays on its backend";
     } else {
@@ -485,7 +396,7 @@ TEST(HostTest, DownBackendsFlowsFollowTheServicesPolicy) {
     for (uint16_t sport = 3000; sport < 3040; ++sport) {
       Bytes g = tcp(kPortMac, kClient4, kVip4, sport, 80, LB_TCP_SYN);
       ASSERT_TRUE(h.run(g).transmit);
-      EXPECT_NE((MacAddress{{g[0], g[1], g[2], g[3], g[4], g[5]}}), first);
+      EXPECT_NE(dstMac(g), first);
     }
   }
 }
@@ -514,7 +425,8 @@ TEST(HostTest, PartialChecksumsAreCompletedOnKernelFedPorts) {
   Bytes full = tcp(kPortMac, kClient4, kVip4, 7003, 80, LB_TCP_SYN);
   const Bytes before = full;
   ASSERT_TRUE(h.run(full).transmit);
-  EXPECT_EQ(Bytes(full.begin() + 14, full.end()), Bytes(before.begin() + 14, before.end()));
+  EXPECT_EQ(Bytes(full.begin() + kEthLen, full.end()),
+            Bytes(before.begin() + kEthLen, before.end()));
   EXPECT_EQ(h.pipe.counters().checksums_completed.get(), 3u);
   // Off (replay, a NIC): a partial checksum is not touched.
   h.port.complete_partial_checksums = false;
@@ -570,18 +482,13 @@ TEST(HostTest, NatOfAPartialChecksumGivesTheBackendAValidFullChecksum) {
       const PacketRef r = h.run(f);
       ASSERT_TRUE(r.transmit);
       ++completed;
-      const bool v4 = ip(n.vip).isV4();
-      const size_t dst_at = 14 + (v4 ? 16 : 24);
       const IpAddress backend = ip(n.backend);
-      EXPECT_EQ(Bytes(f.begin() + static_cast<long>(dst_at),
-                      f.begin() + static_cast<long>(dst_at + (v4 ? 4 : 16))),
-                Bytes(backend.bytes.begin(), backend.bytes.begin() + (v4 ? 4 : 16)))
-          << "to the backend's address";
-      EXPECT_EQ(get16(f, 14 + (v4 ? 20 : 40) + 2), 8080) << "and port";
+      const auto d = pktgen::decode(f);
+      ASSERT_TRUE(d.has_value());
+      EXPECT_EQ(d->dst, backend) << "to the backend's address";
+      EXPECT_EQ(d->dport, 8080) << "and port";
       EXPECT_TRUE(tcpChecksumValid(f)) << "a full checksum after NAT, payload " << payload;
-      if (v4) {
-        EXPECT_EQ(internetChecksum(Bytes(f.begin() + 14, f.begin() + 34)), 0);
-      }
+      EXPECT_TRUE(d->ip_checksum_ok);
 
       // The backend's reply, partial too: back to the VIP, with a full checksum.
       Bytes reply = tcp(kPortMac, backend, ip(n.client), 8080, sport, LB_TCP_SYN | LB_TCP_ACK,
@@ -589,12 +496,9 @@ TEST(HostTest, NatOfAPartialChecksumGivesTheBackendAValidFullChecksum) {
       ASSERT_FALSE(tcpChecksumValid(reply));
       ASSERT_TRUE(h.run(reply).transmit);
       ++completed;
-      const size_t src_at = 14 + (v4 ? 12 : 8);
-      const IpAddress vip = ip(n.vip);
-      EXPECT_EQ(Bytes(reply.begin() + static_cast<long>(src_at),
-                      reply.begin() + static_cast<long>(src_at + (v4 ? 4 : 16))),
-                Bytes(vip.bytes.begin(), vip.bytes.begin() + (v4 ? 4 : 16)))
-          << "from the VIP";
+      const auto rd = pktgen::decode(reply);
+      ASSERT_TRUE(rd.has_value());
+      EXPECT_EQ(rd->src, ip(n.vip)) << "from the VIP";
       EXPECT_TRUE(tcpChecksumValid(reply)) << "a full checksum on the NAT reply, payload "
                                            << payload;
     }
