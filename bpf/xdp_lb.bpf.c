@@ -2,10 +2,11 @@
 /*
  * xdp_lb.bpf.c - Sluice's XDP data path: the twin of the DPDK pipeline, packet for packet
  * (src/dataplane/pipeline.cc, Pipeline::forward and Pipeline::host), decision for decision in the
- * same order. Forwarded packets, ICMP errors about a flow (sent on to its backend) and the answers
- * to ARP, Neighbour Solicitations and echo requests leave through the port they came in on
- * (XDP_TX); frames for another MAC, malformed packets (and ICMP errors with a malformed quote),
- * fragments for a VIP, and packets with no backend or no next hop are dropped; the host's own
+ * same order. Forwarded packets, ICMP errors about a flow (sent on to its backend, or from behind
+ * NAT to its client) and the answers to ARP, Neighbour Solicitations and echo requests leave
+ * through the port they came in on (XDP_TX); frames for another MAC, malformed packets (and ICMP
+ * errors to a VIP with a malformed quote), fragments for a VIP, and packets with no backend or no
+ * next hop are dropped; the host's own
  * traffic, traffic for no service and non-IP frames go to the kernel (XDP_PASS). Every outcome is
  * counted as the DPDK workers count it.
  */
@@ -77,7 +78,7 @@ int xdp_lb(struct xdp_md *ctx)
 		}
 	}
 
-	ret = lb_icmp_error(ctx, &p, &ek, cc);		/* 9. an error about a flow of a VIP */
+	ret = lb_icmp_error(ctx, &p, &ek, cc);		/* 9. an error about a flow */
 	if (ret >= 0)
 		return ret;
 

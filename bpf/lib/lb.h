@@ -3,7 +3,7 @@
  * lb.h - the decisions and rewrites of the XDP data path, the twin of Pipeline::forward(),
  * toBackend() and natReply() in src/dataplane/pipeline.cc and of src/dataplane/rewrite.h. What
  * the host answers itself (ARP, ND, echo) is in host.h. ICMP errors about a flow go to its
- * backend as icmpErrorToBackend() and src/dataplane/icmp_error.h send them.
+ * other end as icmpErrorToBackend(), icmpErrorToClient() and src/dataplane/icmp_error.h send them.
  */
 #ifndef SLUICE_BPF_LB_H
 #define SLUICE_BPF_LB_H
@@ -330,6 +330,46 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 }
 
 /*
+ * natNextHop(): the next hop of what goes back to clients (NAT replies, errors from behind NAT):
+ * the configured gateway MAC of the family, else the router learned from client packets. Returns
+ * -1 when there is neither.
+ */
+static __always_inline int lb_nat_next_hop(__u8 family, __u8 *next_hop)
+{
+	__u32 zero = 0;
+	__u64 *gw;
+	__u64 learned;
+
+	if (family == LB_FAMILY_IPV4 && has_gateway) {
+		__builtin_memcpy(next_hop, gateway_mac, 6);
+		return 0;
+	}
+	if (family != LB_FAMILY_IPV4 && has_gateway6) {
+		__builtin_memcpy(next_hop, gateway_mac6, 6);
+		return 0;
+	}
+	gw = bpf_map_lookup_elem(&learned_gw, &zero);
+	learned = gw ? *gw : 0;
+	if (learned == 0)
+		return -1;
+	lb_unpack_mac(learned, next_hop);
+	return 0;
+}
+
+/* countReply(): a packet of len bytes sent back to a client for v's backend. */
+static __always_inline void lb_count_reply(const struct lb_nat_reply *v, __u64 len)
+{
+	__u32 bid = v->backend_id;
+	const struct lb_backend *b = lb_backend_get(bid);
+	struct lb_backend_counters *bc = lb_backend_stats(bid, b ? b->epoch : 0);
+
+	if (bc) {
+		bc->reply_packets++;
+		bc->reply_bytes += len;
+	}
+}
+
+/*
  * natReply(): a NAT backend's reply. Stateless: rewrite the source back to the VIP and send it
  * to the gateway of its family (configured or resolved), else to the router learned from client
  * packets.
@@ -339,27 +379,13 @@ static __always_inline int lb_forward_nat_reply(struct xdp_md *ctx, const struct
 						struct lb_cpu_counters *cc)
 {
 	const struct lb_service *svc;
-	const struct lb_backend *b;
-	struct lb_backend_counters *bc;
 	__u32 sid = v->service_id;
-	__u32 bid = v->backend_id;
 	__u8 next_hop[6];
 	void *data_end;
 	void *data;
 
-	if (p->key.family == LB_FAMILY_IPV4 && has_gateway) {
-		__builtin_memcpy(next_hop, gateway_mac, 6);
-	} else if (p->key.family != LB_FAMILY_IPV4 && has_gateway6) {
-		__builtin_memcpy(next_hop, gateway_mac6, 6);
-	} else {
-		__u32 zero = 0;
-		__u64 *gw = bpf_map_lookup_elem(&learned_gw, &zero);
-		__u64 learned = gw ? *gw : 0;
-
-		if (learned == 0)
-			return lb_drop(cc, LB_DROP_NO_NEXT_HOP);
-		lb_unpack_mac(learned, next_hop);
-	}
+	if (lb_nat_next_hop(p->key.family, next_hop))
+		return lb_drop(cc, LB_DROP_NO_NEXT_HOP);
 	svc = bpf_map_lookup_elem(&service_by_id, &sid);
 	if (!svc || svc->table_size == 0)	/* a reply ahead of its service (map update) */
 		return lb_drop(cc, LB_DROP_NO_SERVICE);
@@ -370,67 +396,73 @@ static __always_inline int lb_forward_nat_reply(struct xdp_md *ctx, const struct
 		return lb_drop(cc, LB_DROP_TRUNCATED);
 	if (lb_rewrite_macs(data, data_end, next_hop, port_mac))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
-	b = lb_backend_get(bid);
-	bc = lb_backend_stats(bid, b ? b->epoch : 0);
-	if (bc) {
-		bc->reply_packets++;
-		bc->reply_bytes += data_end - data;
-	}
+	lb_count_reply(v, data_end - data);
 	return lb_transmit(cc);
 }
 
 /*
- * rewriteIcmpError(), NAT: the error goes to the backend as if the reply it quotes had left the
- * backend unchanged. The outer destination VIP becomes addr, and in the quote the source
- * VIP:vport becomes addr:port_be. Updated incrementally (RFC 1624): the outer IPv4 header
+ * rewriteIcmpError(), NAT: the error rewritten as the other end of the flow must see it, as if
+ * the packet it quotes had not been translated. to_backend (a constant): an error to the VIP
+ * about a reply, for the backend; the outer destination VIP becomes addr, and in the quote the
+ * source VIP:vport becomes addr:port_be. Else an error from behind NAT about a client packet, for
+ * the client; the outer source becomes addr, and in the quote the destination backend:bport
+ * becomes addr:port_be (the VIP:vport). Updated incrementally (RFC 1624): the outer IPv4 header
  * checksum, the quoted IPv4 header checksum, and the ICMP checksum, which covers the whole
  * message and so the quote's address, port and header checksum (RFC 792), and for ICMPv6 the
- * pseudo-header with the outer destination too (RFC 4443 section 2.3). The quoted TCP/UDP
- * checksum is left as it is: the quote is usually cut short of the segment it sums, and the
- * backend's stack does not check it (IPVS's ip_vs_nat_icmp() leaves it too).
+ * pseudo-header with the outer addresses too (RFC 4443 section 2.3). The quoted TCP/UDP checksum
+ * is left as it is: the quote is usually cut short of the segment it sums, and the receiving
+ * stack does not check it (IPVS's ip_vs_nat_icmp() leaves it too).
  * Returns -1 only if a header the parser checked is not there (never: for the verifier).
  */
 static __always_inline int lb_rewrite_icmp_error(void *data, void *data_end,
 						 const struct lb_parsed *p,
-						 const struct lb_icmp_error *e, const __u32 *addr,
+						 const struct lb_icmp_error *e,
+						 const int to_backend, const __u32 *addr,
 						 __u16 port_be)
 {
 	__u8 *ip = data + (p->l3_off & LB_HDR_OFF_MASK);
 	__u8 *icmp = data + (p->l4_off & LB_HDR_OFF_MASK);
 	__u8 *inner = data + (e->inner_l3 & LB_HDR_OFF_MASK);
 	__u8 *th = data + (e->inner_l4 & LB_HDR_OFF_MASK);
+	__u8 *port_at = th + (to_backend ? 0 : 2);
+	__u8 *outer_addr;
+	__u8 *inner_addr;
 	__u16 old_csum;
 	__u16 new_csum;
 	__u32 quoted;
 	__u32 msg;
 
-	if ((void *)(icmp + LB_ICMP_HLEN) > data_end || (void *)(th + 2) > data_end)
+	if ((void *)(icmp + LB_ICMP_HLEN) > data_end || (void *)(th + 4) > data_end)
 		return -1;
 	if (p->key.family == LB_FAMILY_IPV4) {
 		if ((void *)(ip + LB_IPV4_HLEN) > data_end ||
 		    (void *)(inner + LB_IPV4_HLEN) > data_end)
 			return -1;
-		msg = lb_csum_replace(0, ip + 16, addr, 4);
+		outer_addr = ip + (to_backend ? 16 : 12);
+		inner_addr = inner + (to_backend ? 12 : 16);
+		msg = lb_csum_replace(0, outer_addr, addr, 4);
 		*(__u16 *)(ip + 10) = lb_csum_apply(msg, *(__u16 *)(ip + 10));
-		__builtin_memcpy(ip + 16, addr, 4);
-		quoted = lb_csum_replace(0, inner + 12, addr, 4);
+		__builtin_memcpy(outer_addr, addr, 4);
+		quoted = lb_csum_replace(0, inner_addr, addr, 4);
 		old_csum = *(__u16 *)(inner + 10);
 		new_csum = lb_csum_apply(quoted, old_csum);
 		msg = lb_csum_replace(quoted, &old_csum, &new_csum, 2);
 		*(__u16 *)(inner + 10) = new_csum;
-		__builtin_memcpy(inner + 12, addr, 4);
+		__builtin_memcpy(inner_addr, addr, 4);
 	} else {
 		if ((void *)(ip + LB_IPV6_HLEN) > data_end ||
 		    (void *)(inner + LB_IPV6_HLEN) > data_end)
 			return -1;
-		msg = lb_csum_replace(0, ip + 24, addr, 16);	/* the pseudo-header's destination */
-		msg = lb_csum_replace(msg, inner + 8, addr, 16);
-		__builtin_memcpy(ip + 24, addr, 16);
-		__builtin_memcpy(inner + 8, addr, 16);
+		outer_addr = ip + (to_backend ? 24 : 8);
+		inner_addr = inner + (to_backend ? 8 : 24);
+		msg = lb_csum_replace(0, outer_addr, addr, 16);	/* in the pseudo-header */
+		msg = lb_csum_replace(msg, inner_addr, addr, 16);
+		__builtin_memcpy(outer_addr, addr, 16);
+		__builtin_memcpy(inner_addr, addr, 16);
 	}
-	msg = lb_csum_replace(msg, th, &port_be, 2);
+	msg = lb_csum_replace(msg, port_at, &port_be, 2);
 	*(__u16 *)(icmp + 2) = lb_csum_apply(msg, *(__u16 *)(icmp + 2));
-	*(__u16 *)th = port_be;
+	*(__u16 *)port_at = port_be;
 	return 0;
 }
 
@@ -472,7 +504,7 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (svc->forwarding == LB_FWD_NAT &&
-	    lb_rewrite_icmp_error(data, data_end, p, e, b->addr, b->port))
+	    lb_rewrite_icmp_error(data, data_end, p, e, 1, b->addr, b->port))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
 	if (lb_rewrite_macs(data, data_end, b->mac, port_mac))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
@@ -486,33 +518,79 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 }
 
 /*
- * The ICMP error step of Pipeline::forward(): an error to a VIP (vip, its address key) about a
- * flow of one of its services is forwarded; a quote cut short or malformed is dropped. Returns
- * the XDP action, or -1 when the packet is no such error (the caller goes on).
+ * icmpErrorToClient(): an ICMP error from behind NAT about a client's packet to the NAT backend
+ * of v goes to the client, as if about its packet to the VIP: stateless, as a NAT reply. The
+ * outer source becomes the VIP whoever sent the error, the backend or a router behind Sluice, as
+ * IPVS and netfilter's NAT do (why: Pipeline::icmpErrorToClient()).
+ */
+static __always_inline int lb_forward_icmp_reply(struct xdp_md *ctx, const struct lb_parsed *p,
+						 const struct lb_icmp_error *e,
+						 const struct lb_nat_reply *v,
+						 struct lb_cpu_counters *cc)
+{
+	const struct lb_service *svc;
+	__u32 sid = v->service_id;
+	__u8 next_hop[6];
+	void *data_end;
+	void *data;
+
+	if (lb_nat_next_hop(p->key.family, next_hop))
+		return lb_drop(cc, LB_DROP_NO_NEXT_HOP);
+	svc = bpf_map_lookup_elem(&service_by_id, &sid);
+	if (!svc || svc->table_size == 0)	/* ahead of its service (map update) */
+		return lb_drop(cc, LB_DROP_NO_SERVICE);
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (lb_rewrite_icmp_error(data, data_end, p, e, 0, svc->addr, svc->port))
+		return lb_drop(cc, LB_DROP_TRUNCATED);
+	if (lb_rewrite_macs(data, data_end, next_hop, port_mac))
+		return lb_drop(cc, LB_DROP_TRUNCATED);
+	cc->icmp_forwarded++;
+	lb_count_reply(v, data_end - data);
+	return lb_transmit(cc);
+}
+
+/*
+ * The ICMP error step of Pipeline::forward(). To a VIP (dst, the outer destination's address
+ * key), an error about a flow of one of its services goes to the flow's backend, and a quote cut
+ * short or malformed is dropped. To another address, an error about a client's packet to a NAT
+ * backend goes to the client; a bad quote there goes on as before, nothing tying it to Sluice.
+ * Returns the XDP action, or -1 when the packet is no such error (the caller goes on).
  */
 static __always_inline int lb_icmp_error(struct xdp_md *ctx, const struct lb_parsed *p,
-					 const struct lb_endpoint_key *vip,
+					 const struct lb_endpoint_key *dst,
 					 struct lb_cpu_counters *cc)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	const struct lb_nat_reply *reply;
 	const struct lb_service *svc;
 	struct lb_endpoint_key ek;
 	struct lb_icmp_error e;
+	int to_vip;
 	int ret;
 
-	if (!lb_is_icmp_error(data, data_end, p) || !bpf_map_lookup_elem(&vip_addrs, vip))
+	if (!lb_is_icmp_error(data, data_end, p))
 		return -1;
+	to_vip = bpf_map_lookup_elem(&vip_addrs, dst) != NULL;
 	ret = lb_parse_icmp_error(data, data_end, p, &e);
-	if (ret >= 0)
+	if (ret >= 0 && to_vip)
 		return lb_drop(cc, ret);
 	if (ret != LB_PARSE_OK)
 		return -1;
-	lb_dst_endpoint(&e.key, &ek);
-	svc = bpf_map_lookup_elem(&services, &ek);
-	if (!svc)
+	if (to_vip) {
+		lb_dst_endpoint(&e.key, &ek);
+		svc = bpf_map_lookup_elem(&services, &ek);
+		if (!svc)
+			return -1;
+		return lb_forward_icmp_error(ctx, p, &e, svc, cc);
+	}
+	lb_src_endpoint(&e.key, &ek);
+	reply = bpf_map_lookup_elem(&nat_replies, &ek);
+	if (!reply)
 		return -1;
-	return lb_forward_icmp_error(ctx, p, &e, svc, cc);
+	return lb_forward_icmp_reply(ctx, p, &e, reply, cc);
 }
 
 #endif /* SLUICE_BPF_LB_H */

@@ -177,8 +177,10 @@ static __always_inline int lb_parse(void *data, void *data_end, __u32 pkt_len,
 }
 
 /*
- * An ICMP error about a flow (IcmpError, src/dataplane/icmp_error.h): the flow as its client's
- * packets carry it (the quoted tuple reversed) and where the quote lies in the frame.
+ * An ICMP error about a flow (IcmpError, src/dataplane/icmp_error.h): the quoted tuple reversed,
+ * the key of the flow's packets going the other way (the client's for a quoted reply from
+ * VIP:vport; a NAT backend's replies for a quoted client packet to backend:bport, so that its
+ * source endpoint is nat_replies' key), and where the quote lies in the frame.
  */
 struct lb_icmp_error {
 	struct lb_flow_key key;
@@ -186,7 +188,7 @@ struct lb_icmp_error {
 	__u16 inner_l4;		/* the quoted TCP/UDP header (its first 8 bytes are present) */
 };
 
-/* lb_parse_icmp_error(): not an error about a TCP/UDP flow of the VIP (kNotAFlowError). */
+/* lb_parse_icmp_error(): not an error about a TCP/UDP flow (kNotAFlowError). */
 #define LB_NOT_A_FLOW_ERROR (-2)
 
 /*
@@ -269,8 +271,8 @@ static __always_inline int lb_parse_icmp_error(void *data, void *data_end,
 	    out->key.dst[0] != p->key.dst[0] || out->key.dst[1] != p->key.dst[1] ||
 	    out->key.dst[2] != p->key.dst[2] || out->key.dst[3] != p->key.dst[3])
 		return LB_NOT_A_FLOW_ERROR;
-	/* The quote is the reply (VIP:vport -> client:cport); the client's packets go the other
-	 * way. */
+	/* The quote is the packet the error is about; the key is that of the packets going the
+	 * other way. */
 	__builtin_memcpy(&out->key.dport, th, 2);
 	__builtin_memcpy(&out->key.sport, th + 2, 2);
 	out->key.proto = proto;

@@ -290,7 +290,7 @@ struct lb_cpu_counters {
 	lb_u64 flows_created;
 	lb_u64 flows_rescheduled;
 	lb_u64 answered;    /* ARP, Neighbour Solicitations and echo requests answered in place */
-	lb_u64 icmp_forwarded; /* ICMP errors about a flow sent on to its backend */
+	lb_u64 icmp_forwarded; /* ICMP errors about a flow sent on to its backend or client */
 	lb_u64 drops[LB_DROP__COUNT];
 };
 

@@ -35,7 +35,7 @@ struct WorkerTotals {
   uint64_t flows_rescheduled = 0;
   uint64_t passed = 0;    // handed to the kernel (XDP_PASS, the DPDK exception port)
   uint64_t answered = 0;  // ARP, Neighbour Solicitations and echo requests answered in place
-  uint64_t icmp_forwarded = 0;  // ICMP errors about a flow sent on to its backend (in tx_packets)
+  uint64_t icmp_forwarded = 0;  // ICMP errors about a flow sent on to its other end (in tx_packets)
   uint64_t host_sent = 0; // sent by the host's kernel through the DPDK exception port (not rx/tx)
 };
 

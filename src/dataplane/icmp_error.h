@@ -1,8 +1,16 @@
-// ICMP errors about a flow: a router that cannot pass a backend's reply (too big for a link, PMTU
-// discovery: RFC 1191, RFC 8201; unreachable; TTL exceeded) sends the error to the reply's source,
-// the VIP, and quotes the reply: source VIP:vport, destination client:cport. Sluice sends it on
-// to the backend that sent the reply, as IPVS (ip_vs_in_icmp) and Katran do; left to the
-// kernel, which has no such connection, PMTU discovery through the balancer is a black hole.
+// ICMP errors about a flow, both ways through NAT, as IPVS handles them (ip_vs_in_icmp() and
+// ip_vs_out_icmp()).
+// - To a VIP: a router that cannot pass a backend's reply (too big for a link, PMTU discovery:
+//   RFC 1191, RFC 8201; unreachable; TTL exceeded) sends the error to the reply's source, the VIP,
+//   and quotes the reply: source VIP:vport, destination client:cport. Sluice sends it on to the
+//   backend that sent the reply, as Katran does too; left to the kernel, which has no such
+//   connection, PMTU discovery through the balancer is a black hole.
+// - From behind NAT: a NAT backend's kernel (a UDP port that is closed: port unreachable) or a
+//   router between Sluice and the backend sends the error to the client, and quotes the client's
+//   packet as Sluice rewrote it: source client:cport, destination backend:bport. Sluice sends it
+//   on to the client as if it were about the packet the client sent to the VIP; left to the
+//   kernel, the client never learns (a UDP client waits for its time-out instead of getting
+//   ECONNREFUSED, and PMTU discovery towards the backend fails).
 // The XDP path's twin is lb_parse_icmp_error() (bpf/lib/parse.h) and lb_rewrite_icmp_error()
 // (bpf/lib/lb.h); both give the same bytes.
 #pragma once
@@ -18,12 +26,15 @@ namespace sluice {
 
 /** The flow an ICMP error is about, and where its quoted packet lies in the frame. */
 struct IcmpError {
-  lb_flow_key key;    // as the client's packets of the flow carry it: the quoted tuple reversed
+  // The quoted tuple reversed: the key of the flow's packets that go the other way, the client's
+  // (a quoted reply from VIP:vport) or a NAT backend's replies (a quoted client packet to
+  // backend:bport, so that its source endpoint is nat_reply_map's key).
+  lb_flow_key key;
   uint16_t inner_l3;  // the quoted IP header
   uint16_t inner_l4;  // the quoted TCP/UDP header (its first 8 bytes are present)
 };
 
-/** parseIcmpError(): not an error about a TCP/UDP flow of the VIP; the packet goes on as before. */
+/** parseIcmpError(): not an error about a TCP/UDP flow; the packet goes on as before. */
 inline constexpr int kNotAFlowError = -2;
 
 /**
@@ -101,7 +112,7 @@ inline int parseIcmpError(const uint8_t* frame, const ParsedPacket& p, uint32_t 
       std::memcmp(out.key.dst, p.key.dst, sizeof(out.key.dst)) != 0) {
     return kNotAFlowError;
   }
-  // The quote is the reply (VIP:vport -> client:cport); the client's packets go the other way.
+  // The quote is the packet the error is about; the key is that of the packets going the other way.
   std::memcpy(&out.key.dport, frame + l4, 2);
   std::memcpy(&out.key.sport, frame + l4 + 2, 2);
   out.key.proto = proto;
@@ -112,41 +123,49 @@ inline int parseIcmpError(const uint8_t* frame, const ParsedPacket& p, uint32_t 
 }
 
 /**
- * NAT: the error goes to the backend as if the reply it quotes had left the backend unchanged.
- * The outer destination VIP becomes addr, and in the quote the source VIP:vport becomes
- * addr:port_be. Updated incrementally (RFC 1624): the outer IPv4 header checksum, the quoted
- * IPv4 header checksum, and the ICMP checksum, which covers the whole message and so the quote's
- * address, port and header checksum (ICMPv4, RFC 792), and for ICMPv6 the pseudo-header with
- * the outer destination too (RFC 4443 section 2.3). The quoted TCP/UDP checksum is left as it
- * is: the quote is usually cut short of the segment it sums, and the backend's stack does not
- * check it (IPVS's ip_vs_nat_icmp() leaves it too).
+ * NAT: the error is rewritten as the other end of the flow must see it: as if the packet it quotes
+ * had not been translated by Sluice. Updated incrementally (RFC 1624): the outer IPv4 header
+ * checksum, the quoted IPv4 header checksum, and the ICMP checksum, which covers the whole
+ * message and so the quote's address, port and header checksum (ICMPv4, RFC 792), and for ICMPv6
+ * the pseudo-header with the outer addresses too (RFC 4443 section 2.3). The quoted TCP/UDP
+ * checksum is left as it is: the quote is usually cut short of the segment it sums, and the
+ * receiving stack does not check it (IPVS's ip_vs_nat_icmp() leaves it too).
+ * @param to_backend true: an error to the VIP about a reply, for the backend; the outer
+ *        destination VIP becomes addr, and in the quote the source VIP:vport becomes
+ *        addr:port_be. false: an error from behind NAT about a client packet, for the client; the
+ *        outer source becomes addr, and in the quote the destination backend:bport becomes
+ *        addr:port_be (the VIP:vport)
  * @param addr 4 (IPv4) or 16 (IPv6) bytes in network order
  */
 inline void rewriteIcmpError(uint8_t* frame, const ParsedPacket& p, const IcmpError& e,
-                             const void* addr, uint16_t port_be) noexcept {
+                             bool to_backend, const void* addr, uint16_t port_be) noexcept {
   uint8_t* ip = frame + p.l3_offset;
   uint8_t* icmp = frame + p.l4_offset;
   uint8_t* inner = frame + e.inner_l3;
-  uint8_t* inner_port = frame + e.inner_l4;
+  uint8_t* inner_port = frame + e.inner_l4 + (to_backend ? 0 : 2);
   ChecksumDelta msg;
   if (p.key.family == LB_FAMILY_IPV4) {
+    uint8_t* outer_addr = ip + (to_backend ? 16 : 12);
+    uint8_t* inner_addr = inner + (to_backend ? 12 : 16);
     ChecksumDelta outer;
-    outer.replace(ip + 16, addr, 4);
+    outer.replace(outer_addr, addr, 4);
     outer.applyTo(ip + 10);
-    std::memcpy(ip + 16, addr, 4);
+    std::memcpy(outer_addr, addr, 4);
     ChecksumDelta quoted;
-    quoted.replace(inner + 12, addr, 4);
+    quoted.replace(inner_addr, addr, 4);
     uint8_t old_csum[2];
     std::memcpy(old_csum, inner + 10, 2);
     quoted.applyTo(inner + 10);
     msg = quoted;
     msg.replace(old_csum, inner + 10, 2);
-    std::memcpy(inner + 12, addr, 4);
+    std::memcpy(inner_addr, addr, 4);
   } else {
-    msg.replace(ip + 24, addr, 16);     // the pseudo-header's destination
-    msg.replace(inner + 8, addr, 16);
-    std::memcpy(ip + 24, addr, 16);
-    std::memcpy(inner + 8, addr, 16);
+    uint8_t* outer_addr = ip + (to_backend ? 24 : 8);
+    uint8_t* inner_addr = inner + (to_backend ? 8 : 24);
+    msg.replace(outer_addr, addr, 16);  // in the pseudo-header
+    msg.replace(inner_addr, addr, 16);
+    std::memcpy(outer_addr, addr, 16);
+    std::memcpy(inner_addr, addr, 16);
   }
   msg.replace(inner_port, &port_be, 2);
   msg.applyTo(icmp + 2);

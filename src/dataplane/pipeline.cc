@@ -63,6 +63,26 @@ bool pinnedBackendValid(const FlowEntry& e, const ServiceEntry& svc,
          (snap.backends[bid].flags & LB_BACKEND_F_RESCHEDULE) == 0;
 }
 
+/**
+ * The next hop of what goes back to clients (NAT replies, errors from behind NAT): the configured
+ * gateway MAC of the family, else the router learned from client packets.
+ * @return false when there is neither
+ */
+bool natNextHop(const Snapshot& snap, bool v4, const PortContext& port,
+                uint8_t next_hop[6]) noexcept {
+  if (v4 ? snap.has_gateway_mac : snap.has_gateway_mac6) {
+    std::memcpy(next_hop, v4 ? snap.gateway_mac : snap.gateway_mac6, 6);
+    return true;
+  }
+  // Relaxed: a hint, published with no other data (toBackend() stores it).
+  const uint64_t learned = port.learned_gateway.load(std::memory_order_relaxed);
+  if (learned == 0) {
+    return false;
+  }
+  unpackMac(learned, next_hop);
+  return true;
+}
+
 }  // namespace
 
 Pipeline::Pipeline(uint32_t flow_capacity, uint32_t max_backend_ids)
@@ -149,18 +169,26 @@ bool Pipeline::forward(PacketRef& p, const Snapshot& snap, PortContext& port) no
     answerEcho(p.data, p.parsed, port.mac);  // a VIP answers ping, as an IPVS host does
     return answered();
   }
-  if (isIcmpError(p.data, p.parsed, p.data_len) && snap.vip_addresses.find(dst) != nullptr)
-      [[unlikely]] {
-    // A router's error about a backend's reply (PMTU discovery): to that backend. One whose
-    // quote names no service of the VIP goes on as before, to the kernel.
+  if (isIcmpError(p.data, p.parsed, p.data_len)) [[unlikely]] {
+    // To a VIP, a router's error about a backend's reply (PMTU discovery): to that backend.
+    // Elsewhere, an error from behind NAT about a client's packet to a NAT backend: to the
+    // client. One whose quote names no service of the VIP, or no NAT backend, goes on as before,
+    // to the kernel; so does a bad quote not sent to a VIP, which nothing ties to Sluice.
+    const bool to_vip = snap.vip_addresses.find(dst) != nullptr;
     IcmpError e;
     const int status = parseIcmpError(p.data, p.parsed, p.data_len, e);
-    if (status >= 0) {
+    if (status >= 0 && to_vip) {
       return drop(status);
     }
     if (status == kParseOk) {
-      if (const EndpointMap::Value* v = snap.service_map.find(dstEndpoint(e.key)); v != nullptr) {
-        return icmpErrorToBackend(p, snap, snap.services[v->service_id], e, port);
+      if (to_vip) {
+        if (const EndpointMap::Value* v = snap.service_map.find(dstEndpoint(e.key));
+            v != nullptr) {
+          return icmpErrorToBackend(p, snap, snap.services[v->service_id], e, port);
+        }
+      } else if (const EndpointMap::Value* v = snap.nat_reply_map.find(srcEndpoint(e.key));
+                 v != nullptr) {
+        return icmpErrorToClient(p, snap, *v, e, port);
       }
     }
   }
@@ -267,7 +295,7 @@ bool Pipeline::icmpErrorToBackend(PacketRef& p, const Snapshot& snap, const Serv
   }
   const BackendEntry& b = snap.backends[bid];
   if (svc.forwarding == Forwarding::kNat) {
-    rewriteIcmpError(p.data, p.parsed, e, b.addr, b.port_be);
+    rewriteIcmpError(p.data, p.parsed, e, true, b.addr, b.port_be);
   }
   rewriteMacs(p.data, b.mac, port.mac);
   ++counters_.icmp_forwarded;
@@ -281,24 +309,44 @@ bool Pipeline::icmpErrorToBackend(PacketRef& p, const Snapshot& snap, const Serv
 bool Pipeline::natReply(PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v,
                         PortContext& port) noexcept {
   uint8_t next_hop[6];
-  const bool v4 = p.parsed.key.family == LB_FAMILY_IPV4;
-  if (v4 ? snap.has_gateway_mac : snap.has_gateway_mac6) {
-    std::memcpy(next_hop, v4 ? snap.gateway_mac : snap.gateway_mac6, 6);
-  } else {
-    const uint64_t learned = port.learned_gateway.load(std::memory_order_relaxed);
-    if (learned == 0) [[unlikely]] {
-      return drop(LB_DROP_NO_NEXT_HOP);
-    }
-    unpackMac(learned, next_hop);
+  if (!natNextHop(snap, p.parsed.key.family == LB_FAMILY_IPV4, port, next_hop)) [[unlikely]] {
+    return drop(LB_DROP_NO_NEXT_HOP);
   }
   const ServiceEntry& svc = snap.services[v.service_id];
   rewriteL3L4(p.data, p.parsed, false, svc.key.addr, svc.key.port);
   rewriteMacs(p.data, next_hop, port.mac);
+  countReply(p, snap, v);
+  return true;
+}
+
+bool Pipeline::icmpErrorToClient(PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v,
+                                 const IcmpError& e, PortContext& port) noexcept {
+  uint8_t next_hop[6];
+  if (!natNextHop(snap, p.parsed.key.family == LB_FAMILY_IPV4, port, next_hop)) [[unlikely]] {
+    return drop(LB_DROP_NO_NEXT_HOP);
+  }
+  // The outer source becomes the VIP whoever sent the error, the backend's kernel or a router
+  // behind Sluice, as IPVS (ip_vs_nat_icmp() for ip_vs_out_icmp()) and netfilter's NAT
+  // (nf_nat_icmp_reply_translation()) do. The client's stack matches an error by its quote
+  // alone (RFC 1122 section 3.2.2, RFC 4443 section 2.4), so the VIP costs it nothing; the
+  // addresses of the network NAT hides, often private ones, would leak and could be dropped on
+  // the way by source address filtering (RFC 1918 section 3, RFC 2827, RFC 6752), and the error
+  // lost with them. What is lost: a traceroute sees the VIP for a hop behind Sluice, as behind
+  // any NAT.
+  const ServiceEntry& svc = snap.services[v.service_id];
+  rewriteIcmpError(p.data, p.parsed, e, false, svc.key.addr, svc.key.port);
+  rewriteMacs(p.data, next_hop, port.mac);
+  ++counters_.icmp_forwarded;
+  countReply(p, snap, v);
+  return true;
+}
+
+void Pipeline::countReply(const PacketRef& p, const Snapshot& snap,
+                          const EndpointMap::Value& v) noexcept {
   BackendCounters& bc = backend_counters_[v.backend_id];
   bc.claim(snap.backends[v.backend_id].epoch);
   ++bc.reply_packets;
   bc.reply_bytes += p.pkt_len;
-  return true;
 }
 
 }  // namespace sluice

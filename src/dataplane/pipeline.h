@@ -27,7 +27,7 @@ struct WorkerCounters {
   Counter flows_rescheduled;  // a pinned backend was removed; the flow got a new one
   Counter passed;             // handed to the kernel through the exception port
   Counter answered;           // ARP, Neighbour Solicitations and echo requests answered in place
-  Counter icmp_forwarded;     // ICMP errors about a flow sent on to its backend (icmp_error.h)
+  Counter icmp_forwarded;     // ICMP errors about a flow sent on to its other end (icmp_error.h)
   Counter checksums_completed;  // partial checksums of local senders completed (kernel-fed ports)
   Counter host_sent;          // frames the host's kernel sent out through the NIC (exception port)
 };
@@ -99,6 +99,14 @@ class Pipeline {
   /** An ICMP error about a flow of svc (icmp_error.h): to the flow's backend, the flow untouched. */
   bool icmpErrorToBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry& svc,
                           const IcmpError& e, PortContext& port) noexcept;
+  /**
+   * An ICMP error from behind NAT about a client's packet to the NAT backend of v (icmp_error.h):
+   * to the client, as if about its packet to the VIP; stateless, as natReply().
+   */
+  bool icmpErrorToClient(PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v,
+                         const IcmpError& e, PortContext& port) noexcept;
+  /** A packet sent back to a client for v's backend: its reply counters. */
+  void countReply(const PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v) noexcept;
   bool drop(int reason) noexcept {
     ++counters_.drops[reason];
     return false;

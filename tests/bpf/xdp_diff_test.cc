@@ -4,8 +4,9 @@
 //
 // And in process (XdpHost below), table-driven fixtures of what a host answers itself (ARP,
 // Neighbour Solicitations, echo requests), its own traffic, frames for other MACs, rescheduling
-// of a down backend's flows, per-family NAT gateways and (XdpIcmpError) ICMP errors about a flow
-// sent on to its backend: each frame through the DPDK pipeline
+// of a down backend's flows, per-family NAT gateways and ICMP errors about a flow sent on to its
+// backend (XdpIcmpError) or from behind NAT to its client (XdpIcmpFromNat): each frame through
+// the DPDK pipeline
 // (src/dataplane/pipeline.h on a byte buffer, trimmed as the worker trims) and through the loaded
 // XDP program, with the expected action, counters and output bytes. The expected answers are
 // built from scratch by tools/pktgen, checksums included, so they check both paths against an
@@ -472,6 +473,9 @@ class DpdkPath {
 
   uint64_t flowsCreated() const { return pipe_.flows().stats().inserted; }
   uint64_t backendPackets(uint32_t id) const { return pipe_.backendCounters()[id].packets; }
+  uint64_t backendReplyPackets(uint32_t id) const {
+    return pipe_.backendCounters()[id].reply_packets;
+  }
 
  private:
   Pipeline pipe_{kFlowCapacity, sluice::kMaxBackendIds};
@@ -528,6 +532,9 @@ class XdpPath {
 
   uint64_t flowsCreated(const Snapshot& snap) const {
     return xdp_->totals(snap).all.flows_created;
+  }
+  uint64_t backendReplyPackets(const Snapshot& snap, uint32_t id) const {
+    return xdp_->totals(snap).backends.at(id).reply_packets;
   }
 
  private:
@@ -1768,6 +1775,302 @@ TEST_F(XdpIcmpError, OtherErrorsAndMalformedQuotes) {
     expectForwarded(flows[i], others[i], *snap, maglevPick(flows[i], *snap), kT0,
                     fmt::format("{} type {} code {}", flows[i].service, others[i].type,
                                 others[i].code));
+  }
+}
+// ---------------------------------------------------------------------------------------------
+// ICMP errors from behind NAT (src/dataplane/icmp_error.h): a NAT backend's kernel (port
+// unreachable: a UDP port that is closed) or a router between Sluice and the backend sends the
+// error to the client, quoting the client's packet as Sluice rewrote it (client:cport ->
+// backend:bport). Both paths send it to the client's next hop as an error about its packet to
+// the VIP: the outer source and the quote's destination become the VIP and VIP:vport.
+
+const IpAddress kBehind4 = ip("10.0.2.254");      // a router between Sluice and the backends
+const IpAddress kBehind6 = ip("2001:db8:1::fe");
+const MacAddress kBehindMac = mac("02:00:00:00:0b:fe");
+
+/** IPv4 port unreachable (type 3 code 3), ICMPv6 port unreachable (type 1 code 4). */
+IcmpErrorSpec portUnreachable(bool v4, size_t quote_len) {
+  return v4 ? IcmpErrorSpec{3, 3, 0, quote_len} : IcmpErrorSpec{1, 4, 0, quote_len};
+}
+
+/** The client's packet of f as Sluice sent it on to backend address:port: what the error quotes. */
+PacketSpec sentToBackend(const IcmpFlow& f, const IpAddress& address, uint16_t port) {
+  PacketSpec q;
+  q.src = f.client;
+  q.dst = address;
+  q.proto = f.proto;
+  q.sport = f.cport;
+  q.dport = port;
+  q.tcp_flags = 0x18;
+  q.seq = 0x11223344;
+  q.ack = 0x55667788;
+  q.ttl = 57;
+  q.ip_id = 0x2bad;
+  q.payload = Bytes(f.proto == LB_PROTO_TCP ? 1452 : 61, 0x6e);
+  return q;
+}
+
+/** The error from `from` (the backend, or a router behind Sluice) to f's client about quoted. */
+PacketSpec fromBehind(const IcmpFlow& f, const IpAddress& from, const MacAddress& from_mac) {
+  PacketSpec o;
+  o.src_mac = from_mac;
+  o.dst_mac = kPortMac;
+  o.src = from;
+  o.dst = f.client;
+  o.ttl = 64;
+  o.ip_id = 0x3c3c;
+  return o;
+}
+
+/**
+ * What the error must leave as, built from scratch: from the port's MAC to next_hop, from the
+ * VIP, quoting the client's packet as it was sent to VIP:vport, every checksum computed anew but
+ * the quoted TCP/UDP checksum, which keeps the value quoted (see rewriteIcmpError()).
+ */
+Bytes expectedToClient(const IcmpFlow& f, const PacketSpec& outer, const IcmpErrorSpec& e,
+                       const PacketSpec& quoted, const MacAddress& next_hop) {
+  PacketSpec o = outer;
+  o.src_mac = kPortMac;
+  o.dst_mac = next_hop;
+  o.src = f.vip;
+  PacketSpec sent = quoted;
+  sent.dst = f.vip;
+  sent.dport = f.vport;
+  const Bytes was = pktgen::ipPacket(quoted);
+  Bytes quote = pktgen::ipPacket(sent);
+  const size_t csum = (f.vip.isV4() ? 20 : 40) + (f.proto == LB_PROTO_TCP ? 16 : 6);
+  quote[csum] = was[csum];
+  quote[csum + 1] = was[csum + 1];
+  quote.resize(std::min(quote.size(), e.quote_len));
+  return pktgen::buildIcmp(o, e.type, e.code, e.rest, quote);
+}
+
+class XdpIcmpFromNat : public XdpIcmpError {
+ protected:
+  /** The id of the backend address:port of a snapshot. */
+  static uint32_t backendAt(const Snapshot& snap, const IpAddress& address, uint16_t port) {
+    for (uint32_t id = 1; id < snap.backends.size(); ++id) {
+      if (snap.backends[id].present && snap.backends[id].address == address &&
+          snap.backends[id].port == port) {
+        return id;
+      }
+    }
+    throw std::invalid_argument("no backend " + address.str());
+  }
+
+  /**
+   * An error from `from` about f's packet to backend `to`, through both paths: sent to the
+   * client's gateway exactly as built from scratch, its checksums valid, counted once as
+   * icmp_forwarded, in tx and in the backend's reply packets (not its packets), no flow created.
+   */
+  void expectToClient(const IcmpFlow& f, const IcmpErrorSpec& e, const Snapshot& snap,
+                      uint32_t to, const IpAddress& from, const MacAddress& from_mac,
+                      const MacAddress& next_hop, const std::string& what) {
+    const sluice::BackendEntry& b = snap.backends.at(to);
+    const PacketSpec quoted = sentToBackend(f, b.address, b.port);
+    const PacketSpec outer = fromBehind(f, from, from_mac);
+    const Counts before = dpdk_.counts();
+    const uint64_t dpdk_flows = dpdk_.flowsCreated();
+    const uint64_t xdp_flows = xdp_->flowsCreated(snap);
+    const uint64_t packets = backendPackets(to);
+    const uint64_t dpdk_replies = dpdk_.backendReplyPackets(to);
+    const uint64_t xdp_replies = xdp_->backendReplyPackets(snap, to);
+    const Both r =
+        run(pktgen::buildIcmpError(outer, e.type, e.code, e.rest, quoted, e.quote_len), snap,
+            false, kT0, what);
+    ASSERT_EQ(r.dpdk.action, Action::kTx) << what;
+    EXPECT_EQ(hex(r.dpdk.frame), hex(expectedToClient(f, outer, e, quoted, next_hop)))
+        << what << ": the rewritten message, built from scratch";
+    const auto icmp = pktgen::decodeIcmp(r.xdp.frame);
+    ASSERT_TRUE(icmp.has_value()) << what;
+    EXPECT_TRUE(icmp->ip_checksum_ok) << what;
+    EXPECT_TRUE(icmp->icmp_checksum_ok) << what;
+    EXPECT_EQ(icmp->src, f.vip) << what;
+    EXPECT_EQ(icmp->dst, f.client) << what;
+    // The quote's destination: VIP:vport.
+    const Bytes& m = icmp->message;
+    const bool v4 = f.vip.isV4();
+    const size_t dst_at = 8 + (v4 ? 16 : 24);
+    const size_t port_at = 8 + (v4 ? 20 : 40) + 2;
+    EXPECT_TRUE(std::equal(f.vip.bytes.begin(), f.vip.bytes.begin() + (v4 ? 4 : 16),
+                           m.begin() + dst_at))
+        << what;
+    EXPECT_EQ(m[port_at] << 8 | m[port_at + 1], f.vport) << what;
+    if (v4) {
+      EXPECT_EQ(pktgen::onesSum(std::span<const uint8_t>(m).subspan(8, 20)), 0xffff)
+          << what << ": the quoted IPv4 header's checksum";
+    }
+    const Counts after = dpdk_.counts();
+    EXPECT_EQ(after.icmp_forwarded - before.icmp_forwarded, 1u) << what;
+    EXPECT_EQ(after.tx - before.tx, 1u) << what;
+    EXPECT_EQ(after.drops, before.drops) << what;
+    EXPECT_EQ(dpdk_.flowsCreated(), dpdk_flows) << what << ": an error creates no flow";
+    EXPECT_EQ(xdp_->flowsCreated(snap), xdp_flows) << what << ": an error creates no flow";
+    EXPECT_EQ(backendPackets(to), packets) << what;
+    EXPECT_EQ(dpdk_.backendReplyPackets(to), dpdk_replies + 1) << what;
+    EXPECT_EQ(xdp_->backendReplyPackets(snap, to), xdp_replies + 1) << what;
+  }
+};
+
+// The common case: a UDP service's backend has the port closed, and its kernel answers the
+// client's datagram with port unreachable. Quotes of the RFC 792 minimum (header + 8), of
+// Linux's 576-byte limit (IPv4) and of the whole datagram (IPv6: RFC 4443's 1280 bytes).
+TEST_F(XdpIcmpFromNat, ABackendsPortUnreachableReachesTheClientFromTheVip) {
+  XDP_OR_SKIP();
+  sluice::IdRegistry ids;
+  const SnapshotPtr snap = icmpSnapshot(ids);
+  const IcmpFlow dns{"dns", ip("192.0.2.53"), 53, LB_PROTO_UDP, ip("203.0.113.61"), 43001};
+  const IcmpFlow dns6{"dns6", ip("2001:db8::53"), 53, LB_PROTO_UDP, ip("2001:db8:ff::61"), 43002};
+  const std::tuple<IcmpFlow, const char*, uint16_t> cases[] = {
+      {dns, "10.0.1.21", 5353}, {dns, "10.0.1.22", 5353},
+      {dns6, "2001:db8:2::1", 53}, {dns6, "2001:db8:2::2", 5300}};
+  for (const auto& [f, backend, port] : cases) {
+    const bool v4 = f.vip.isV4();
+    const uint32_t to = backendAt(*snap, ip(backend), port);
+    for (const size_t quote : {v4 ? size_t{28} : size_t{48}, v4 ? size_t{548} : size_t{1232}}) {
+      MacAddress from_mac;
+      std::copy(snap->backends[to].mac, snap->backends[to].mac + 6, from_mac.bytes.begin());
+      expectToClient(f, portUnreachable(v4, quote), *snap, to, ip(backend), from_mac,
+                     v4 ? kGateway4Mac : kGateway6Mac,
+                     fmt::format("{} port unreachable from {} quote {}", f.service, backend,
+                                 quote));
+    }
+  }
+  EXPECT_EQ(dpdk_.counts().icmp_forwarded, 8u);
+}
+
+// A router between Sluice and a NAT backend cannot pass the client's packet (a link of MTU 1400
+// for a 1500-byte TCP segment; 1280 for IPv6), or its TTL ran out: the error, from the router,
+// goes to the client from the VIP too (why the router's address is not kept:
+// Pipeline::icmpErrorToClient()).
+TEST_F(XdpIcmpFromNat, ARoutersErrorAboutAPacketToABackendReachesTheClientFromTheVip) {
+  XDP_OR_SKIP();
+  sluice::IdRegistry ids;
+  const SnapshotPtr snap = icmpSnapshot(ids);
+  const IcmpFlow api{"api", ip("192.0.2.20"), 443, LB_PROTO_TCP, ip("203.0.113.62"), 43003};
+  const IcmpFlow web6{"web6", kVip6, 443, LB_PROTO_TCP, ip("2001:db8:ff::62"), 43004};
+  expectToClient(api, pmtuError(true, 548), *snap, backendAt(*snap, ip("10.0.2.2"), 8443),
+                 kBehind4, kBehindMac, kGateway4Mac, "api frag-needed from a router");
+  expectToClient(api, pmtuError(true, 28), *snap, backendAt(*snap, ip("10.0.2.1"), 8443),
+                 kBehind4, kBehindMac, kGateway4Mac, "api frag-needed from a router, quote 28");
+  expectToClient(api, IcmpErrorSpec{11, 0, 0, 28}, *snap,
+                 backendAt(*snap, ip("10.0.2.1"), 8443), kBehind4, kBehindMac, kGateway4Mac,
+                 "api time exceeded from a router");
+  expectToClient(web6, pmtuError(false, 1232), *snap,
+                 backendAt(*snap, ip("2001:db8:1::12"), 8443), kBehind6, kBehindMac,
+                 kGateway6Mac, "web6 packet too big from a router");
+  expectToClient(web6, IcmpErrorSpec{3, 0, 0, 1232}, *snap,
+                 backendAt(*snap, ip("2001:db8:1::11"), 8443), kBehind6, kBehindMac,
+                 kGateway6Mac, "web6 time exceeded from a router");
+}
+
+// Without a gateway MAC for IPv6 the error goes, as a NAT reply does, to the router learned from
+// IPv6 client packets, and is dropped (no_next_hop) while there is none.
+TEST_F(XdpIcmpFromNat, WithoutAGatewayMacTheLearnedRouterIsTheNextHop) {
+  XDP_OR_SKIP();
+  sluice::IdRegistry ids;
+  const SnapshotPtr only4 = hostSnapshot(ids, false);
+  ASSERT_FALSE(only4->has_gateway_mac6);
+  const IcmpFlow web6{"web6", kVip6, 443, LB_PROTO_TCP, ip("2001:db8:ff::63"), 43005};
+  const uint32_t to = backendAt(*only4, ip("2001:db8:1::11"), 8443);
+  const Bytes error = pktgen::buildIcmpError(fromBehind(web6, kBehind6, kBehindMac), 2, 0, 1280,
+                                             sentToBackend(web6, ip("2001:db8:1::11"), 8443), 1232);
+  const Both r = run(error, *only4, false, kT0, "IPv6 error from behind NAT, nothing learned");
+  EXPECT_EQ(r.dpdk.action, Action::kDrop);
+  EXPECT_EQ(dpdk_.counts().drops[LB_DROP_NO_NEXT_HOP], 1u);
+  EXPECT_EQ(dpdk_.counts().icmp_forwarded, 0u);
+  IcmpFlow learned_from = web6;
+  learned_from.cport = 43006;
+  Bytes syn = learned_from.clientPacket();
+  const MacAddress router = mac("02:00:00:00:0c:66");
+  std::copy(router.bytes.begin(), router.bytes.end(), syn.begin() + 6);
+  run(syn, *only4, false, kT0, "IPv6 NAT client packet");
+  expectToClient(web6, pmtuError(false, 1232), *only4, to, kBehind6, kBehindMac, router,
+                 "IPv6 error from behind NAT, router learned");
+}
+
+// What is not an error about a packet Sluice sent to a NAT backend goes on as before, to the
+// kernel as no_service; and so does a quote cut short or malformed: not sent to a VIP, nothing
+// ties it to Sluice.
+TEST_F(XdpIcmpFromNat, WhatIsNotAboutANatBackendGoesOnAsBefore) {
+  XDP_OR_SKIP();
+  sluice::IdRegistry ids;
+  const SnapshotPtr snap = icmpSnapshot(ids);
+  const IcmpFlow dns{"dns", ip("192.0.2.53"), 53, LB_PROTO_UDP, ip("203.0.113.64"), 43007};
+  const IcmpFlow dns6{"dns6", ip("2001:db8::53"), 53, LB_PROTO_UDP, ip("2001:db8:ff::64"), 43008};
+  const IcmpFlow dnsdr{"dnsdr", ip("192.0.2.54"), 53, LB_PROTO_UDP, ip("203.0.113.65"), 43009};
+  const IpAddress dns_backend = ip("10.0.1.21");
+  const MacAddress dns_mac = mac("02:00:00:00:02:21");
+  auto error = [](const IcmpFlow& f, const IpAddress& from, const PacketSpec& quoted,
+                  size_t quote_len, bool v4 = true) {
+    const IcmpErrorSpec e = portUnreachable(v4, quote_len);
+    return pktgen::buildIcmpError(fromBehind(f, from, kBehindMac), e.type, e.code, e.rest,
+                                  quoted, quote_len);
+  };
+  struct Case {
+    std::string description;
+    Bytes input;
+  };
+  std::vector<Case> cases;
+  // A DR backend's error: the quote is the client's packet as DR forwarded it, to the VIP; nor
+  // is a DR backend's own address a NAT reply's key.
+  cases.push_back({"DR backend, quote to the VIP",
+                   error(dnsdr, ip("10.0.4.1"), sentToBackend(dnsdr, dnsdr.vip, 53), 548)});
+  cases.push_back({"DR backend, quote to its own address",
+                   error(dnsdr, ip("10.0.4.1"), sentToBackend(dnsdr, ip("10.0.4.1"), 53), 548)});
+  cases.push_back({"NAT backend's address, another port",
+                   error(dns, dns_backend, sentToBackend(dns, dns_backend, 5354), 548)});
+  {
+    IcmpFlow tcp = dns;
+    tcp.proto = LB_PROTO_TCP;  // dns is UDP
+    cases.push_back({"NAT backend's address and port, another protocol",
+                     error(tcp, dns_backend, sentToBackend(tcp, dns_backend, 5353), 548)});
+  }
+  {
+    PacketSpec other = sentToBackend(dns, dns_backend, 5353);
+    other.src = ip("203.0.113.66");  // not the client the error is sent to
+    cases.push_back({"quote from another source than the error's destination",
+                     error(dns, dns_backend, other, 548)});
+    PacketSpec other6 = sentToBackend(dns6, ip("2001:db8:2::1"), 53);
+    other6.src = ip("2001:db8:ff::66");
+    cases.push_back({"IPv6 quote from another source than the error's destination",
+                     error(dns6, ip("2001:db8:2::1"), other6, 1232, false)});
+  }
+  for (const size_t cut : {size_t{0}, size_t{10}, size_t{20}, size_t{27}}) {
+    cases.push_back({fmt::format("IPv4 quote cut to {} bytes", cut),
+                     error(dns, dns_backend, sentToBackend(dns, dns_backend, 5353), cut)});
+  }
+  for (const size_t cut : {size_t{39}, size_t{47}}) {
+    cases.push_back({fmt::format("IPv6 quote cut to {} bytes", cut),
+                     error(dns6, ip("2001:db8:2::1"), sentToBackend(dns6, ip("2001:db8:2::1"), 53),
+                           cut, false)});
+  }
+  {
+    Bytes q = pktgen::ipPacket(sentToBackend(dns, dns_backend, 5353));
+    q.resize(28);
+    q[0] = 0x44;
+    cases.push_back({"IPv4 quote with IHL 4",
+                     pktgen::buildIcmp(fromBehind(dns, dns_backend, dns_mac), 3, 3, 0, q)});
+    PacketSpec frag = sentToBackend(dns, dns_backend, 5353);
+    frag.frag_offset = 100;
+    cases.push_back({"quote of a later fragment", error(dns, dns_backend, frag, 28)});
+  }
+  {
+    PacketSpec o = fromBehind(dns, dns_backend, dns_mac);
+    cases.push_back({"echo reply from a NAT backend to a client",
+                     pktgen::buildIcmp(o, 0, 0, 0x00010001)});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.description);
+    const Counts before = dpdk_.counts();
+    const Both b = run(c.input, *snap, false, kT0, c.description);
+    EXPECT_EQ(actionName(b.dpdk.action), std::string(actionName(Action::kPass)));
+    const Counts after = dpdk_.counts();
+    EXPECT_EQ(after.icmp_forwarded, before.icmp_forwarded);
+    for (int r = 0; r < LB_DROP__COUNT; ++r) {
+      EXPECT_EQ(after.drops[r] - before.drops[r], r == LB_DROP_NO_SERVICE ? 1u : 0u)
+          << lb_drop_reason_name(r);
+    }
   }
 }
 #endif  // SLUICE_HAS_XDP

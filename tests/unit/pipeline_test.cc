@@ -1134,9 +1134,9 @@ TEST(PipelineDeterminism, PickIsTheMaglevSlotOfTheFlowHash) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ICMP errors about a flow (dataplane/icmp_error.h): what tests/bpf/xdp_diff_test.cc does not
-// reach on the XDP side (VLAN tags with a quoted header with options, multi-segment frames) and
-// that an error leaves its flow entry alone.
+// ICMP errors about a flow (dataplane/icmp_error.h), both ways: what tests/bpf/xdp_diff_test.cc
+// does not reach on the XDP side (VLAN tags with a quoted header with options, multi-segment
+// frames) and that an error leaves its flow entry alone.
 
 // The reply of the flow of client:cport with vip:vport as its router quotes it: the IP packet.
 PacketSpec replySpec(const char* vip, uint16_t vport, uint8_t proto, const IpAddress& client,
@@ -1254,6 +1254,80 @@ TEST(PipelineIcmpError, AnErrorNeitherCreatesNorRefreshesItsFlow) {
   EXPECT_EQ(lb.pipe.flows().stats().expired, 1u) << "the error did not extend the flow";
   EXPECT_EQ(lb.pipe.flows().stats().inserted, 2u);
   EXPECT_EQ(lb.pipe.counters().icmp_forwarded, 2u);
+}
+
+// Errors from behind NAT (a NAT backend's about a client's packet), VLAN-tagged, the quoted IPv4
+// header with options: the quoted destination port is found past the options, the outer source
+// and the quote's destination become the VIP and VIP:vport, and every checksum comes out as a
+// from-scratch build's but the quoted UDP checksum, which is kept.
+TEST(PipelineIcmpError, ErrorFromBehindNatWithAVlanTagAndQuotedIpOptions) {
+  Lb lb(baseConfig());
+  const uint32_t bid = backendId(*lb.snap, ip("10.0.1.22"), 5353);
+  ASSERT_NE(bid, 0u);
+  const BackendEntry& b = lb.snap->backends[bid];
+  PacketSpec sent = clientSpec(7, "192.0.2.53", 53, LB_PROTO_UDP);  // as Sluice sent it on
+  sent.dst = b.address;
+  sent.dport = b.port;
+  Bytes quote = pktgen::ipPacket(sent);
+  quote.insert(quote.begin() + 20, {1, 1, 1, 0});  // NOP, NOP, NOP, EOL
+  quote[0] = 0x46;
+  const uint16_t total = static_cast<uint16_t>((quote[2] << 8 | quote[3]) + 4);
+  quote[2] = static_cast<uint8_t>(total >> 8);
+  quote[3] = static_cast<uint8_t>(total);
+  setIpv4HeaderChecksum(quote, 0);
+  quote.resize(24 + 8);
+  PacketSpec o;
+  o.vlans = {42};
+  std::copy(b.mac, b.mac + 6, o.src_mac.bytes.begin());
+  o.dst_mac = kPortMac;
+  o.src = b.address;
+  o.dst = sent.src;
+  Bytes f = pktgen::buildIcmp(o, 3, 3, 0, quote);
+
+  Bytes want_quote = quote;
+  const IpAddress vip = ip("192.0.2.53");
+  std::copy(vip.bytes.begin(), vip.bytes.begin() + 4, want_quote.begin() + 16);
+  want_quote[26] = 0;
+  want_quote[27] = 53;
+  setIpv4HeaderChecksum(want_quote, 0);
+  PacketSpec want = o;
+  want.src = vip;
+  want.src_mac = kPortMac;
+  want.dst_mac = kGatewayMac;
+
+  ASSERT_TRUE(runOne(lb, f, kT0));
+  EXPECT_EQ(f, pktgen::buildIcmp(want, 3, 3, 0, want_quote));
+  EXPECT_EQ(lb.pipe.counters().icmp_forwarded, 1u);
+  EXPECT_EQ(lb.pipe.backendCounters()[bid].reply_packets, 1u);
+  EXPECT_EQ(lb.pipe.backendCounters()[bid].packets, 0u);
+}
+
+// Sent to no VIP, a quote whose ports lie past the first segment is not read: the error goes on
+// as before (to the kernel, no_service), not dropped as one to a VIP would be.
+TEST(PipelineIcmpError, AQuoteFromBehindNatBeyondTheFirstSegmentGoesOnAsBefore) {
+  Lb lb(baseConfig());
+  PacketSpec sent = clientSpec(8, "192.0.2.53", 53, LB_PROTO_UDP);
+  sent.dst = ip("10.0.1.21");
+  sent.dport = 5353;
+  PacketSpec o;
+  o.dst_mac = kPortMac;
+  o.src = sent.dst;
+  o.dst = sent.src;
+  Bytes f = pktgen::buildIcmpError(o, 3, 3, 0, sent, 548);
+  PacketRef p;
+  p.data = f.data();
+  p.pkt_len = static_cast<uint32_t>(f.size());
+  p.data_len = 14 + 20 + 8 + 20 + 4;  // the quote's IP header and half its ports
+  p.now_ns = kT0;
+  lb.pipe.process(std::span<PacketRef>(&p, 1), *lb.snap, lb.port);
+  EXPECT_FALSE(p.transmit);
+  EXPECT_TRUE(p.to_kernel);
+  EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NO_SERVICE], 1u);
+  EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_TRUNCATED], 0u);
+  p.data_len = 14 + 20 + 8 + 20 + 8;  // all of the ports
+  lb.pipe.process(std::span<PacketRef>(&p, 1), *lb.snap, lb.port);
+  EXPECT_TRUE(p.transmit);
+  EXPECT_EQ(lb.pipe.counters().icmp_forwarded, 1u);
 }
 
 // ---------------------------------------------------------------------------------------------
