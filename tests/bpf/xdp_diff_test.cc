@@ -967,6 +967,15 @@ std::vector<HostCase> hostCases() {
   return cases;
 }
 
+const sluice::ServiceEntry& serviceNamed(const Snapshot& snap, const std::string& name) {
+  for (const sluice::ServiceEntry& s : snap.services) {
+    if (s.present && s.name == name) {
+      return s;
+    }
+  }
+  throw std::invalid_argument("no service " + name);
+}
+
 class XdpHost : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -996,6 +1005,17 @@ class XdpHost : public ::testing::Test {
     const Counts x = xdp_->counts(snap);
     EXPECT_EQ(x, d) << what << ":\n  dpdk " << d.str() << "\n  xdp  " << x.str();
     return b;
+  }
+
+  /** The backend a frame was sent to (by destination MAC), or 0. */
+  static uint32_t backendOf(const Snapshot& snap, const Bytes& out) {
+    for (uint32_t id = 1; id < snap.backends.size(); ++id) {
+      if (snap.backends[id].present && out.size() >= 6 &&
+          std::equal(out.begin(), out.begin() + 6, snap.backends[id].mac)) {
+        return id;
+      }
+    }
+    return 0;
   }
 
   DpdkPath dpdk_;
@@ -1082,22 +1102,8 @@ TEST_F(XdpHost, AFlowOfABackendMarkedRescheduleMovesOnBothPaths) {
   sluice::IdRegistry ids;
   const SnapshotPtr up = hostSnapshot(ids);
   // Flows of web (DR): find one pinned to each backend.
-  const sluice::ServiceEntry* web = nullptr;
-  for (const sluice::ServiceEntry& s : up->services) {
-    if (s.present && s.name == "web") {
-      web = &s;
-    }
-  }
-  ASSERT_NE(web, nullptr);
-  auto backendOf = [&up](const Bytes& out) -> uint32_t {
-    for (uint32_t id = 1; id < up->backends.size(); ++id) {
-      if (up->backends[id].present && std::equal(out.begin(), out.begin() + 6,
-                                                 up->backends[id].mac)) {
-        return id;
-      }
-    }
-    return 0;
-  };
+  const sluice::ServiceEntry* web = &serviceNamed(*up, "web");
+  auto backendOf = [&up](const Bytes& out) { return XdpHost::backendOf(*up, out); };
   std::vector<Bytes> flows;
   std::vector<uint32_t> pinned;
   for (uint32_t i = 0; i < 40; ++i) {
@@ -1154,22 +1160,8 @@ TEST_F(XdpHost, ASynPinnedToADownBackendPicksAgainUnderKeep) {
   XDP_OR_SKIP();
   sluice::IdRegistry ids;
   const SnapshotPtr up = hostSnapshot(ids, true, nullptr, DownPolicy::kKeep);
-  const sluice::ServiceEntry* web = nullptr;
-  for (const sluice::ServiceEntry& s : up->services) {
-    if (s.present && s.name == "web") {
-      web = &s;
-    }
-  }
-  ASSERT_NE(web, nullptr);
-  auto backendOf = [&up](const Bytes& out) -> uint32_t {
-    for (uint32_t id = 1; id < up->backends.size(); ++id) {
-      if (up->backends[id].present && std::equal(out.begin(), out.begin() + 6,
-                                                 up->backends[id].mac)) {
-        return id;
-      }
-    }
-    return 0;
-  };
+  const sluice::ServiceEntry* web = &serviceNamed(*up, "web");
+  auto backendOf = [&up](const Bytes& out) { return XdpHost::backendOf(*up, out); };
   auto packet = [](uint32_t i, uint8_t flags) {
     PacketSpec p;
     p.src_mac = kGateway4Mac;
@@ -1361,15 +1353,6 @@ SnapshotPtr icmpSnapshot(sluice::IdRegistry& ids, bool reweighted = false, uint6
   return sluice::buildSnapshot(icmpConfig(reweighted), ids, gen, nullptr, &rt);
 }
 
-const sluice::ServiceEntry& serviceNamed(const Snapshot& snap, const std::string& name) {
-  for (const sluice::ServiceEntry& s : snap.services) {
-    if (s.present && s.name == name) {
-      return s;
-    }
-  }
-  throw std::invalid_argument("no service " + name);
-}
-
 /** One connection of a service: the client's packets and the (rewritten) replies it gets. */
 struct IcmpFlow {
   std::string service;
@@ -1486,17 +1469,6 @@ Bytes expectedIcmpForward(const IcmpFlow& f, const IcmpErrorSpec& e, const sluic
 
 class XdpIcmpError : public XdpHost {
  protected:
-  /** The backend a frame was sent to (by destination MAC), or 0. */
-  static uint32_t backendOf(const Snapshot& snap, const Bytes& out) {
-    for (uint32_t id = 1; id < snap.backends.size(); ++id) {
-      if (snap.backends[id].present && out.size() >= 6 &&
-          std::equal(out.begin(), out.begin() + 6, snap.backends[id].mac)) {
-        return id;
-      }
-    }
-    return 0;
-  }
-
   /**
    * The error through both paths: forwarded to backend `to`, exactly as built from scratch,
    * its checksums valid, counted once as icmp_forwarded and in tx and the backend's packets,
