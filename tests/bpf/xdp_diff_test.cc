@@ -1289,29 +1289,6 @@ TEST_F(XdpHost, NatRepliesGoToTheGatewayOfTheirFamily) {
 const IpAddress kRouter4 = ip("198.51.100.254");
 const IpAddress kRouter6 = ip("2001:db8:b::fe");
 
-sluice::BackendConfig icmpBackend(const char* addr, uint16_t port, const char* m,
-                                  uint32_t weight = 1) {
-  sluice::BackendConfig b;
-  b.address = ip(addr);
-  b.port = port;
-  b.mac = mac(m);
-  b.weight = weight;
-  return b;
-}
-
-sluice::ServiceConfig icmpService(const char* name, const char* vip, uint16_t port,
-                                  sluice::Protocol proto, sluice::Forwarding fwd,
-                                  std::vector<sluice::BackendConfig> backends) {
-  sluice::ServiceConfig s;
-  s.name = name;
-  s.vip = ip(vip);
-  s.port = port;
-  s.protocol = proto;
-  s.forwarding = fwd;
-  s.backends = std::move(backends);
-  return s;
-}
-
 /**
  * hostConfig() and a service of each kind it lacks: DR/UDP/IPv4, NAT/TCP/IPv4, DR/TCP/IPv6,
  * NAT/UDP/IPv6, and one whose only backend is drained. reweighted: the first backend of every
@@ -1321,20 +1298,20 @@ sluice::Config icmpConfig(bool reweighted = false) {
   using sluice::Forwarding;
   using sluice::Protocol;
   sluice::Config c = hostConfig();
-  c.services.push_back(icmpService("dnsdr", "192.0.2.54", 53, Protocol::kUdp, Forwarding::kDr,
-                                   {icmpBackend("10.0.4.1", 53, "02:00:00:00:04:01"),
-                                    icmpBackend("10.0.4.2", 53, "02:00:00:00:04:02")}));
-  c.services.push_back(icmpService("api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
-                                   {icmpBackend("10.0.2.1", 8443, "02:00:00:00:03:01"),
-                                    icmpBackend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
-  c.services.push_back(icmpService("web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
-                                   {icmpBackend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
-                                    icmpBackend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
-  c.services.push_back(icmpService("dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
-                                   {icmpBackend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
-                                    icmpBackend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
-  c.services.push_back(icmpService("drained", "192.0.2.30", 80, Protocol::kUdp, Forwarding::kDr,
-                                   {icmpBackend("10.0.3.1", 80, "02:00:00:00:07:01", 0)}));
+  c.services.push_back(testsupport::makeService("dnsdr", "192.0.2.54", 53, Protocol::kUdp, Forwarding::kDr,
+                                   {testsupport::makeBackend("10.0.4.1", 53, "02:00:00:00:04:01"),
+                                    testsupport::makeBackend("10.0.4.2", 53, "02:00:00:00:04:02")}));
+  c.services.push_back(testsupport::makeService("api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
+                                   {testsupport::makeBackend("10.0.2.1", 8443, "02:00:00:00:03:01"),
+                                    testsupport::makeBackend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
+  c.services.push_back(testsupport::makeService("web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
+                                   {testsupport::makeBackend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
+                                    testsupport::makeBackend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
+  c.services.push_back(testsupport::makeService("dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
+                                   {testsupport::makeBackend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
+                                    testsupport::makeBackend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
+  c.services.push_back(testsupport::makeService("drained", "192.0.2.30", 80, Protocol::kUdp, Forwarding::kDr,
+                                   {testsupport::makeBackend("10.0.3.1", 80, "02:00:00:00:07:01", 0)}));
   if (reweighted) {
     for (sluice::ServiceConfig& s : c.services) {
       if (!s.backends.empty() && s.backends[0].weight != 0) {

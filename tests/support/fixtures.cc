@@ -1,6 +1,7 @@
 #include "tests/support/fixtures.h"
 
 #include <stdexcept>
+#include <utility>
 
 namespace testsupport {
 
@@ -35,6 +36,29 @@ sluice::ServiceConfig& service(sluice::Config& c, std::string_view name) {
     }
   }
   throw std::invalid_argument("no service " + std::string(name) + " in the test configuration");
+}
+
+sluice::BackendConfig makeBackend(std::string_view addr, uint16_t port, std::string_view m,
+                                  uint32_t weight) {
+  sluice::BackendConfig b;
+  b.address = ip(addr);
+  b.port = port;
+  b.mac = mac(m);
+  b.weight = weight;
+  return b;
+}
+
+sluice::ServiceConfig makeService(std::string_view name, std::string_view vip, uint16_t port,
+                                  sluice::Protocol proto, sluice::Forwarding fwd,
+                                  std::vector<sluice::BackendConfig> backends) {
+  sluice::ServiceConfig s;
+  s.name = name;
+  s.vip = ip(vip);
+  s.port = port;
+  s.protocol = proto;
+  s.forwarding = fwd;
+  s.backends = std::move(backends);
+  return s;
 }
 
 std::string configText(const sluice::Config& c) { return sluice::renderConfig(c); }

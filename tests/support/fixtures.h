@@ -6,6 +6,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/net.h"
 #include "control/config.h"
@@ -30,6 +31,14 @@ sluice::Config threeServices();
 
 /** The service of c named name; @throws std::invalid_argument when there is none */
 sluice::ServiceConfig& service(sluice::Config& c, std::string_view name);
+
+/** A backend with a configured MAC; @throws std::invalid_argument on a bad literal */
+sluice::BackendConfig makeBackend(std::string_view addr, uint16_t port, std::string_view mac,
+                                  uint32_t weight = 1);
+/** A service of the given backends, with the defaults of everything else */
+sluice::ServiceConfig makeService(std::string_view name, std::string_view vip, uint16_t port,
+                                  sluice::Protocol proto, sluice::Forwarding fwd,
+                                  std::vector<sluice::BackendConfig> backends);
 
 /** c as a configuration file (sluice::renderConfig). */
 std::string configText(const sluice::Config& c);

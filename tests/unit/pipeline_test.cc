@@ -42,32 +42,11 @@ const MacAddress kClientMac = mac("02:00:00:00:00:aa");
 const MacAddress kRouterMac = mac("02:00:00:00:00:ac");
 const MacAddress kGatewayMac = mac("02:00:00:00:00:fe");
 
-BackendConfig backend(const char* addr, uint16_t port, const char* m, uint32_t weight = 1) {
-  BackendConfig b;
-  b.address = ip(addr);
-  b.port = port;
-  b.mac = mac(m);
-  b.weight = weight;
-  return b;
-}
-
-ServiceConfig service(const char* name, const char* vip, uint16_t port, Protocol proto,
-                      Forwarding fwd, std::vector<BackendConfig> backends) {
-  ServiceConfig s;
-  s.name = name;
-  s.vip = ip(vip);
-  s.port = port;
-  s.protocol = proto;
-  s.forwarding = fwd;
-  s.backends = std::move(backends);
-  return s;
-}
-
 // The DR web service's three backends (DR: backend port = service port).
-BackendConfig webA(uint32_t w = 1) { return backend("10.0.0.11", 80, "02:00:00:00:01:11", w); }
-BackendConfig webB(uint32_t w = 1) { return backend("10.0.0.12", 80, "02:00:00:00:01:12", w); }
-BackendConfig webC(uint32_t w = 1) { return backend("10.0.0.13", 80, "02:00:00:00:01:13", w); }
-BackendConfig webD(uint32_t w = 1) { return backend("10.0.0.14", 80, "02:00:00:00:01:14", w); }
+BackendConfig webA(uint32_t w = 1) { return testsupport::makeBackend("10.0.0.11", 80, "02:00:00:00:01:11", w); }
+BackendConfig webB(uint32_t w = 1) { return testsupport::makeBackend("10.0.0.12", 80, "02:00:00:00:01:12", w); }
+BackendConfig webC(uint32_t w = 1) { return testsupport::makeBackend("10.0.0.13", 80, "02:00:00:00:01:13", w); }
+BackendConfig webD(uint32_t w = 1) { return testsupport::makeBackend("10.0.0.14", 80, "02:00:00:00:01:14", w); }
 
 // A configuration with DR and NAT services of both families and protocols: the fixture's three
 // (web DR/TCP/IPv4 with the given backends, dns NAT/UDP/IPv4, web6 NAT/TCP/IPv6 on port 443),
@@ -85,20 +64,20 @@ Config baseConfig(std::vector<BackendConfig> web = {webA(), webB(), webC()},
   c.timeouts.tcp_fin_s = 10;
   c.timeouts.udp_s = 300;
   testsupport::service(c, "web").backends = std::move(web);
-  c.services.push_back(service("api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
-                               {backend("10.0.2.1", 8443, "02:00:00:00:03:01"),
-                                backend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
-  c.services.push_back(service("dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
-                               {backend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
-                                backend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
-  c.services.push_back(service("web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
-                               {backend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
-                                backend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
-  c.services.push_back(service("drained", "192.0.2.30", 80, Protocol::kTcp, Forwarding::kDr,
-                               {backend("10.0.3.1", 80, "02:00:00:00:07:01", 0),
-                                backend("10.0.3.2", 80, "02:00:00:00:07:02", 0)}));
+  c.services.push_back(testsupport::makeService("api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
+                               {testsupport::makeBackend("10.0.2.1", 8443, "02:00:00:00:03:01"),
+                                testsupport::makeBackend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
+  c.services.push_back(testsupport::makeService("dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
+                               {testsupport::makeBackend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
+                                testsupport::makeBackend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
+  c.services.push_back(testsupport::makeService("web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
+                               {testsupport::makeBackend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
+                                testsupport::makeBackend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
+  c.services.push_back(testsupport::makeService("drained", "192.0.2.30", 80, Protocol::kTcp, Forwarding::kDr,
+                               {testsupport::makeBackend("10.0.3.1", 80, "02:00:00:00:07:01", 0),
+                                testsupport::makeBackend("10.0.3.2", 80, "02:00:00:00:07:02", 0)}));
   c.services.push_back(
-      service("empty", "192.0.2.31", 80, Protocol::kUdp, Forwarding::kNat, {}));
+      testsupport::makeService("empty", "192.0.2.31", 80, Protocol::kUdp, Forwarding::kNat, {}));
   validateConfig(c, "test");
   return c;
 }
@@ -1099,12 +1078,12 @@ TEST(PipelineDeterminism, PickIsTheMaglevSlotOfTheFlowHash) {
   for (uint32_t table_size : {7u, 13u, 4099u, 65537u}) {
     for (const char* vip : {"192.0.2.10", "2001:db8::10"}) {
       Config c;
-      c.services.push_back(service("svc", vip, 80, Protocol::kTcp, Forwarding::kDr, {}));
+      c.services.push_back(testsupport::makeService("svc", vip, 80, Protocol::kTcp, Forwarding::kDr, {}));
       for (int b = 0; b < 5; ++b) {
         const std::string addr = ip(vip).isV4() ? "10.9.0." + std::to_string(b + 1)
                                                 : "2001:db8:9::" + std::to_string(b + 1);
         const std::string m = "02:00:00:00:09:0" + std::to_string(b + 1);
-        c.services[0].backends.push_back(backend(addr.c_str(), 80, m.c_str(), 1 + b % 3));
+        c.services[0].backends.push_back(testsupport::makeBackend(addr.c_str(), 80, m.c_str(), 1 + b % 3));
       }
       c.services[0].table_size = table_size;
       validateConfig(c, "test");
