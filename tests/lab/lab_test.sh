@@ -79,8 +79,13 @@ BUILD=$(realpath -m "$BUILD")
 # --- can it run here -----------------------------------------------------------------------------
 
 [[ $(id -u) -eq 0 ]] || skip "needs root (network namespaces, sluiced)"
-ip netns add "${PREFIX}probe$$" 2>/dev/null && ip netns del "${PREFIX}probe$$" ||
-  skip "cannot create network namespaces here (a container or chroot without them)"
+# Made and entered: a chroot can make a namespace but not enter it (`ip -n` remounts /).
+probe_ns="${PREFIX}probe$$"
+if ! { ip netns add "$probe_ns" 2>/dev/null && ip -n "$probe_ns" link set lo up 2>/dev/null; }; then
+  ip netns del "$probe_ns" 2>/dev/null
+  skip "cannot create and enter network namespaces here (a container or chroot without them)"
+fi
+ip netns del "$probe_ns"
 [[ -c /dev/net/tun ]] || skip "no /dev/net/tun (the DPDK path's exception interface is a tap)"
 for cmd in nginx curl python3 ip ethtool nstat; do
   command -v "$cmd" >/dev/null || skip "no $cmd (tools/scripts/install-deps.sh installs nginx-light curl ethtool)"
