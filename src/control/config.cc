@@ -3,6 +3,7 @@
 #include "control/maglev.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -907,16 +908,47 @@ Config loadConfigFile(const std::string& path) {
     throw ConfigError(
         fmt::format("{}: cannot read: {}", path, std::generic_category().message(err)));
   };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, with the daemon's control loop
+  // (reload) stuck in it. The fstat below refuses every such file before a read could block.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     cannotRead(errno);
   }
+  // What is checked is what is read: the same fd, so the path cannot be swapped in between.
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    cannotRead(err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    const char* kind = S_ISFIFO(st.st_mode)  ? "a FIFO"
+                       : S_ISCHR(st.st_mode) ? "a character device"
+                       : S_ISDIR(st.st_mode) ? "a directory"
+                       : S_ISBLK(st.st_mode) ? "a block device"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "not a file";
+    throw ConfigError(fmt::format("{}: not a regular file ({})", path, kind));
+  }
+  if (static_cast<uint64_t>(st.st_size) > kMaxConfigFileBytes) {
+    ::close(fd);
+    throw ConfigError(fmt::format("{}: {} bytes, more than the {} bytes a configuration file may have",
+                                  path, st.st_size, kMaxConfigFileBytes));
+  }
   std::string text;
+  text.reserve(static_cast<size_t>(st.st_size));
   char buffer[16384];
   for (;;) {
     const ssize_t n = ::read(fd, buffer, sizeof(buffer));
     if (n > 0) {
       text.append(buffer, static_cast<size_t>(n));
+      // A file that grows while it is read is held to the same cap.
+      if (text.size() > kMaxConfigFileBytes) {
+        ::close(fd);
+        throw ConfigError(fmt::format("{}: more than the {} bytes a configuration file may have",
+                                      path, kMaxConfigFileBytes));
+      }
     } else if (n == 0) {
       break;
     } else if (errno != EINTR) {

@@ -3,6 +3,7 @@
 // problem, and the caller's running configuration stays as it was.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -136,7 +137,21 @@ class ConfigError : public std::runtime_error {
  */
 Config parseConfig(std::string_view text, std::string_view source_name);
 
-/** Read and parse a file; a missing or unreadable file is a ConfigError too. */
+/**
+ * The largest configuration file loadConfigFile reads. Generous on purpose: 40,000 backends,
+ * about the most one daemon holds, take a few MB of TOML. The cap is there so that a mistaken
+ * path (a disk image, a log) is refused at once instead of being read whole into memory.
+ */
+inline constexpr size_t kMaxConfigFileBytes = size_t{64} << 20;
+
+/**
+ * Read and parse a file. What is not a regular file (a FIFO, a device, a directory), a file
+ * larger than kMaxConfigFileBytes, and a missing or unreadable file are ConfigErrors too,
+ * raised without blocking and without reading such a file.
+ * @param path the file; also the source name of the messages
+ * @return the validated configuration
+ * @throws ConfigError
+ */
 Config loadConfigFile(const std::string& path);
 
 /**

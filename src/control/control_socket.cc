@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -13,10 +14,15 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <thread>
+#include <utility>
 
 namespace sluice {
 
 namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
 
 sockaddr_un socketAddress(const std::string& path) {
   sockaddr_un addr{};
@@ -103,63 +109,266 @@ bool readLine(int fd, std::string& out, int timeout_ms, std::string& error) {
   }
 }
 
+/** The first string of j, key or value, that is not UTF-8, and where its bad byte is. */
+std::optional<std::pair<std::string, size_t>> firstInvalidString(const json& j) {
+  if (j.is_string()) {
+    const std::string& s = j.get_ref<const std::string&>();
+    if (const auto bad = firstInvalidUtf8(s)) {
+      return std::pair{s, *bad};
+    }
+  }
+  if (j.is_object()) {
+    for (const auto& [key, value] : j.items()) {
+      if (const auto bad = firstInvalidUtf8(key)) {
+        return std::pair{key, *bad};
+      }
+      if (auto found = firstInvalidString(value)) {
+        return found;
+      }
+    }
+  }
+  if (j.is_array()) {
+    for (const json& value : j) {
+      if (auto found = firstInvalidString(value)) {
+        return found;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+/** Make dir and the parents it lacks, 0700: only their owner may put a socket there. */
+void makeDirectories(const fs::path& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) {
+      throw ControlSocketError(
+          fmt::format("{} (on the control socket's path) is not a directory", dir.string()));
+    }
+    return;
+  }
+  if (dir.has_parent_path() && dir.parent_path() != dir) {
+    makeDirectories(dir.parent_path());
+  }
+  if (::mkdir(dir.c_str(), 0700) != 0) {
+    if (errno == EEXIST) {
+      return;  // made meanwhile by someone else: checkDirectories() judges it
+    }
+    throw ControlSocketError(fmt::format("cannot create directory {} for the control socket: {}",
+                                         dir.string(), std::strerror(errno)));
+  }
+  // A umask can only take bits away, yet one such as 0700 would leave the owner none.
+  ::chmod(dir.c_str(), 0700);
+}
+
+/**
+ * Refuse a socket directory another user could change. Whoever can write a directory can
+ * replace the socket in it, or rename a directory below it and put their own in its place, then
+ * answer root's sluicectl as a fake daemon; so every directory from the socket's up to / must
+ * belong to us or root and be writable by no one else, but for a sticky directory (/tmp), where
+ * others cannot remove or rename what is ours. The path is walked as written (its symbolic links
+ * can be swapped through their parents) and as resolved (the directories they lead to).
+ */
+void checkDirectories(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path resolved = fs::canonical(dir, ec);
+  if (ec) {
+    throw ControlSocketError(fmt::format("cannot resolve the control socket directory {}: {}",
+                                         dir.string(), ec.message()));
+  }
+  const uid_t me = ::geteuid();
+  for (fs::path p : {fs::absolute(dir), resolved}) {
+    for (;; p = p.parent_path()) {
+      struct stat st {};
+      if (::stat(p.c_str(), &st) != 0) {
+        throw ControlSocketError(fmt::format("cannot check the control socket directory {}: {}",
+                                             p.string(), std::strerror(errno)));
+      }
+      const bool trusted_owner = st.st_uid == me || st.st_uid == 0;
+      const bool others_write = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+      if (!trusted_owner || (others_write && (st.st_mode & S_ISVTX) == 0)) {
+        throw ControlSocketError(fmt::format(
+            "control socket directory {} is owned by uid {}, mode {:04o}: another user could "
+            "replace the socket; it and every directory above it must belong to uid {} or root "
+            "and be writable by no one else (or be sticky, like /tmp)",
+            p.string(), st.st_uid, st.st_mode & 07777, me));
+      }
+      if (p == p.parent_path()) {
+        break;
+      }
+    }
+  }
+}
+
+/** Refuse path when another user owns it: in a sticky directory it may be theirs to keep. */
+void checkNotOthers(const std::string& path, const struct stat& st) {
+  if (st.st_uid != ::geteuid()) {
+    throw ControlSocketError(fmt::format(
+        "{} is owned by uid {}: not another user's to replace; remove it or choose another "
+        "--socket",
+        path, st.st_uid));
+  }
+}
+
+/** What the daemon holding the lock wrote in it: its pid, written just after it locked. */
+std::string lockHolder(int fd) {
+  for (int tries = 0; tries < 100; ++tries) {
+    char buf[32];
+    const ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+    if (n > 0) {
+      std::string pid(buf, static_cast<size_t>(n));
+      pid.erase(pid.find_last_not_of(" \n") + 1);
+      return "pid " + pid;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return "pid unknown";
+}
+
+/**
+ * Take "<socket>.lock" for the life of the returned descriptor. flock is released however the
+ * daemon ends, so a lock file left behind is never stale; it is never removed either: one removed
+ * while a second daemon waits on it would let a third lock a new file beside the second.
+ */
+int takeLock(const std::string& socket) {
+  const std::string path = socket + ".lock";
+  // No symbolic link: root must not create or truncate a file another user points it at.
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    throw ControlSocketError(
+        fmt::format("cannot open the lock file {}: {}", path, std::strerror(errno)));
+  }
+  struct stat st {};
+  ::fstat(fd, &st);
+  try {
+    checkNotOthers(path, st);  // whoever owns it could hold its lock and lock us out
+  } catch (const ControlSocketError&) {
+    ::close(fd);
+    throw;
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int e = errno;
+    if (e == EWOULDBLOCK) {
+      const std::string holder = lockHolder(fd);
+      ::close(fd);
+      throw ControlSocketError(fmt::format(
+          "another sluiced is already serving {} ({}); stop it or choose another --socket",
+          socket, holder));
+    }
+    ::close(fd);
+    throw ControlSocketError(fmt::format("cannot lock {}: {}", path, std::strerror(e)));
+  }
+  const std::string pid = fmt::format("{}\n", ::getpid());
+  if (::ftruncate(fd, 0) != 0 ||
+      ::pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+    const int e = errno;
+    ::close(fd);
+    throw ControlSocketError(fmt::format("cannot write {}: {}", path, std::strerror(e)));
+  }
+  return fd;
+}
+
 }  // namespace
+
+std::optional<size_t> firstInvalidUtf8(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    }
+    // RFC 3629 section 4: the lead byte gives the length, and the range of the second byte
+    // excludes overlong forms (E0, F0), surrogates (ED) and what lies past U+10FFFF (F4).
+    size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (lead >= 0xc2 && lead <= 0xdf) {
+      len = 2;
+    } else if (lead >= 0xe0 && lead <= 0xef) {
+      len = 3;
+      lo = lead == 0xe0 ? 0xa0 : 0x80;
+      hi = lead == 0xed ? 0x9f : 0xbf;
+    } else if (lead >= 0xf0 && lead <= 0xf4) {
+      len = 4;
+      lo = lead == 0xf0 ? 0x90 : 0x80;
+      hi = lead == 0xf4 ? 0x8f : 0xbf;
+    } else {
+      return i;
+    }
+    if (text.size() - i < len) {
+      return i;
+    }
+    for (size_t k = 1; k < len; ++k) {
+      const auto c = static_cast<unsigned char>(text[i + k]);
+      if (c < (k == 1 ? lo : 0x80) || c > (k == 1 ? hi : 0xbf)) {
+        return i;
+      }
+    }
+    i += len;
+  }
+  return std::nullopt;
+}
 
 ControlServer::ControlServer(std::string path) : path_(std::move(path)) {
   const sockaddr_un addr = socketAddress(path_);
-  const std::filesystem::path dir = std::filesystem::path(path_).parent_path();
-  if (!dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(dir, ec);
-    if (ec) {
+  const fs::path parent = fs::path(path_).parent_path();
+  const fs::path dir = parent.empty() ? fs::path(".") : parent;
+  makeDirectories(dir);
+  checkDirectories(dir);
+  lock_fd_ = takeLock(path_);
+  try {
+    // From here on the path is ours alone: no other daemon gets past takeLock() until we exit.
+    struct stat st {};
+    if (::lstat(path_.c_str(), &st) == 0) {
+      checkNotOthers(path_, st);
+      if (!S_ISSOCK(st.st_mode)) {
+        throw ControlSocketError(fmt::format("{} exists and is not a socket", path_));
+      }
+      ::unlink(path_.c_str());  // a stale socket from a daemon that did not exit cleanly
+    }
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd_ < 0) {
       throw ControlSocketError(
-          fmt::format("cannot create directory {} for the control socket: {}", dir.string(),
-                      ec.message()));
+          fmt::format("cannot create the control socket: {}", std::strerror(errno)));
     }
-  }
-  struct stat st {};
-  if (::lstat(path_.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      throw ControlSocketError(fmt::format("{} exists and is not a socket", path_));
+    // Create it with no permissions for group and others from the start: no window in which
+    // another user could connect before the chmod.
+    const mode_t old_mask = ::umask(0177);
+    const int rc = ::bind(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+    const int bind_errno = errno;
+    ::umask(old_mask);
+    if (rc != 0) {
+      throw ControlSocketError(fmt::format("cannot bind the control socket {}: {}", path_,
+                                           std::strerror(bind_errno)));
     }
-    int err = 0;
-    const int probe = connectTo(path_, err);
-    if (probe >= 0) {
-      ::close(probe);
-      throw ControlSocketError(
-          fmt::format("another sluiced is already serving {}; stop it or choose another --socket",
-                      path_));
+    ::chmod(path_.c_str(), 0600);
+    if (::listen(fd_, 16) != 0) {
+      const int e = errno;
+      ::unlink(path_.c_str());
+      throw ControlSocketError(fmt::format("cannot listen on {}: {}", path_, std::strerror(e)));
     }
-    ::unlink(path_.c_str());  // a stale socket from a daemon that did not exit cleanly
-  }
-  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd_ < 0) {
-    throw ControlSocketError(fmt::format("cannot create the control socket: {}", std::strerror(errno)));
-  }
-  // Create it with no permissions for group and others from the start: no window in which
-  // another user could connect before the chmod.
-  const mode_t old_mask = ::umask(0177);
-  const int rc = ::bind(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
-  const int bind_errno = errno;
-  ::umask(old_mask);
-  if (rc != 0) {
-    ::close(fd_);
-    throw ControlSocketError(fmt::format("cannot bind the control socket {}: {}", path_,
-                                         std::strerror(bind_errno)));
-  }
-  ::chmod(path_.c_str(), 0600);
-  if (::listen(fd_, 16) != 0) {
-    const int e = errno;
-    ::close(fd_);
-    ::unlink(path_.c_str());
-    throw ControlSocketError(fmt::format("cannot listen on {}: {}", path_, std::strerror(e)));
+  } catch (const ControlSocketError&) {
+    closeAll();
+    throw;
   }
 }
 
 ControlServer::~ControlServer() {
   if (fd_ >= 0) {
-    ::close(fd_);
     ::unlink(path_.c_str());
+  }
+  closeAll();
+}
+
+void ControlServer::closeAll() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  // Last: the socket is gone before the next daemon may take the path.
+  if (lock_fd_ >= 0) {
+    ::close(lock_fd_);
+    lock_fd_ = -1;
   }
 }
 
@@ -184,6 +393,11 @@ bool ControlServer::readRequest(const Client& c, nlohmann::json& out, std::strin
     error = "cannot read the request: " + why;
     return false;
   }
+  // Checked before parsing: the parser's own message would quote the bad byte.
+  if (const auto bad = firstInvalidUtf8(line)) {
+    error = fmt::format("the request is not valid UTF-8 (byte at offset {})", *bad);
+    return false;
+  }
   try {
     out = nlohmann::json::parse(line);
   } catch (const nlohmann::json::exception& e) {
@@ -194,12 +408,22 @@ bool ControlServer::readRequest(const Client& c, nlohmann::json& out, std::strin
 }
 
 void ControlServer::writeResponse(const Client& c, const nlohmann::json& response) {
-  writeAll(c.fd, response.dump() + "\n");
+  // Every string a request brings is UTF-8 (readRequest), but an answer also quotes what came
+  // from elsewhere (the configuration's path, a file's contents): a bad byte there is replaced
+  // by U+FFFD rather than throwing out of the event loop.
+  writeAll(c.fd, response.dump(-1, ' ', false, json::error_handler_t::replace) + "\n");
   ::close(c.fd);
 }
 
 nlohmann::json controlRequest(const std::string& path, const nlohmann::json& request,
                               int timeout_ms) {
+  // Refused here, with the culprit named, rather than sent with its bytes replaced (a service
+  // added under a name that is not the one asked for) or dumped with a type_error.
+  if (const auto bad = firstInvalidString(request)) {
+    throw ControlSocketError(
+        fmt::format("{:?} is not valid UTF-8 (byte at offset {}); nothing was sent to sluiced",
+                    bad->first, bad->second));
+  }
   int err = 0;
   const int fd = connectTo(path, err);
   if (fd < 0) {

@@ -1,10 +1,13 @@
 // The control socket: a Unix stream socket, root only (mode 0600). One request per connection:
 // the client writes one JSON object and a newline, the daemon answers with one JSON object and a
-// newline and closes. Shared by sluiced (server side) and sluicectl (client side).
+// newline and closes. Requests and answers are UTF-8. Shared by sluiced (server side) and
+// sluicectl (client side).
 #pragma once
 
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -19,12 +22,22 @@ class ControlSocketError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/**
+ * Where text stops being UTF-8 (RFC 3629: no overlong forms, surrogates or code points past
+ * U+10FFFF).
+ * @return the offset of the first byte of the first ill-formed sequence, or nullopt
+ */
+std::optional<size_t> firstInvalidUtf8(std::string_view text);
+
 /** The listening side, owned by sluiced. */
 class ControlServer {
  public:
   /**
-   * Create the socket (and its directory), mode 0600. A stale socket file left by a daemon that
-   * died is replaced; a socket a live daemon answers on is not.
+   * Create the socket, mode 0600, and its directory (0700) when missing. Refused when the
+   * directory, or one above it, could be written by another user (a sticky one such as /tmp
+   * aside), or when the socket or its lock file belongs to another user. "<path>.lock" is held
+   * (flock) for the server's life, so a second daemon on the path refuses to start, even one
+   * started at the same moment; a stale socket file left by a daemon that died is replaced.
    * @throws ControlSocketError
    */
   explicit ControlServer(std::string path);
@@ -48,12 +61,15 @@ class ControlServer {
     unsigned uid = 0;
   };
   Client accept();
-  /** Read one request; nullopt and an error response sent when it is not valid JSON. */
+  /** Read one request; false and error set when it is not UTF-8 or not JSON. */
   bool readRequest(const Client& c, nlohmann::json& out, std::string& error);
   void writeResponse(const Client& c, const nlohmann::json& response);
 
+  void closeAll();
+
   std::string path_;
   int fd_ = -1;
+  int lock_fd_ = -1;
 };
 
 template <typename Handler>

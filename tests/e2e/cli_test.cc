@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -620,6 +621,19 @@ class DaemonSuite : public ::testing::Test {
     } else {
       EXPECT_FALSE(r.err.empty()) << r.describe();
     }
+    // With --json: the same status and stderr, and the failure as one JSON object on stdout.
+    std::vector<std::string> with_json = {"--json"};
+    with_json.insert(with_json.end(), args.begin(), args.end());
+    const RunResult j = run(with_json);
+    EXPECT_EQ(j.status, status) << j.describe();
+    EXPECT_EQ(j.err, r.err) << j.describe();
+    const json answer = parseJson(j);
+    EXPECT_EQ(answer.size(), 2u) << answer.dump();
+    EXPECT_EQ(answer.value("ok", true), false) << answer.dump();
+    EXPECT_TRUE(contains(answer.value("error", std::string()), needle)) << answer.dump();
+    if (status == 1) {
+      EXPECT_EQ("sluicectl: " + answer.value("error", std::string()) + "\n", r.err);
+    }
     EXPECT_EQ(list(), before) << "a refused command changed the running configuration";
   }
 
@@ -1054,7 +1068,7 @@ TEST_F(ReadOnlyCli, VersionHelpAndSocketFromEnvironment) {
   const RunResult both = runProgram(SLUICECTL_PATH, {"--socket", sock(), "version"}, dir(), env);
   EXPECT_EQ(both.status, 0) << both.describe();
   const RunResult wrong = runProgram(SLUICECTL_PATH, {"version"}, dir(), env);
-  EXPECT_EQ(wrong.status, 1) << wrong.describe();
+  EXPECT_EQ(wrong.status, 3) << wrong.describe();
   EXPECT_TRUE(contains(wrong.err, file("nowhere.sock"))) << wrong.describe();
 }
 
@@ -1086,11 +1100,15 @@ TEST_F(ReadOnlyCli, SocketIsRootOnly) {
     std::vector<std::string> all = {"--socket", sock()};
     all.insert(all.end(), args.begin(), args.end());
     const RunResult r = runProgram(ctl_copy, all, dir(), as_nobody);
-    EXPECT_EQ(r.status, 1) << r.describe();
+    EXPECT_EQ(r.status, 3) << r.describe();
     EXPECT_TRUE(contains(r.err, "permission denied")) << r.describe();
     EXPECT_EQ(r.err.rfind("sluicectl: ", 0), 0u) << r.describe();
     EXPECT_EQ(lineCount(r.err), 1u) << r.describe();
-    EXPECT_TRUE(r.out.empty()) << r.describe();
+    if (args[0] == "--json") {
+      EXPECT_EQ(parseJson(r).at("ok"), false) << r.describe();
+    } else {
+      EXPECT_TRUE(r.out.empty()) << r.describe();
+    }
   }
   ::chmod(dir().c_str(), 0700);
   EXPECT_EQ(list(), before) << "nobody changed nothing";
@@ -1762,6 +1780,9 @@ TEST_F(EditCli, ReloadFromTheFile) {
   const RunResult broken_json = run({"--json", "reload"});
   EXPECT_EQ(broken_json.status, 1) << broken_json.describe();
   EXPECT_TRUE(contains(broken_json.err, fmt::format("{}:{}:", path, bad_line)));
+  EXPECT_EQ(parseJson(broken_json),
+            json({{"ok", false}, {"error", broken.err.substr(11, broken.err.size() - 12)}}))
+      << "the same message as JSON on stdout";
   EXPECT_EQ(list(), before);
 
   // ... and the same on SIGHUP, which only logs it.
@@ -1788,6 +1809,27 @@ TEST_F(EditCli, ReloadFromTheFile) {
   EXPECT_EQ(gone.status, 1) << gone.describe();
   EXPECT_TRUE(contains(gone.err, path + ": cannot read: No such file or directory"))
       << gone.describe();
+  EXPECT_EQ(list(), before);
+
+  // A FIFO where the file was: refused at once, not a control loop waiting for a writer.
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0) << std::strerror(errno);
+  RunOptions briefly;
+  briefly.timeout_s = 10;
+  const RunResult fifo = run({"reload"}, briefly);
+  if (fifo.timed_out) {
+    // Let a daemon stuck in open() go on (it reads a broken file), so that the suite can end.
+    const int w = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (w >= 0) {
+      static_cast<void>(::write(w, "[[", 2));
+      ::close(w);
+    }
+  }
+  EXPECT_EQ(fifo.status, 1) << fifo.describe();
+  EXPECT_EQ(fifo.err, fmt::format("sluicectl: reload rejected, running configuration kept: {}: "
+                                  "not a regular file (a FIFO)\n",
+                                  path))
+      << fifo.describe();
+  std::filesystem::remove(path);
   EXPECT_EQ(list(), before);
   EXPECT_TRUE(daemon().running());
 }
@@ -1881,6 +1923,149 @@ TEST_F(EditCli, SaveRoundTrips) {
   }
 }
 
+/** sluicectl --socket SOCKET args... > stdout_path, through a shell (which opens that path). */
+RunResult ctlWithStdout(const std::string& socket, const std::vector<std::string>& args,
+                        const std::string& stdout_path, const std::string& dir) {
+  std::vector<std::string> all = {"-c", "exec \"$0\" \"$@\" > \"$SLUICE_TEST_STDOUT\"",
+                                  SLUICECTL_PATH, "--socket", socket};
+  all.insert(all.end(), args.begin(), args.end());
+  RunOptions opts;
+  opts.env = {{"SLUICE_TEST_STDOUT", stdout_path}};
+  return runProgram("/bin/sh", all, dir, opts);
+}
+
+/**
+ * The base configuration and a service of `backends` NAT backends: a file of several KB, more
+ * than one 4 KB page.
+ */
+std::string bigConfigText(int backends) {
+  std::string text = baseConfigText() + R"(
+[[service]]
+name = "big"
+vip = "192.0.2.90"
+port = 9
+protocol = "tcp"
+forwarding = "nat"
+)";
+  for (int i = 0; i < backends; ++i) {
+    text += fmt::format("\n[[service.backend]]\naddress = \"10.0.9.{}\"\nport = 9000\n"
+                        "mac = \"02:00:00:00:09:{:02x}\"\n",
+                        i + 1, i + 1);
+  }
+  return text;
+}
+
+TEST_F(EditCli, OutputThatCannotBeWrittenFails) {
+  // /dev/full: every write fails with ENOSPC, as on a full disk.
+  const std::string no_space = std::strerror(ENOSPC);
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"save"}, std::vector<std::string>{"--json", "save"}}) {
+    const RunResult r = ctlWithStdout(sock(), args, "/dev/full", dir());
+    EXPECT_EQ(r.status, 1) << r.describe();
+    EXPECT_EQ(r.err, "sluicectl: cannot write the configuration: " + no_space + "\n")
+        << r.describe();
+  }
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"list"}, std::vector<std::string>{"list", "--json"},
+        std::vector<std::string>{"stats"}, std::vector<std::string>{"version"},
+        std::vector<std::string>{"--json", "backend", "drain", "dns", "10.0.1.21"}}) {
+    const RunResult r = ctlWithStdout(sock(), args, "/dev/full", dir());
+    EXPECT_EQ(r.status, 1) << r.describe();
+    EXPECT_EQ(r.err, "sluicectl: cannot write the output: " + no_space + "\n") << r.describe();
+  }
+  // A change without --json writes nothing, so nothing can fail to be written.
+  EXPECT_EQ(ctlWithStdout(sock(), {"backend", "drain", "dns", "10.0.1.22"}, "/dev/full", dir())
+                .status,
+            0);
+}
+
+TEST_F(EditCli, SaveOutWritesTheFileAtomically) {
+  const std::string expected = ok({"save"});
+
+  // A new file: the content of `save`, mode 0666 less the umask (as `save > FILE` would make it).
+  const std::string path = file("out.toml");
+  std::filesystem::remove(path);
+  const RunResult r = run({"save", "--out", path});
+  ASSERT_EQ(r.status, 0) << r.describe();
+  EXPECT_TRUE(r.out.empty()) << r.describe();
+  EXPECT_TRUE(r.err.empty()) << r.describe();
+  EXPECT_EQ(readFile(path), expected);
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0666 & ~mask) << std::oct << (st.st_mode & 07777);
+
+  // Over an old file: replaced, keeping its mode; --json says where it went.
+  writeFile(path, "old\n");
+  ASSERT_EQ(::chmod(path.c_str(), 0640), 0);
+  const json answer = parseJson(expectOk(run({"--json", "save", "--out", path})));
+  EXPECT_EQ(answer.at("ok"), true);
+  EXPECT_EQ(answer.at("out"), path);
+  EXPECT_EQ(readFile(path), expected);
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u) << std::oct << (st.st_mode & 07777);
+
+  // Into a directory that does not exist: refused, naming the path and why.
+  const std::string nowhere = file("no-such-dir") + "/out.toml";
+  const RunResult missing = run({"save", "--out", nowhere});
+  EXPECT_EQ(missing.status, 1) << missing.describe();
+  EXPECT_EQ(missing.err,
+            fmt::format("sluicectl: cannot save the configuration to {}: cannot create a "
+                        "temporary file in {}: No such file or directory\n",
+                        nowhere, file("no-such-dir")))
+      << missing.describe();
+  EXPECT_TRUE(missing.out.empty()) << missing.describe();
+  const RunResult missing_json = run({"save", "--out", nowhere, "--json"});
+  EXPECT_EQ(missing_json.status, 1) << missing_json.describe();
+  EXPECT_EQ(parseJson(missing_json),
+            json({{"ok", false}, {"error", missing.err.substr(11, missing.err.size() - 12)}}));
+
+  // Only the files this test wrote are in the directory: no temporary file was left.
+  for (const auto& entry : std::filesystem::directory_iterator(dir())) {
+    EXPECT_EQ(entry.path().filename().string().rfind(".out.toml.", 0), std::string::npos)
+        << entry.path();
+  }
+}
+
+TEST_F(EditCli, SaveOutOnAFullFileSystemKeepsTheOldFile) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root to mount a small tmpfs";
+  }
+  // Two pages: one for the old file, one for the new, which needs more. The write fails part
+  // way, as on the full disk of the report (4,096 of 5,272 bytes).
+  const std::string mnt = file("full-fs");
+  std::filesystem::create_directory(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=8k,mode=0700") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs: " << std::strerror(errno);
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+
+  writeFile(daemon().config(), bigConfigText(80));
+  ok({"reload"});
+  const std::string big = ok({"save"});
+  ASSERT_GT(big.size(), 4096u) << "the test needs a configuration of more than a page";
+
+  const std::string path = mnt + "/sluice.toml";
+  const std::string old_text = baseConfigText();
+  writeFile(path, old_text);
+  const RunResult r = run({"save", "--out", path});
+  EXPECT_EQ(r.status, 1) << r.describe();
+  EXPECT_EQ(r.err.rfind("sluicectl: cannot save the configuration to " + path + ": ", 0), 0u)
+      << r.describe();
+  EXPECT_TRUE(contains(r.err, std::strerror(ENOSPC))) << r.describe();
+  EXPECT_EQ(lineCount(r.err), 1u) << r.describe();
+  EXPECT_EQ(readFile(path), old_text) << "the old file is intact";
+  std::vector<std::string> left;
+  for (const auto& entry : std::filesystem::directory_iterator(mnt)) {
+    left.push_back(entry.path().filename().string());
+  }
+  EXPECT_EQ(left, std::vector<std::string>{"sluice.toml"}) << "no temporary file is left";
+}
+
 // =============================================================================================
 // Without a daemon, and daemons that must not start
 
@@ -1897,20 +2082,30 @@ TEST_F(NoDaemon, MissingSocket) {
         std::vector<std::string>{"version"},
         std::vector<std::string>{"service", "del", "web"}}) {
     const RunResult r = ctl(path, args, dir_.path());
-    EXPECT_EQ(r.status, 1) << r.describe();
-    EXPECT_EQ(r.err, fmt::format("sluicectl: cannot reach sluiced at {}: no such socket (is "
-                                 "sluiced running?)\n",
-                                 path))
-        << r.describe();
+    EXPECT_EQ(r.status, 3) << r.describe();
+    const std::string message =
+        fmt::format("cannot reach sluiced at {}: no such socket (is sluiced running?)", path);
+    EXPECT_EQ(r.err, "sluicectl: " + message + "\n") << r.describe();
     if (args[0] == "version") {
       EXPECT_EQ(r.out.rfind("sluicectl ", 0), 0u) << "its own version first\n" << r.describe();
+    } else if (args[0] == "--json") {
+      EXPECT_EQ(parseJson(r), json({{"ok", false}, {"error", message}})) << r.describe();
     } else {
       EXPECT_TRUE(r.out.empty()) << r.describe();
     }
+    // --json, wherever it is: the same status and message, and the failure as JSON on stdout.
+    std::vector<std::string> with_json = args;
+    if (args[0] != "--json") {
+      with_json.push_back("--json");
+    }
+    const RunResult j = ctl(path, with_json, dir_.path());
+    EXPECT_EQ(j.status, 3) << j.describe();
+    EXPECT_EQ(j.err, r.err) << j.describe();
+    EXPECT_EQ(parseJson(j), json({{"ok", false}, {"error", message}})) << j.describe();
   }
   // The directory does not exist either.
   const RunResult r = ctl("/nonexistent-dir-sluice-test/s.sock", {"list"}, dir_.path());
-  EXPECT_EQ(r.status, 1) << r.describe();
+  EXPECT_EQ(r.status, 3) << r.describe();
   EXPECT_TRUE(contains(r.err, "is sluiced running")) << r.describe();
 }
 
@@ -1918,7 +2113,7 @@ TEST_F(NoDaemon, StaleSocketNoListener) {
   const std::string path = dir_.file("stale.sock");
   makeStaleSocket(path);
   const RunResult r = ctl(path, {"list"}, dir_.path());
-  EXPECT_EQ(r.status, 1) << r.describe();
+  EXPECT_EQ(r.status, 3) << r.describe();
   EXPECT_EQ(r.err, fmt::format("sluicectl: cannot reach sluiced at {}: connection refused (is "
                                "sluiced running?)\n",
                                path))
@@ -1929,14 +2124,14 @@ TEST_F(NoDaemon, StaleSocketNoListener) {
   const std::string plain = dir_.file("plain-file");
   writeFile(plain, "x");
   const RunResult p = ctl(plain, {"list"}, dir_.path());
-  EXPECT_EQ(p.status, 1) << p.describe();
+  EXPECT_EQ(p.status, 3) << p.describe();
   EXPECT_EQ(p.err.rfind("sluicectl: ", 0), 0u) << p.describe();
   EXPECT_EQ(lineCount(p.err), 1u) << p.describe();
 
   // A path that does not fit in sockaddr_un.
   const std::string long_path = "/tmp/" + std::string(120, 'x');
   const RunResult l = ctl(long_path, {"list"}, dir_.path());
-  EXPECT_EQ(l.status, 1) << l.describe();
+  EXPECT_EQ(l.status, 3) << l.describe();
   EXPECT_TRUE(contains(l.err, "longer than 107 bytes")) << l.describe();
   EXPECT_EQ(lineCount(l.err), 1u) << l.describe();
 }
@@ -1954,9 +2149,9 @@ TEST_F(NoDaemon, DaemonRefusesABadConfiguration) {
                                         "-m", "512", "--vdev",
                                         "net_pcap0,rx_pcap=" + in + ",tx_pcap=" +
                                             dir_.file("out.pcap")};
-  auto sluiced = [&](std::vector<std::string> args) {
+  auto sluiced = [&](std::vector<std::string> args, const RunOptions& opts = {}) {
     args.insert(args.end(), eal.begin(), eal.end());
-    return runProgram(SLUICED_PATH, args, dir_.path());
+    return runProgram(SLUICED_PATH, args, dir_.path(), opts);
   };
 
   const RunResult bad = sluiced({"run", "--config", config, "--socket", sock});
@@ -1982,6 +2177,27 @@ TEST_F(NoDaemon, DaemonRefusesABadConfiguration) {
   EXPECT_EQ(no_config.status, 2) << no_config.describe();
   EXPECT_TRUE(contains(no_config.err, "--config")) << no_config.describe();
   EXPECT_FALSE(std::filesystem::exists(sock));
+
+  // A FIFO that nobody writes to is refused at once, not waited on (tests/unit/config_test.cc
+  // has the devices, directories and oversize files; the daemon and replay share the loader).
+  const std::string fifo = dir_.file("config.fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  const std::string not_regular = fifo + ": not a regular file (a FIFO)";
+  RunOptions briefly;
+  briefly.timeout_s = 10;  // a regression fails here instead of hanging the suite
+  const auto t0 = std::chrono::steady_clock::now();
+  const RunResult from_fifo = sluiced({"run", "--config", fifo, "--socket", sock}, briefly);
+  EXPECT_FALSE(from_fifo.timed_out) << from_fifo.describe();
+  EXPECT_EQ(from_fifo.status, 2) << from_fifo.describe();
+  EXPECT_TRUE(contains(from_fifo.err, "bad configuration: " + not_regular)) << from_fifo.describe();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5)) << "not at once";
+  EXPECT_FALSE(std::filesystem::exists(sock));
+  const RunResult replay = runProgram(
+      SLUICED_PATH, {"replay", "--config", fifo, "--in", in, "--out", dir_.file("replay.pcap")},
+      dir_.path(), briefly);
+  EXPECT_FALSE(replay.timed_out) << replay.describe();
+  EXPECT_EQ(replay.status, 2) << replay.describe();
+  EXPECT_TRUE(contains(replay.err, not_regular)) << replay.describe();
 
   // The socket path is taken by something that is not a socket.
   writeFile(config, baseConfigText());
@@ -2084,7 +2300,7 @@ TEST(Lifecycle, ChangesThenSigtermExitsZeroAndReportsPackets) {
   EXPECT_EQ(std::stoull(m[2]), pktgen::readPcap(d.outPcap()).size());
   EXPECT_FALSE(std::filesystem::exists(sock)) << "the socket is removed on exit";
   const RunResult after = ctl(sock, {"list"}, dir.path());
-  EXPECT_EQ(after.status, 1);
+  EXPECT_EQ(after.status, 3);
   EXPECT_TRUE(contains(after.err, "is sluiced running")) << after.describe();
 }
 

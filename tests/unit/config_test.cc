@@ -1,11 +1,22 @@
 #include "control/config.h"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 
 #include <fmt/format.h>
@@ -303,14 +314,125 @@ TEST(ConfigTest, MissingFileIsAConfigError) {
   }
 }
 
+/** A fresh directory under the temporary directory, removed with its contents at the end. */
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "sluice-config-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      throw std::runtime_error("mkdtemp: " + std::string(std::strerror(errno)));
+    }
+    path_ = pattern;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+
+  std::string file(std::string_view name) const { return path_ + "/" + std::string(name); }
+
+ private:
+  std::string path_;
+};
+
+/**
+ * The message of the ConfigError that loadConfigFile(path) raises, run in a child process so
+ * that a loader which blocks (a FIFO) or reads without end (/dev/zero) fails this test within
+ * a few seconds instead of hanging it or exhausting the host's memory.
+ */
+std::string loadErrorWithin(const std::string& path, std::chrono::seconds limit) {
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) {
+    return "<pipe failed>";
+  }
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(pipe_fds[0]);
+    const rlimit memory{size_t{1} << 30, size_t{1} << 30};  // an unbounded read fails, not the host
+    ::setrlimit(RLIMIT_AS, &memory);
+    std::string message = "<no error>";
+    try {
+      loadConfigFile(path);
+    } catch (const ConfigError& e) {
+      message = e.what();
+    } catch (const std::exception& e) {
+      message = std::string("<not a ConfigError: ") + e.what() + ">";
+    }
+    const ssize_t ignored = ::write(pipe_fds[1], message.data(), message.size());
+    static_cast<void>(ignored);
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  if (pid < 0) {
+    ::close(pipe_fds[0]);
+    return "<fork failed>";
+  }
+  std::string message;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{pipe_fds[0], POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) == 0) {
+      ::kill(pid, SIGKILL);
+      message = fmt::format("<still loading after {} s>", limit.count());
+      break;
+    }
+    char buffer[512];
+    const ssize_t n = ::read(pipe_fds[0], buffer, sizeof(buffer));
+    if (n <= 0) {
+      break;
+    }
+    message.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(pipe_fds[0]);
+  int wstatus = 0;
+  ::waitpid(pid, &wstatus, 0);
+  return message.empty() ? "<the loader died>" : message;
+}
+
+constexpr std::chrono::seconds kPromptly{5};
+
 TEST(ConfigTest, DirectoryIsAConfigError) {
   const std::string dir = std::filesystem::temp_directory_path().string();
-  try {
-    loadConfigFile(dir);
-    FAIL() << "no error";
-  } catch (const ConfigError& e) {
-    EXPECT_EQ(std::string(e.what()), dir + ": cannot read: Is a directory");
-  }
+  EXPECT_EQ(loadErrorWithin(dir, kPromptly), dir + ": not a regular file (a directory)");
+}
+
+TEST(ConfigTest, FifoIsRefusedWithoutBlocking) {
+  // Nobody writes to the FIFO: an open without O_NONBLOCK would wait for a writer for ever.
+  const ScratchDir dir;
+  const std::string fifo = dir.file("config.fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  EXPECT_EQ(loadErrorWithin(fifo, kPromptly), fifo + ": not a regular file (a FIFO)");
+}
+
+TEST(ConfigTest, CharacterDeviceIsRefused) {
+  EXPECT_EQ(loadErrorWithin("/dev/zero", kPromptly),
+            "/dev/zero: not a regular file (a character device)");
+}
+
+TEST(ConfigTest, FileOverTheCapIsRefusedUnread) {
+  // Sparse: the size is there without the disk space, and a loader that read it would spend
+  // seconds and the cap in memory before the parser refused the NUL bytes.
+  const ScratchDir dir;
+  const std::string big = dir.file("big.toml");
+  const int fd = ::open(big.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  const off_t size = static_cast<off_t>(kMaxConfigFileBytes) + 1;
+  ASSERT_EQ(::ftruncate(fd, size), 0) << std::strerror(errno);
+  ::close(fd);
+  EXPECT_EQ(loadErrorWithin(big, kPromptly),
+            fmt::format("{}: {} bytes, more than the {} bytes a configuration file may have", big,
+                        size, kMaxConfigFileBytes));
+
+  // At the cap exactly, it is read (and rejected by the parser, which is not the point here).
+  const int again = ::open(big.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(again, 0) << std::strerror(errno);
+  ASSERT_EQ(::ftruncate(again, static_cast<off_t>(kMaxConfigFileBytes)), 0);
+  ::close(again);
+  EXPECT_EQ(loadErrorWithin(big, kPromptly).find("more than the"), std::string::npos);
 }
 
 TEST(ConfigTest, FileErrorsNameThePath) {

@@ -6,20 +6,29 @@
 //   sluicectl backend add|edit|del|drain|down|up  backends of a service (down/up: maintenance)
 //   sluicectl reload | save | version
 //
-// Every read command takes --json. Exit status: 0 done, 1 the daemon refused or could not be
-// reached (one line on stderr), 2 bad arguments.
+// Every command takes --json; a failure then prints {"ok": false, "error": ...} on stdout as
+// well as its line on stderr. Exit status (docs/cli.md): 0 done, 1 refused or failed, 2 bad
+// arguments, 3 sluiced could not be reached or did not answer.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 #include "control/control_socket.h"
 #include "sluice_config.h"
@@ -28,9 +37,139 @@ namespace {
 
 using nlohmann::json;
 
+// One rule for every command, so that a script can tell a request sluiced refused (retrying the
+// same is pointless) from a daemon it never heard from (it may be restarting).
+constexpr int kExitFailed = 1;       // sluiced refused the request, or sluicectl could not finish it
+constexpr int kExitUsage = 2;        // bad arguments: nothing was sent
+constexpr int kExitUnreachable = 3;  // no answer from sluiced: not running, no access, cut off
+
 struct Failure {
   std::string message;
+  int status = kExitFailed;
 };
+
+/**
+ * Everything sluicectl prints on stdout goes through here, so that no write goes unchecked: a
+ * `save > FILE` on a full disk must not exit 0 with half a configuration in FILE.
+ */
+class Output {
+ public:
+  /** what: the name of the output in the failure message ("the configuration"). */
+  void setWhat(std::string what) { what_ = std::move(what); }
+
+  void write(std::string_view text) const {
+    if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size()) {
+      fail();
+    }
+  }
+  void json(const nlohmann::json& j) const { write(dumpJson(j) + "\n"); }
+  /** Push out what stdio still buffers; the last chance to see that a write failed. */
+  void flush() const {
+    if (std::fflush(stdout) != 0 || std::ferror(stdout) != 0) {
+      fail();
+    }
+  }
+
+  /** A JSON text even of strings that are not UTF-8 (an error quoting a raw argument). */
+  static std::string dumpJson(const nlohmann::json& j) {
+    return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+
+ private:
+  [[noreturn]] void fail() const {
+    throw Failure{fmt::format("cannot write {}: {}", what_, std::strerror(errno))};
+  }
+
+  std::string what_ = "the output";
+};
+
+/** The answer of a failure under --json. Best effort: when stdout is what failed, this fails too. */
+void printJsonFailure(const std::string& message) {
+  std::fputs((Output::dumpJson({{"ok", false}, {"error", message}}) + "\n").c_str(), stdout);
+}
+
+/** Close fd, and report whether that worked (on some file systems close is where writes fail). */
+bool closeChecked(int fd) { return ::close(fd) == 0 || errno == EINTR; }
+
+/**
+ * Replace path with text so that path holds either its old content or all of text, whatever
+ * happens: a temporary file in the same directory (rename is atomic only within a file system),
+ * written and synced, renamed over path, and the directory synced so that the rename survives a
+ * crash. The file keeps the mode of the one it replaces; a new one gets 0666 less the umask, as
+ * a shell redirection would make it.
+ */
+void writeAtomically(const std::string& path, std::string_view text) {
+  auto failure = [&path](std::string_view why) {
+    return Failure{fmt::format("cannot save the configuration to {}: {}", path, why)};
+  };
+  const std::filesystem::path target(path);
+  const std::string dir =
+      target.has_parent_path() ? target.parent_path().string() : std::string(".");
+
+  mode_t mode = 0;
+  struct stat old {};
+  if (::stat(path.c_str(), &old) == 0) {
+    mode = old.st_mode & 07777;
+  } else {
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    mode = 0666 & ~mask;
+  }
+
+  std::string tmp = dir + "/." + target.filename().string() + ".XXXXXX";
+  const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0) {
+    throw failure(fmt::format("cannot create a temporary file in {}: {}", dir, std::strerror(errno)));
+  }
+  auto abandon = [&](std::string_view step) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return failure(fmt::format("{}: {}", step, std::strerror(err)));
+  };
+  if (::fchmod(fd, mode) != 0) {
+    const Failure f = abandon("cannot set the mode of the temporary file");
+    ::close(fd);
+    throw f;
+  }
+  for (size_t done = 0; done < text.size();) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      if (n == 0) {
+        errno = ENOSPC;  // a write that makes no progress: the file system has no room
+      }
+      const Failure f = abandon(fmt::format("cannot write the temporary file ({} of {} bytes written)",
+                                            done, text.size()));
+      ::close(fd);
+      throw f;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    const Failure f = abandon("cannot sync the temporary file");
+    ::close(fd);
+    throw f;
+  }
+  if (!closeChecked(fd)) {
+    throw abandon("cannot close the temporary file");
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    throw abandon("cannot rename the temporary file over it");
+  }
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0 || ::fsync(dir_fd) != 0) {
+    const int err = errno;
+    if (dir_fd >= 0) {
+      ::close(dir_fd);
+    }
+    throw failure(fmt::format("written, but the directory {} cannot be synced (the new file may "
+                              "not survive a crash): {}",
+                              dir, std::strerror(err)));
+  }
+  ::close(dir_fd);
+}
 
 std::string endpoint(const std::string& address, uint64_t port) {
   return address.find(':') != std::string::npos ? fmt::format("[{}]:{}", address, port)
@@ -51,7 +190,7 @@ json call(const std::string& socket, const json& request) {
   try {
     r = sluice::controlRequest(socket, request);
   } catch (const sluice::ControlSocketError& e) {
-    throw Failure{e.what()};
+    throw Failure{e.what(), kExitUnreachable};
   }
   if (!r.value("ok", false)) {
     throw Failure{r.value("error", std::string("sluiced refused the request"))};
@@ -83,7 +222,7 @@ std::string healthText(const json& b) {
   return out.empty() ? "-" : out;
 }
 
-void printList(const json& r) {
+std::string listText(const json& r) {
   std::string out = fmt::format("Sluice {} (generation {}, {} worker{})\n",
                                 r.value("version", std::string("?")), u(r, "generation"),
                                 u(r, "worker_count"), u(r, "worker_count") == 1 ? "" : "s");
@@ -102,7 +241,7 @@ void printList(const json& r) {
                          healthText(b));
     }
   }
-  std::fputs(out.c_str(), stdout);
+  return out;
 }
 
 std::string dropsText(const json& drops) {
@@ -115,7 +254,7 @@ std::string dropsText(const json& drops) {
   return s.empty() ? "-" : s;
 }
 
-void printStats(const json& r) {
+std::string statsText(const json& r) {
   std::string out = fmt::format("{:<44} {:>12} {:>14} {:>10} {:>10} {:>10}\n",
                                 "Prot LocalAddress:Port", "Packets", "Bytes", "NewFlows",
                                 "ActFlows", "Replies");
@@ -143,7 +282,7 @@ void printStats(const json& r) {
     row(std::to_string(u(w, "worker")), w);
   }
   row("total", r.at("total"));
-  std::fputs(out.c_str(), stdout);
+  return out;
 }
 
 /** Per-second rates between two stats samples taken `seconds` apart. */
@@ -206,7 +345,7 @@ json rates(const json& a, const json& b, double seconds) {
   return out;
 }
 
-void printRates(const json& r) {
+std::string ratesText(const json& r) {
   std::string out = fmt::format("rates over {:.1f} s\n", r.at("interval_s").get<double>());
   out += fmt::format("{:<44} {:>12} {:>14} {:>10} {:>10} {:>10}\n", "Prot LocalAddress:Port",
                      "Pkts/s", "Bytes/s", "Flows/s", "ActFlows", "Replies/s");
@@ -233,7 +372,7 @@ void printRates(const json& r) {
                        w.at("packets_in_per_s").get<double>(),
                        w.at("packets_out_per_s").get<double>(), w.at("dropped_per_s").get<double>());
   }
-  std::fputs(out.c_str(), stdout);
+  return out;
 }
 
 }  // namespace
@@ -329,6 +468,9 @@ int main(int argc, char** argv) {
 
   CLI::App* reload = app.add_subcommand("reload", "Re-read the configuration file (as SIGHUP)");
   CLI::App* save = app.add_subcommand("save", "Print the running configuration as a config file");
+  std::string save_out;
+  save->add_option("--out,-o", save_out,
+                   "Write it to FILE atomically (temporary file, fsync, rename) instead of stdout");
   CLI::App* version = app.add_subcommand("version", "Print the versions of sluicectl and sluiced");
 
   for (CLI::App* leaf : {service_add, service_edit, service_del, backend_add, backend_edit,
@@ -337,26 +479,45 @@ int main(int argc, char** argv) {
     leaf->add_flag("--json", as_json, "Print the daemon's answer as JSON");
   }
 
+  // Scanned before parsing, so that a parse error is answered in JSON as well.
+  as_json = std::any_of(argv + 1, argv + argc, [](const char* a) { return std::strcmp(a, "--json") == 0; });
+  auto refuse = [&as_json](const std::string& message, int status) {
+    std::fprintf(stderr, "sluicectl: %s\n", message.c_str());
+    if (as_json) {
+      printJsonFailure(message);
+    }
+    return status;
+  };
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
+    if (e.get_exit_code() == 0) {  // --help, --version
+      return app.exit(e);
+    }
+    if (as_json) {
+      printJsonFailure(e.what());
+    }
+    app.exit(e);  // CLI11's message and the hint at --help, on stderr
+    return kExitUsage;
   }
   // A command group without its command: say what is missing (CLI11 names stray words itself).
   for (CLI::App* group : {&app, service, backend}) {
     if ((group == &app || group->parsed()) && group->get_subcommands().empty()) {
-      std::fprintf(stderr, "sluicectl: %s\n%s",
-                   group == &app ? "a command is required" :
-                   (std::string("a ") + group->get_name() + " command is required").c_str(),
-                   group->help().c_str());
-      return 2;
+      const std::string missing = group == &app
+                                      ? std::string("a command is required")
+                                      : "a " + group->get_name() + " command is required";
+      refuse(missing, kExitUsage);
+      std::fputs(group->help().c_str(), stderr);
+      return kExitUsage;
     }
   }
 
+  Output out;
   try {
     if (list->parsed()) {
       const json r = call(socket, {{"command", "list"}});
-      as_json ? std::puts(r.dump(2).c_str()) : (printList(r), 0);
+      as_json ? out.json(r) : out.write(listText(r));
     } else if (stats->parsed()) {
       json r = call(socket, {{"command", "stats"}});
       if (rate) {
@@ -366,9 +527,9 @@ int main(int argc, char** argv) {
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         r = rates(r, r2, secs);
-        as_json ? std::puts(r.dump(2).c_str()) : (printRates(r), 0);
+        as_json ? out.json(r) : out.write(ratesText(r));
       } else {
-        as_json ? std::puts(r.dump(2).c_str()) : (printStats(r), 0);
+        as_json ? out.json(r) : out.write(statsText(r));
       }
     } else if (service_add->parsed() || service_edit->parsed()) {
       json fields = json::object();
@@ -390,17 +551,17 @@ int main(int argc, char** argv) {
         }
         r = call(socket, {{"command", "service.edit"}, {"name", sa.name}, {"set", fields}});
       }
-      if (as_json) std::puts(r.dump(2).c_str());
+      if (as_json) out.json(r);
     } else if (service_del->parsed()) {
       const json r = call(socket, {{"command", "service.del"}, {"name", sa.name}});
-      if (as_json) std::puts(r.dump(2).c_str());
+      if (as_json) out.json(r);
     } else if (backend_add->parsed()) {
       json b = {{"address", ba.address}};
       if (!ba.mac.empty()) b["mac"] = ba.mac;
       if (ba.port) b["port"] = *ba.port;
       if (ba.weight) b["weight"] = *ba.weight;
       const json r = call(socket, {{"command", "backend.add"}, {"service", ba.service}, {"backend", b}});
-      if (as_json) std::puts(r.dump(2).c_str());
+      if (as_json) out.json(r);
     } else if (backend_edit->parsed() || backend_del->parsed() || backend_drain->parsed() ||
                backend_down->parsed() || backend_up->parsed()) {
       json req = {{"service", ba.service}, {"address", ba.address}};
@@ -421,33 +582,39 @@ int main(int argc, char** argv) {
                                                    : "backend.up";
       }
       const json r = call(socket, req);
-      if (as_json) std::puts(r.dump(2).c_str());
+      if (as_json) out.json(r);
     } else if (reload->parsed()) {
       const json r = call(socket, {{"command", "reload"}});
-      if (as_json) std::puts(r.dump(2).c_str());
+      if (as_json) out.json(r);
     } else if (save->parsed()) {
-      const json r = call(socket, {{"command", "save"}});
-      as_json ? std::puts(r.dump(2).c_str())
-              : std::fputs(r.at("config").get<std::string>().c_str(), stdout);
+      json r = call(socket, {{"command", "save"}});
+      const std::string config = r.at("config").get<std::string>();
+      if (!save_out.empty()) {
+        writeAtomically(save_out, config);
+        r["out"] = save_out;
+        if (as_json) out.json(r);
+      } else {
+        out.setWhat("the configuration");
+        as_json ? out.json(r) : out.write(config);
+      }
     } else if (version->parsed()) {
       if (as_json) {
-        json out = call(socket, {{"command", "version"}});
-        out["sluicectl"] = SLUICE_VERSION;
-        std::puts(out.dump(2).c_str());
-        return 0;
+        json r = call(socket, {{"command", "version"}});
+        r["sluicectl"] = SLUICE_VERSION;
+        out.json(r);
+      } else {
+        out.write(fmt::format("sluicectl {}\n", SLUICE_VERSION));  // even when the daemon is unreachable
+        out.flush();
+        const json r = call(socket, {{"command", "version"}});
+        out.write(fmt::format("sluiced {} (generation {})\n", r.at("version").get<std::string>(),
+                              u(r, "generation")));
       }
-      std::printf("sluicectl %s\n", SLUICE_VERSION);  // even when the daemon is unreachable
-      std::fflush(stdout);
-      const json r = call(socket, {{"command", "version"}});
-      std::printf("sluiced %s (generation %llu)\n", r.at("version").get<std::string>().c_str(),
-                  static_cast<unsigned long long>(u(r, "generation")));
     }
+    out.flush();
   } catch (const Failure& f) {
-    std::fprintf(stderr, "sluicectl: %s\n", f.message.c_str());
-    return 1;
+    return refuse(f.message, f.status);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "sluicectl: unexpected answer from sluiced: %s\n", e.what());
-    return 1;
+    return refuse(std::string("unexpected answer from sluiced: ") + e.what(), kExitFailed);
   }
   return 0;
 }
