@@ -21,7 +21,14 @@
 #include "lib/lb.h"
 #include "lib/host.h"
 
-SEC("xdp")
+/*
+ * xdp.frags: the program takes multi-buffer frames (jumbo frames, and BPF_PROG_TEST_RUN input
+ * beyond a page), whose headers are in the linear part [data, data_end) and the rest in
+ * fragments. Without it a frame longer than the linear part would be checked against the
+ * linear part's length and dropped as bad_ip_length, where the DPDK path, which checks headers
+ * against the first segment and IP lengths against the whole packet, forwards it.
+ */
+SEC("xdp.frags")
 int xdp_lb(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -42,8 +49,8 @@ int xdp_lb(struct xdp_md *ctx)
 	if (!accept_any_mac && data + LB_ETH_HLEN <= data_end && !lb_frame_is_for_port(data))
 		return lb_drop(cc, LB_DROP_NOT_FOR_US);
 
-	/* Without frags support the frame is linear: pkt_len == data_len. */
-	ret = lb_parse(data, data_end, data_end - data, &p);
+	/* The whole frame's length, as the DPDK path's pkt_len (data_len: data_end - data). */
+	ret = lb_parse(data, data_end, bpf_xdp_get_buff_len(ctx), &p);
 	if (ret != LB_PARSE_OK) {
 		if (ret == LB_DROP_NON_IP)
 			return lb_host(ctx, cc);	/* 2. ARP answered, the rest to the kernel */

@@ -238,7 +238,7 @@ static __always_inline int lb_answer_solicit(struct xdp_md *ctx, const struct lb
 	lb_reply_macs(data, (const __u8 *)solicitor_mac);
 	/* The worker trims the mbuf to l4 + LB_ND_NA_LEN; here the tail moves back (never grows:
 	 * the solicitation ended at l3_end >= that). */
-	cut = (int)(p->l4_off + LB_ND_NA_LEN) - (int)(data_end - data);
+	cut = (int)(p->l4_off + LB_ND_NA_LEN) - (int)p->pkt_len;
 	if (cut < 0 && bpf_xdp_adjust_tail(ctx, cut) != 0)
 		return -1;
 	return 0;

@@ -237,8 +237,77 @@ static __always_inline int lb_fragment(const struct lb_parsed *p, struct lb_cpu_
 }
 
 /*
+ * This CPU's live flow of key in map (flows: which LB_FLOWS_ESTABLISHED, or syn_flows), or NULL.
+ * *slot is set to this CPU's value of the key, live or not (NULL: the key is not in the map),
+ * where a new flow of the key is written in place. A value found expired is reclaimed as
+ * FlowTable::lookup() reclaims an entry: counted as expired and emptied (backend_id 0: no flow).
+ * It is not deleted: a delete would also drop the key's values of the other CPUs (flow tables
+ * that are separate in the DPDK path).
+ */
+static __always_inline struct lb_flow *lb_flow_get(void *map, const int which,
+						   const struct lb_flow_key *key, __u64 now,
+						   struct lb_cpu_counters *cc,
+						   struct lb_flow **slot)
+{
+	struct lb_flow *v = bpf_map_lookup_elem(map, key);
+
+	*slot = v;
+	if (!v || v->backend_id == LB_BACKEND_NONE)
+		return NULL;
+	if (v->expires_ns > now)
+		return v;
+	cc->flows_expired++;
+	if (which == LB_FLOWS_UNESTABLISHED)
+		cc->flows_syn_expired++;
+	cc->flow_values_out[which & 1]++;
+	v->backend_id = LB_BACKEND_NONE;
+	return NULL;
+}
+
+/*
+ * Pipeline::overNewFlowRate(): the per-CPU new-flow rate guard (Katran's is_under_flood(), a
+ * one-second window): whether a new flow at now exceeds new_flow_rate_limit flows per second,
+ * and so is forwarded by its Maglev pick alone, without an entry.
+ */
+static __always_inline int lb_over_new_flow_rate(__u64 now)
+{
+	__u64 limit = new_flow_rate_limit;
+	struct lb_rate_window *w;
+	__u32 zero = 0;
+
+	if (limit == 0)
+		return 0;
+	w = bpf_map_lookup_elem(&new_flow_window, &zero);
+	if (!w)
+		return 0;	/* not reached: a one-entry array */
+	if (now - w->start_ns >= LB_NSEC_PER_SEC) {	/* also when the clock went back */
+		w->start_ns = now;
+		w->flows = 0;
+	}
+	if (w->flows >= limit)
+		return 1;
+	w->flows++;
+	return 0;
+}
+
+/* Write this CPU's flow f of key into map: in place at slot when the key is there, else a new
+ * key (which may make the LRU evict another). */
+static __always_inline void lb_flow_put(void *map, struct lb_flow *slot,
+					const struct lb_flow_key *key, const struct lb_flow *f)
+{
+	if (slot)
+		*slot = *f;
+	else
+		bpf_map_update_elem(map, key, f, BPF_ANY);
+}
+
+/*
  * toBackend(): a client packet for service svc. Keep the flow's backend while it is valid,
  * else pick one with Maglev; update the flow's state and expiry; rewrite; transmit.
+ *
+ * A flow created by a SYN lives in syn_flows, in state SYN_RECV with the tcp_syn timeout, until
+ * a packet without SYN or RST (the client's ACK) moves it to flows: a SYN flood churns
+ * syn_flows only (maps.h says why), as the DPDK table evicts its unestablished entries first.
  */
 static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struct lb_parsed *p,
 						 const struct lb_service *svc,
@@ -246,24 +315,29 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 {
 	const int tcp = p->key.proto == LB_PROTO_TCP;
 	const __u8 flags = p->tcp_flags;
+	const int syn = tcp && (flags & LB_TCP_SYN);
 	const struct lb_backend *b = NULL;
 	struct lb_backend_counters *bc;
+	struct lb_flow *e_slot = NULL;
+	struct lb_flow *s_slot = NULL;
 	struct lb_flow f = {};
 	struct lb_flow *e;
 	void *data_end;
 	void *data;
 	__u64 now = lb_now();
+	int established_now = 0;
+	int in_syn = 0;		/* the flow's live value is in syn_flows */
+	int pinned;		/* the flow has a value, or gets one */
 	__u64 timeout;
-	int live;
 	int pick;
 
-	/* An expired entry is a miss. It is not deleted: this CPU's value is overwritten below,
-	 * and a delete would also drop the key's values of the other CPUs (flow tables that are
-	 * separate in the DPDK path). */
-	e = bpf_map_lookup_elem(&flows, &p->key);
-	live = e && e->expires_ns > now;
-	pick = !live;
-	if (e && live) {
+	e = lb_flow_get(&flows, LB_FLOWS_ESTABLISHED, &p->key, now, cc, &e_slot);
+	if (!e && tcp) {
+		e = lb_flow_get(&syn_flows, LB_FLOWS_UNESTABLISHED, &p->key, now, cc, &s_slot);
+		in_syn = e != NULL;
+	}
+	pick = !e;
+	if (e) {
 		f = *e;
 		b = lb_backend_get(f.backend_id);
 		if (!lb_pinned_backend_valid(&f, svc, b)) {
@@ -277,6 +351,7 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 			pick = 1;
 		}
 	}
+	pinned = e != NULL;
 	if (pick) {
 		__u32 bid = lb_maglev_pick(svc, lb_flow_hash(&p->key));
 
@@ -285,30 +360,64 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 		b = lb_backend_get(bid);
 		if (!b || b->epoch == 0)	/* a slot ahead of its backend (map update) */
 			return lb_drop(cc, LB_DROP_NO_BACKEND);
-		if (!live)
-			cc->flows_created++;
+		if (!e) {
+			/* Above the rate: forwarded by the Maglev pick alone, which a later packet
+			 * of the flow gets again unless the table changes (Katran's LRU bypass). */
+			if (lb_over_new_flow_rate(now)) {
+				cc->new_flows_unpinned++;
+			} else {
+				pinned = 1;
+				cc->flows_created++;
+			}
+		}
 		f.service_id = svc->id;
 		f.backend_id = bid;
 		f.backend_epoch = b->epoch;
-		f.state = LB_FLOW_ACTIVE;
-		bc = lb_backend_stats(bid, f.backend_epoch);
-		if (bc)
-			bc->flows++;
+		f.state = syn ? LB_FLOW_SYN_RECV : LB_FLOW_ACTIVE;
+		if (pinned) {
+			bc = lb_backend_stats(bid, f.backend_epoch);
+			if (bc)
+				bc->flows++;
+		}
 	}
 	if (!b)
 		return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached */
 
-	timeout = udp_timeout_ns;
-	if (tcp) {
-		if (flags & (LB_TCP_FIN | LB_TCP_RST))
-			f.state = LB_FLOW_CLOSING;
-		timeout = f.state == LB_FLOW_CLOSING ? tcp_fin_timeout_ns : tcp_timeout_ns;
+	if (pinned) {
+		timeout = udp_timeout_ns;
+		if (tcp) {
+			if (!(flags & (LB_TCP_SYN | LB_TCP_RST))) {
+				/* the handshake completed (the client's ACK, or data) */
+				established_now = 1;
+				if (f.state == LB_FLOW_SYN_RECV)
+					f.state = LB_FLOW_ACTIVE;
+			}
+			if (flags & (LB_TCP_FIN | LB_TCP_RST))
+				f.state = LB_FLOW_CLOSING;
+			timeout = f.state == LB_FLOW_CLOSING	  ? tcp_fin_timeout_ns
+				  : f.state == LB_FLOW_SYN_RECV ? tcp_syn_timeout_ns
+								  : tcp_timeout_ns;
+		}
+		f.expires_ns = now + timeout;
+		if (in_syn && established_now) {
+			/* Established: from syn_flows to flows, this CPU's value emptied there. */
+			lb_flow_put(&flows, e_slot, &p->key, &f);
+			cc->flow_values_in[LB_FLOWS_ESTABLISHED]++;
+			if (s_slot)
+				s_slot->backend_id = LB_BACKEND_NONE;
+			cc->flow_values_out[LB_FLOWS_UNESTABLISHED]++;
+		} else if (e) {
+			*e = f;		/* this CPU's value, in place */
+		} else if (syn) {
+			/* A new flow opened by a SYN: with the unestablished ones. (s_slot is set
+			 * only for TCP, which syn implies.) */
+			lb_flow_put(&syn_flows, s_slot, &p->key, &f);
+			cc->flow_values_in[LB_FLOWS_UNESTABLISHED]++;
+		} else {
+			lb_flow_put(&flows, e_slot, &p->key, &f);
+			cc->flow_values_in[LB_FLOWS_ESTABLISHED]++;
+		}
 	}
-	f.expires_ns = now + timeout;
-	if (e)
-		*e = f;		/* this CPU's value, in place */
-	else
-		bpf_map_update_elem(&flows, &p->key, &f, BPF_ANY);
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
@@ -324,7 +433,7 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 	bc = lb_backend_stats(f.backend_id, b->epoch);
 	if (bc) {
 		bc->packets++;
-		bc->bytes += data_end - data;
+		bc->bytes += p->pkt_len;
 	}
 	return lb_transmit(cc);
 }
@@ -396,7 +505,7 @@ static __always_inline int lb_forward_nat_reply(struct xdp_md *ctx, const struct
 		return lb_drop(cc, LB_DROP_TRUNCATED);
 	if (lb_rewrite_macs(data, data_end, next_hop, port_mac))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
-	lb_count_reply(v, data_end - data);
+	lb_count_reply(v, p->pkt_len);
 	return lb_transmit(cc);
 }
 
@@ -479,13 +588,17 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 {
 	const struct lb_backend *b = NULL;
 	struct lb_backend_counters *bc;
-	const struct lb_flow *f;
+	struct lb_flow *slot;
+	struct lb_flow *f;
 	__u32 bid = LB_BACKEND_NONE;
 	void *data_end;
 	void *data;
+	__u64 now = lb_now();
 
-	f = bpf_map_lookup_elem(&flows, &e->key);
-	if (f && f->expires_ns > lb_now()) {
+	f = lb_flow_get(&flows, LB_FLOWS_ESTABLISHED, &e->key, now, cc, &slot);
+	if (!f && e->key.proto == LB_PROTO_TCP)
+		f = lb_flow_get(&syn_flows, LB_FLOWS_UNESTABLISHED, &e->key, now, cc, &slot);
+	if (f) {
 		b = lb_backend_get(f->backend_id);
 		if (lb_pinned_backend_valid(f, svc, b))
 			bid = f->backend_id;
@@ -512,7 +625,7 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 	bc = lb_backend_stats(bid, b->epoch);
 	if (bc) {
 		bc->packets++;
-		bc->bytes += data_end - data;
+		bc->bytes += p->pkt_len;
 	}
 	return lb_transmit(cc);
 }
@@ -547,7 +660,7 @@ static __always_inline int lb_forward_icmp_reply(struct xdp_md *ctx, const struc
 	if (lb_rewrite_macs(data, data_end, next_hop, port_mac))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
 	cc->icmp_forwarded++;
-	lb_count_reply(v, data_end - data);
+	lb_count_reply(v, p->pkt_len);
 	return lb_transmit(cc);
 }
 

@@ -90,6 +90,36 @@ struct {
 	__type(value, struct lb_flow);
 } flows SEC(".maps");
 
+/*
+ * Flows created by a SYN whose handshake has not completed, apart from the established ones in
+ * `flows`: an LRU evicts whatever was used least recently, so with one map a SYN flood pushes
+ * out the established flows that were not hit lately (in tests/bpf/xdp_flood_test.cc, 271 of
+ * 3,000 in a 4,096-entry map then moved to a backend added after the flood). Here a flood
+ * churns this map only; the first packet without SYN or RST moves its flow to `flows`.
+ * The DPDK table gets the same effect by evicting unestablished entries first (flow_table.h).
+ * Same type, scope and size as `flows` (the loader sets all three alike), so that as many
+ * handshakes may be in flight as the DPDK table holds.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, LB_FLOWS_DEFAULT_ENTRIES);
+	__type(key, struct lb_flow_key);
+	__type(value, struct lb_flow);
+} syn_flows SEC(".maps");
+
+/* The new-flow rate guard's one-second window, per CPU (Pipeline::overNewFlowRate). */
+struct lb_rate_window {
+	__u64 start_ns;
+	__u64 flows;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_rate_window);
+} new_flow_window SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -121,6 +151,8 @@ struct {
 __u64 tcp_timeout_ns;
 __u64 tcp_fin_timeout_ns;
 __u64 udp_timeout_ns;
+__u64 tcp_syn_timeout_ns;	/* a TCP flow whose handshake has not completed */
+__u64 new_flow_rate_limit;	/* new flows per second per CPU inserted at most; 0: no limit */
 __u8 port_mac[6];		/* source MAC of everything sent; the frames taken are for it */
 __u8 gateway_mac[6];		/* IPv4 NAT replies' next hop, if has_gateway */
 __u8 gateway_mac6[6];		/* IPv6 NAT replies' next hop, if has_gateway6 */

@@ -24,9 +24,12 @@ struct lb_parsed {
 	struct lb_flow_key key;	/* as on the wire; ports 0 for fragments and other protocols */
 	__u16 l3_off;		/* start of the IP header */
 	__u16 l4_off;		/* start of the TCP/UDP header */
-	__u16 l3_end;		/* one past the last byte of the IP packet (frames may carry padding) */
 	__u8 tcp_flags;		/* TCP only */
 	__u8 fragment;		/* IPv4 MF or offset != 0, or an IPv6 fragment header */
+	/* One past the last byte of the IP packet (frames may carry padding). 32 bits: behind
+	 * tags, an IPv4 total length or an IPv6 payload length of 65535 ends past 65535. */
+	__u32 l3_end;
+	__u32 pkt_len;		/* the whole frame, its fragments (xdp.frags) included */
 };
 
 static __always_inline __u16 lb_load_be16(const void *p)
@@ -60,6 +63,7 @@ static __always_inline int lb_parse(void *data, void *data_end, __u32 pkt_len,
 	__builtin_memset(&out->key, 0, sizeof(out->key));
 	out->tcp_flags = 0;
 	out->fragment = 0;
+	out->pkt_len = pkt_len;
 	if (data + LB_ETH_HLEN > data_end)
 		return LB_DROP_TRUNCATED;
 	ether_type = lb_load_be16(data + 12);

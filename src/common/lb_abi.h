@@ -96,6 +96,13 @@ typedef uint64_t lb_u64;
 #define LB_DEFAULT_TCP_TIMEOUT_S 900
 #define LB_DEFAULT_TCP_FIN_TIMEOUT_S 10
 #define LB_DEFAULT_UDP_TIMEOUT_S 300
+/*
+ * A TCP flow whose handshake has not completed (a SYN seen, no packet without SYN yet): IPVS
+ * gives SYN_RECV 60 s. Half that still spans the gaps between a client's first five SYN
+ * retransmissions (1, 2, 4, 8, 16 s: an initial RTO of 1 s doubled each time, RFC 6298), each
+ * of which refreshes the entry, and a SYN flood's entries leave the table twice as fast.
+ */
+#define LB_DEFAULT_TCP_SYN_TIMEOUT_S 30
 
 /* Backend id 0 means "no backend" (Maglev table slots of an empty service). */
 #define LB_BACKEND_NONE 0u
@@ -273,14 +280,20 @@ struct lb_nat_reply {
 
 #define LB_FLOW_ACTIVE 0
 #define LB_FLOW_CLOSING 1
+#define LB_FLOW_SYN_RECV 2  /* a SYN seen, no packet without SYN yet (IPVS's SYN_RECV) */
 
 struct lb_flow {
 	lb_u64 expires_ns;
 	lb_u32 service_id;
 	lb_u32 backend_id;
 	lb_u32 backend_epoch;
-	lb_u32 state;       /* LB_FLOW_ACTIVE or LB_FLOW_CLOSING */
+	lb_u32 state;       /* LB_FLOW_ACTIVE, LB_FLOW_CLOSING or LB_FLOW_SYN_RECV */
 };
+
+/* The XDP path's two flow maps (bpf/lib/maps.h): established flows, and flows created by a SYN
+ * whose handshake has not completed (index of lb_cpu_counters.flow_values_in/out). */
+#define LB_FLOWS_ESTABLISHED 0
+#define LB_FLOWS_UNESTABLISHED 1
 
 /* Per-CPU counters of the XDP path, the same meaning as the DPDK workers' counters. */
 struct lb_cpu_counters {
@@ -292,6 +305,17 @@ struct lb_cpu_counters {
 	lb_u64 answered;    /* ARP, Neighbour Solicitations and echo requests answered in place */
 	lb_u64 icmp_forwarded; /* ICMP errors about a flow sent on to its backend or client */
 	lb_u64 drops[LB_DROP__COUNT];
+	lb_u64 flows_expired;      /* this CPU's entries found expired and reclaimed */
+	lb_u64 flows_syn_expired;  /* of which unestablished (in syn_flows) */
+	lb_u64 new_flows_unpinned; /* new flows forwarded without an entry: the rate guard */
+	/*
+	 * This CPU's values put into and taken out of flows [LB_FLOWS_ESTABLISHED] and syn_flows
+	 * [LB_FLOWS_UNESTABLISHED] by the program (taken out: expired, or moved to flows on
+	 * establishment). The LRU evicts silently: what went in and did not come out and is no
+	 * longer held was evicted, which the loader computes (XdpDataplane::totals).
+	 */
+	lb_u64 flow_values_in[2];
+	lb_u64 flow_values_out[2];
 };
 
 struct lb_backend_counters {

@@ -8,5 +8,5 @@ static_assert(sizeof(lb_service) == 32, "lb_service");
 static_assert(sizeof(lb_backend) == 40, "lb_backend");
 static_assert(sizeof(lb_nat_reply) == 8, "lb_nat_reply");
 static_assert(sizeof(lb_flow) == 24, "lb_flow");
-static_assert(sizeof(lb_cpu_counters) == 8 * (7 + LB_DROP__COUNT), "lb_cpu_counters");
+static_assert(sizeof(lb_cpu_counters) == 8 * (14 + LB_DROP__COUNT), "lb_cpu_counters");
 static_assert(sizeof(lb_backend_counters) == 48, "lb_backend_counters");

@@ -190,6 +190,10 @@ struct Snapshot {
   uint64_t tcp_timeout_ns = 0;
   uint64_t tcp_fin_timeout_ns = 0;
   uint64_t udp_timeout_ns = 0;
+  uint64_t tcp_syn_timeout_ns = 0;  // a TCP flow whose handshake has not completed
+  // New flows per second per worker (per CPU on XDP) above which a new flow is forwarded by its
+  // Maglev pick alone, without an entry (Katran's LRU bypass); 0 = no limit.
+  uint64_t new_flow_rate_limit = 0;
   // NAT replies' next hop per family (configured gateway_mac, or the resolved gateway); when
   // unknown, the port's learned router MAC.
   bool has_gateway_mac = false;  // IPv4

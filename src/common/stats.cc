@@ -12,7 +12,10 @@ void addTotals(WorkerTotals& into, const WorkerTotals& w) {
   into.reply_packets += w.reply_packets;
   into.flows_created += w.flows_created;
   into.flows_expired += w.flows_expired;
+  into.flows_syn_expired += w.flows_syn_expired;
   into.flows_evicted += w.flows_evicted;
+  into.flows_syn_evicted += w.flows_syn_evicted;
+  into.new_flows_unpinned += w.new_flows_unpinned;
   into.flows_active += w.flows_active;
   into.flows_rescheduled += w.flows_rescheduled;
   into.passed += w.passed;

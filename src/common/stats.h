@@ -30,8 +30,11 @@ struct WorkerTotals {
   uint64_t reply_packets = 0;
   uint64_t flows_created = 0;
   uint64_t flows_expired = 0;
+  uint64_t flows_syn_expired = 0;  // of flows_expired: unestablished (handshake never completed)
   uint64_t flows_evicted = 0;
+  uint64_t flows_syn_evicted = 0;  // of flows_evicted: unestablished
   uint64_t flows_active = 0;
+  uint64_t new_flows_unpinned = 0;  // new flows forwarded without an entry (rate guard, no room)
   uint64_t flows_rescheduled = 0;
   uint64_t passed = 0;    // handed to the kernel (XDP_PASS, the DPDK exception port)
   uint64_t answered = 0;  // ARP, Neighbour Solicitations and echo requests answered in place

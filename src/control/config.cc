@@ -26,9 +26,14 @@ constexpr int64_t kMinFlowTableSize = 1024;
 constexpr int64_t kMaxFlowTableSize = int64_t{1} << 26;  // 67108864
 constexpr int64_t kMaxIdleTimeout = 604800;              // one week
 constexpr int64_t kMaxFinTimeout = 3600;
+constexpr int64_t kMaxSynTimeout = 3600;
+constexpr int64_t kMaxNewFlowRate = 100'000'000;  // per second per core: far above any core's
 constexpr int64_t kMinTableSize = 7;
 constexpr int64_t kMaxTableSize = 1048573;  // the largest prime below 2^20
 constexpr size_t kMaxBackendsPerService = 65535;
+constexpr uint64_t kMinMemoryLimit = uint64_t{16} << 20;
+// Backend ids are 16 bits in the data planes' tables (LB_MAX_BACKENDS, id 0 unused).
+constexpr size_t kMaxBackendsInAll = 65535;
 constexpr size_t kMaxNameLength = 64;
 
 // Error reporting
@@ -354,10 +359,53 @@ IpAddress parseAddress(const Scope& scope, std::string_view key, std::string_vie
   return *address;
 }
 
+/** "512M", "4G", "1048576": K, M, G and T are powers of 1024 (as systemd's MemoryMax). */
+std::optional<uint64_t> parseByteSize(std::string_view text) {
+  uint64_t value = 0;
+  size_t i = 0;
+  for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+    if (value > (UINT64_MAX - 9) / 10) {
+      return std::nullopt;
+    }
+    value = value * 10 + static_cast<uint64_t>(text[i] - '0');
+  }
+  if (i == 0) {
+    return std::nullopt;
+  }
+  const std::string_view suffix = text.substr(i);
+  int shift = 0;
+  if (suffix.empty()) {
+    shift = 0;
+  } else if (suffix == "K" || suffix == "k") {
+    shift = 10;
+  } else if (suffix == "M") {
+    shift = 20;
+  } else if (suffix == "G") {
+    shift = 30;
+  } else if (suffix == "T") {
+    shift = 40;
+  } else {
+    return std::nullopt;
+  }
+  if (shift > 0 && value > (UINT64_MAX >> shift)) {
+    return std::nullopt;
+  }
+  return value << shift;
+}
+
+std::optional<std::string> memoryLimitProblem(uint64_t bytes) {
+  if (bytes != 0 && bytes < kMinMemoryLimit) {
+    return fmt::format("dataplane.memory_limit {} is below {} (16M): too small for any flow table",
+                       bytes, kMinMemoryLimit);
+  }
+  return std::nullopt;
+}
+
 void parseDataplane(std::string_view source, const toml::table& table, DataplaneConfig& out) {
   Scope scope(source, table, "[dataplane]", "dataplane.");
   scope.rejectUnknownKeys({"flow_table_size", "gateway_mac", "mode", "interfaces", "xdp_attach",
-                           "addresses", "gateway", "exception_interface", "promiscuous"});
+                           "addresses", "gateway", "exception_interface", "promiscuous",
+                           "memory_limit"});
   if (auto mode = scope.optString("mode")) {
     if (*mode == "dpdk") {
       out.mode = DataplaneMode::kDpdk;
@@ -398,6 +446,22 @@ void parseDataplane(std::string_view source, const toml::table& table, Dataplane
   }
   if (auto text = scope.optString("gateway_mac")) {
     out.gateway_mac = parseMac(scope, "gateway_mac", *text, "dataplane.gateway_mac");
+  }
+  if (const toml::node* node = scope.find("memory_limit")) {
+    std::optional<uint64_t> bytes;
+    if (const auto* i = node->as_integer(); i != nullptr && i->get() >= 0) {
+      bytes = static_cast<uint64_t>(i->get());
+    } else if (const auto* text = node->as_string()) {
+      bytes = parseByteSize(text->get());
+    }
+    if (!bytes) {
+      scope.fail(lineOf(*node), "dataplane.memory_limit must be a number of bytes, or a string "
+                                "such as \"512M\" or \"4G\" (K, M, G, T: powers of 1024)");
+    }
+    if (auto p = memoryLimitProblem(*bytes)) {
+      scope.fail(lineOf(*node), *p);
+    }
+    out.memory_limit = *bytes;
   }
   if (const toml::node* node = scope.find("addresses")) {
     const toml::array* list = node->as_array();
@@ -541,9 +605,16 @@ HealthCheckConfig parseHealthCheck(std::string_view source, const toml::table& t
   return h;
 }
 
+/** A handshake that would be allowed to outlive an established connection is a mistake. */
+std::string synTimeoutProblem(const TimeoutConfig& t) {
+  return fmt::format("timeouts.tcp_syn {} is longer than timeouts.tcp {}: a connection still "
+                     "in its handshake would be kept longer than an established one",
+                     t.tcp_syn_s, t.tcp_s);
+}
+
 void parseTimeouts(std::string_view source, const toml::table& table, TimeoutConfig& out) {
   Scope scope(source, table, "[timeouts]", "timeouts.");
-  scope.rejectUnknownKeys({"tcp", "tcp_fin", "udp"});
+  scope.rejectUnknownKeys({"tcp", "tcp_fin", "udp", "tcp_syn"});
   if (auto v = scope.optInteger("tcp", 1, kMaxIdleTimeout)) {
     out.tcp_s = static_cast<uint32_t>(*v);
   }
@@ -552,6 +623,22 @@ void parseTimeouts(std::string_view source, const toml::table& table, TimeoutCon
   }
   if (auto v = scope.optInteger("udp", 1, kMaxIdleTimeout)) {
     out.udp_s = static_cast<uint32_t>(*v);
+  }
+  if (auto v = scope.optInteger("tcp_syn", 1, kMaxSynTimeout)) {
+    out.tcp_syn_s = static_cast<uint32_t>(*v);
+    if (out.tcp_syn_s > out.tcp_s) {
+      scope.fail(scope.lineOf("tcp_syn"), synTimeoutProblem(out));
+    }
+  } else {
+    out.tcp_syn_s = std::min(out.tcp_syn_s, out.tcp_s);  // a short tcp shortens the default
+  }
+}
+
+void parseFlood(std::string_view source, const toml::table& table, FloodConfig& out) {
+  Scope scope(source, table, "[flood]", "flood.");
+  scope.rejectUnknownKeys({"new_flow_rate_limit"});
+  if (auto v = scope.optInteger("new_flow_rate_limit", 0, kMaxNewFlowRate)) {
+    out.new_flow_rate_limit = static_cast<uint32_t>(*v);
   }
 }
 
@@ -696,6 +783,9 @@ void validateGlobals(const Config& config, std::string_view source) {
       fail(source, 0, *p);
     }
   }
+  if (auto p = memoryLimitProblem(dp.memory_limit)) {
+    fail(source, 0, *p);
+  }
   for (size_t i = 0; i < dp.addresses.size(); ++i) {
     const IpPrefix& a = dp.addresses[i];
     if (auto p = addressProblem("dataplane.addresses", a.address)) {
@@ -737,10 +827,18 @@ void validateGlobals(const Config& config, std::string_view source) {
   const TimeoutConfig& t = config.timeouts;
   for (auto [what, value, hi] : {std::tuple{"timeouts.tcp", t.tcp_s, kMaxIdleTimeout},
                                  std::tuple{"timeouts.tcp_fin", t.tcp_fin_s, kMaxFinTimeout},
-                                 std::tuple{"timeouts.udp", t.udp_s, kMaxIdleTimeout}}) {
+                                 std::tuple{"timeouts.udp", t.udp_s, kMaxIdleTimeout},
+                                 std::tuple{"timeouts.tcp_syn", t.tcp_syn_s, kMaxSynTimeout}}) {
     if (auto p = rangeProblem(what, value, 1, hi)) {
       fail(source, 0, *p);
     }
+  }
+  if (t.tcp_syn_s > t.tcp_s) {
+    fail(source, 0, synTimeoutProblem(t));
+  }
+  if (auto p = rangeProblem("flood.new_flow_rate_limit", config.flood.new_flow_rate_limit, 0,
+                            kMaxNewFlowRate)) {
+    fail(source, 0, *p);
   }
 }
 
@@ -870,18 +968,20 @@ Config parseConfig(std::string_view text, std::string_view source_name) {
 
   Config config;
   for (auto&& [key, node] : root) {
-    if (key.str() == "dataplane" || key.str() == "timeouts" || key.str() == "service") {
+    if (key.str() == "dataplane" || key.str() == "timeouts" || key.str() == "flood" ||
+        key.str() == "service") {
       continue;
     }
     const int line = static_cast<int>(key.source().begin.line);
     if (node.is_table()) {
       fail(source_name, line,
-           fmt::format("unknown table [{}] (expected [dataplane], [timeouts] or [[service]])",
+           fmt::format("unknown table [{}] (expected [dataplane], [timeouts], [flood] or "
+                       "[[service]])",
                        key.str()));
     }
     fail(source_name, line,
-         fmt::format("unknown key {:?} at the top level (expected [dataplane], [timeouts] or "
-                     "[[service]])",
+         fmt::format("unknown key {:?} at the top level (expected [dataplane], [timeouts], "
+                     "[flood] or [[service]])",
                      key.str()));
   }
 
@@ -891,6 +991,9 @@ Config parseConfig(std::string_view text, std::string_view source_name) {
   }
   if (const toml::table* timeouts = top.optTable("timeouts")) {
     parseTimeouts(source_name, *timeouts, config.timeouts);
+  }
+  if (const toml::table* flood = top.optTable("flood")) {
+    parseFlood(source_name, *flood, config.flood);
   }
   if (const toml::array* services = top.optTableArray("service", "[[service]]")) {
     config.services.reserve(services->size());
@@ -982,6 +1085,19 @@ void validateConfig(const Config& config, std::string_view source_name) {
     }
   }
 
+  size_t backends_in_all = 0;
+  for (const ServiceConfig& s : config.services) {
+    if (backends_in_all + s.backends.size() > kMaxBackendsInAll) {
+      const BackendConfig& over = s.backends[kMaxBackendsInAll - backends_in_all];
+      fail(source_name, over.line,
+           fmt::format("service {:?}: backend {} is one more than the {} backends all services "
+                       "may have together",
+                       s.name, endpointProto(over.address, over.port, s.protocol),
+                       kMaxBackendsInAll));
+    }
+    backends_in_all += s.backends.size();
+  }
+
   // A backend without a MAC is resolved by ARP/ND: itself when it is on one of Sluice's subnets,
   // the gateway of its family otherwise. One that neither way could reach is a mistake.
   const DataplaneConfig& dp = config.dataplane;
@@ -1042,6 +1158,43 @@ void validateConfig(const Config& config, std::string_view source_name) {
   }
 }
 
+std::string renderService(const ServiceConfig& s) {
+  auto quoted = [](const std::string& v) { return fmt::format("{:?}", v); };
+  std::string out;
+  out += fmt::format(
+      "\n[[service]]\nname = {}\nvip = {}\nport = {}\nprotocol = {}\nforwarding = {}\n"
+      "scheduler = {}\ntable_size = {}\n",
+      quoted(s.name), quoted(s.vip.str()), s.port, quoted(protocolName(s.protocol)),
+      quoted(forwardingName(s.forwarding)), quoted(schedulerName(s.scheduler)), s.table_size);
+  out += fmt::format("on_backend_down = {}\n", quoted(downPolicyName(s.on_backend_down)));
+  auto renderCheck = [&](const HealthCheckConfig& h, std::string_view header) {
+    out += fmt::format(
+        "\n[{}]\ntype = {}\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n", header,
+        quoted(healthCheckTypeName(h.type)), h.interval_ms, h.timeout_ms, h.rise, h.fall);
+    if (h.port != 0) {
+      out += fmt::format("port = {}\n", h.port);
+    }
+    out += fmt::format("path = {}\nexpect_status = {}\n", quoted(h.path), h.expect_status);
+  };
+  if (s.health_check != HealthCheckConfig{}) {
+    renderCheck(s.health_check, "service.health_check");
+  }
+  for (const BackendConfig& b : s.backends) {
+    out += fmt::format("\n[[service.backend]]\naddress = {}\n", quoted(b.address.str()));
+    if (s.forwarding == Forwarding::kNat || b.port != s.port) {
+      out += fmt::format("port = {}\n", b.port);
+    }
+    if (b.mac) {
+      out += fmt::format("mac = {}\n", quoted(b.mac->str()));
+    }
+    out += fmt::format("weight = {}\n", b.weight);
+    if (b.health_check && *b.health_check != s.health_check) {
+      renderCheck(*b.health_check, "service.backend.health_check");
+    }
+  }
+  return out;
+}
+
 std::string renderConfig(const Config& config) {
   auto quoted = [](const std::string& v) { return fmt::format("{:?}", v); };
   std::string out = "# Written by sluicectl save.\n\n[dataplane]\n";
@@ -1059,6 +1212,9 @@ std::string renderConfig(const Config& config) {
     out += fmt::format("interfaces = [{}]\n", list);
   }
   out += fmt::format("flow_table_size = {}\n", config.dataplane.flow_table_size);
+  if (config.dataplane.memory_limit != 0) {
+    out += fmt::format("memory_limit = {}\n", config.dataplane.memory_limit);
+  }
   if (config.dataplane.gateway_mac) {
     out += fmt::format("gateway_mac = {}\n", quoted(config.dataplane.gateway_mac->str()));
   }
@@ -1081,40 +1237,14 @@ std::string renderConfig(const Config& config) {
   if (dp.promiscuous) {
     out += "promiscuous = true\n";
   }
-  out += fmt::format("\n[timeouts]\ntcp = {}\ntcp_fin = {}\nudp = {}\n", config.timeouts.tcp_s,
-                     config.timeouts.tcp_fin_s, config.timeouts.udp_s);
+  out += fmt::format("\n[timeouts]\ntcp = {}\ntcp_fin = {}\nudp = {}\ntcp_syn = {}\n",
+                     config.timeouts.tcp_s, config.timeouts.tcp_fin_s, config.timeouts.udp_s,
+                     config.timeouts.tcp_syn_s);
+  if (config.flood.new_flow_rate_limit != 0) {
+    out += fmt::format("\n[flood]\nnew_flow_rate_limit = {}\n", config.flood.new_flow_rate_limit);
+  }
   for (const ServiceConfig& s : config.services) {
-    out += fmt::format(
-        "\n[[service]]\nname = {}\nvip = {}\nport = {}\nprotocol = {}\nforwarding = {}\n"
-        "scheduler = {}\ntable_size = {}\n",
-        quoted(s.name), quoted(s.vip.str()), s.port, quoted(protocolName(s.protocol)),
-        quoted(forwardingName(s.forwarding)), quoted(schedulerName(s.scheduler)), s.table_size);
-    out += fmt::format("on_backend_down = {}\n", quoted(downPolicyName(s.on_backend_down)));
-    auto renderCheck = [&](const HealthCheckConfig& h, std::string_view header) {
-      out += fmt::format(
-          "\n[{}]\ntype = {}\ninterval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n", header,
-          quoted(healthCheckTypeName(h.type)), h.interval_ms, h.timeout_ms, h.rise, h.fall);
-      if (h.port != 0) {
-        out += fmt::format("port = {}\n", h.port);
-      }
-      out += fmt::format("path = {}\nexpect_status = {}\n", quoted(h.path), h.expect_status);
-    };
-    if (s.health_check != HealthCheckConfig{}) {
-      renderCheck(s.health_check, "service.health_check");
-    }
-    for (const BackendConfig& b : s.backends) {
-      out += fmt::format("\n[[service.backend]]\naddress = {}\n", quoted(b.address.str()));
-      if (s.forwarding == Forwarding::kNat || b.port != s.port) {
-        out += fmt::format("port = {}\n", b.port);
-      }
-      if (b.mac) {
-        out += fmt::format("mac = {}\n", quoted(b.mac->str()));
-      }
-      out += fmt::format("weight = {}\n", b.weight);
-      if (b.health_check && *b.health_check != s.health_check) {
-        renderCheck(*b.health_check, "service.backend.health_check");
-      }
-    }
+    out += renderService(s);
   }
   return out;
 }

@@ -81,6 +81,16 @@ struct TimeoutConfig {
   uint32_t tcp_s = LB_DEFAULT_TCP_TIMEOUT_S;         // idle timeout of an established TCP flow
   uint32_t tcp_fin_s = LB_DEFAULT_TCP_FIN_TIMEOUT_S;  // linger after FIN or RST
   uint32_t udp_s = LB_DEFAULT_UDP_TIMEOUT_S;          // idle timeout of a UDP flow
+  // A TCP flow that has seen a SYN and no packet without SYN yet (IPVS's SYN_RECV): short, so
+  // that a SYN flood's entries do not outlive their usefulness.
+  uint32_t tcp_syn_s = LB_DEFAULT_TCP_SYN_TIMEOUT_S;
+};
+
+/** [flood]: what protects the flow tables from floods of new flows. */
+struct FloodConfig {
+  // New flows per second per worker core (per CPU on XDP) above which a new flow is forwarded
+  // by its Maglev pick alone and not inserted (Katran's LRU bypass); 0 = no limit.
+  uint32_t new_flow_rate_limit = 0;
 };
 
 enum class DataplaneMode : uint8_t { kDpdk, kXdp };
@@ -109,6 +119,9 @@ struct DataplaneConfig {
   // Where NAT replies (backend -> client) are sent. When neither this nor gateway is set, each
   // port uses the source MAC of the last client packet it received for a NAT service.
   std::optional<MacAddress> gateway_mac;
+  // The most memory the data plane's tables (flow tables, Maglev tables) may take, in bytes;
+  // 0 = what the host has available (MemAvailable) when a configuration is applied.
+  uint64_t memory_limit = 0;
 };
 
 /** The gateway of a family, if configured. */
@@ -119,6 +132,7 @@ const IpPrefix* onLinkPrefix(const DataplaneConfig& dp, const IpAddress& a);
 struct Config {
   DataplaneConfig dataplane;
   TimeoutConfig timeouts;
+  FloodConfig flood;
   std::vector<ServiceConfig> services;
 };
 
@@ -166,6 +180,9 @@ void validateConfig(const Config& config, std::string_view source_name);
  * the recorded line numbers). Used by `sluicectl save`.
  */
 std::string renderConfig(const Config& config);
+
+/** One [[service]] table of renderConfig, with its backends: what `reload` compares. */
+std::string renderService(const ServiceConfig& service);
 
 /** The built-in default used by `sluiced replay` with no --config: one DR and one NAT service. */
 std::string_view defaultConfigText();

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
 #include <set>
 
 #include "common/stats.h"
+#include "control/memory_budget.h"
 #include "control/stats_json.h"
 #include "sluice_config.h"
 
@@ -190,10 +192,41 @@ void setServiceFields(ServiceConfig& s, const json& obj) {
   }
 }
 
+/** Each service of config as the file format renders it, by name: what `reload` compares. */
+std::map<std::string, std::string> renderedServices(const Config& config) {
+  std::map<std::string, std::string> out;
+  for (const ServiceConfig& s : config.services) {
+    out.emplace(s.name, renderService(s));
+  }
+  return out;
+}
+
+const std::string* find(const std::map<std::string, std::string>& m, const std::string& key) {
+  const auto it = m.find(key);
+  return it == m.end() ? nullptr : &it->second;
+}
+
+bool same(const std::string* a, const std::string* b) {
+  return a == nullptr || b == nullptr ? a == b : *a == *b;
+}
+
+/** "a; b; c", or the first few and how many more: a reply line must stay readable. */
+std::string firstFew(const std::vector<std::string>& items, size_t shown = 5) {
+  std::string out;
+  for (size_t i = 0; i < items.size() && i < shown; ++i) {
+    out += (i == 0 ? "" : "; ") + items[i];
+  }
+  if (items.size() > shown) {
+    out += fmt::format("; and {} more", items.size() - shown);
+  }
+  return out;
+}
+
 }  // namespace
 
 ControlPlane::ControlPlane(Config config, std::string config_path, DataplaneHandle& dataplane)
-    : config_(std::move(config)), config_path_(std::move(config_path)), dataplane_(dataplane) {}
+    : config_(std::move(config)), config_path_(std::move(config_path)), dataplane_(dataplane),
+      file_services_(renderedServices(config_)) {}
 
 void ControlPlane::start() {
   const json r = apply(config_, "start");
@@ -206,6 +239,10 @@ json ControlPlane::apply(Config next, const std::string& what, Change change) {
   try {
     if (change == Change::kConfig) {
       validateConfig(next, kRequestSource);
+      // Before building: a configuration whose tables do not fit is refused with their sizes,
+      // not allocated until the host runs out.
+      checkMemoryBudget(next, flow_tables_, generation_ == 0 ? 0 : maglevTableBytes(config_),
+                        false);
     }
   } catch (const ConfigError& e) {
     std::string msg = e.what();
@@ -221,6 +258,9 @@ json ControlPlane::apply(Config next, const std::string& what, Change change) {
   SnapshotPtr snap;
   try {
     snap = buildSnapshot(next, ids, generation_ + 1, dataplane_.current(), &runtime_);
+  } catch (const std::bad_alloc&) {
+    return {{"ok", false},
+            {"error", "out of memory building the tables; running configuration kept"}};
   } catch (const std::exception& e) {
     return {{"ok", false}, {"error", e.what()}};
   }
@@ -298,7 +338,45 @@ json ControlPlane::setMaintenance(const json& req, bool down) {
   return r;
 }
 
-json ControlPlane::reload() noexcept {
+std::vector<std::string> ControlPlane::undoneBy(const Config& next) const {
+  // A service whose running form differs from the file's as last read was changed with
+  // sluicectl; the new file undoes that change unless it holds the service as it runs now (the
+  // operator saved it into the file, or made the same edit there).
+  const auto running = renderedServices(config_);
+  const auto incoming = renderedServices(next);
+  std::set<std::string> names;
+  for (const auto* m : {&file_services_, &running}) {
+    for (const auto& [name, text] : *m) {
+      names.insert(name);
+    }
+  }
+  std::set<std::string> undone;
+  for (const std::string& name : names) {
+    const std::string* now = find(running, name);
+    if (!same(now, find(file_services_, name)) && !same(now, find(incoming, name))) {
+      undone.insert(name);
+    }
+  }
+  std::vector<std::string> out;
+  std::set<std::string> named;
+  for (const CliChange& c : cli_changes_) {
+    for (const std::string& service : c.services) {
+      if (undone.contains(service)) {
+        out.push_back(c.what);
+        named.insert(service);
+        break;
+      }
+    }
+  }
+  for (const std::string& name : undone) {
+    if (!named.contains(name)) {
+      out.push_back(fmt::format("service {:?} as it runs", name));  // not reached: every change is logged
+    }
+  }
+  return out;
+}
+
+json ControlPlane::reload(bool force) noexcept {
   try {
     if (config_path_.empty()) {
       return {{"ok", false}, {"error", "sluiced was started without a configuration file"}};
@@ -310,10 +388,40 @@ json ControlPlane::reload() noexcept {
       return {{"ok", false},
               {"error", fmt::format("reload rejected, running configuration kept: {}", e.what())}};
     }
-    return apply(std::move(next), "reload " + config_path_);
+    const std::vector<std::string> undone = undoneBy(next);
+    if (!undone.empty() && !force) {
+      return {{"ok", false},
+              {"error",
+               fmt::format("reload refused, running configuration kept: {} would undo {} "
+                           "change{} made with sluicectl since it was read ({}); write them to "
+                           "the file first (sluicectl save --out {}), or reload --force to drop "
+                           "them",
+                           config_path_, undone.size(), undone.size() == 1 ? "" : "s",
+                           firstFew(undone), config_path_)},
+              {"undone", undone}};
+    }
+    std::map<std::string, std::string> next_services = renderedServices(next);
+    json r = apply(std::move(next), "reload " + config_path_);
+    if (r.value("ok", false)) {
+      file_services_ = std::move(next_services);
+      cli_changes_.clear();
+      if (!undone.empty()) {
+        r["undone"] = undone;
+      }
+    }
+    return r;
   } catch (const std::exception& e) {
     return {{"ok", false}, {"error", e.what()}};
   }
+}
+
+json ControlPlane::applyCli(Config next, const std::string& what,
+                            std::vector<std::string> services) {
+  json r = apply(std::move(next), what);
+  if (r.value("ok", false)) {
+    cli_changes_.push_back({what, std::move(services)});
+  }
+  return r;
 }
 
 json ControlPlane::handle(const json& req) noexcept {
@@ -322,7 +430,7 @@ json ControlPlane::handle(const json& req) noexcept {
       throw RequestError("the request must be a JSON object");
     }
     const std::string cmd = stringField(req, "command");
-    if (cmd == "version" || cmd == "list" || cmd == "stats" || cmd == "save" || cmd == "reload") {
+    if (cmd == "version" || cmd == "list" || cmd == "stats" || cmd == "save") {
       // They take no arguments: a field a client expected to matter ("reload" with a "path")
       // must not be silently ignored.
       rejectUnknown(req, {"command"}, "the request");
@@ -340,7 +448,15 @@ json ControlPlane::handle(const json& req) noexcept {
       return {{"ok", true}, {"config", renderConfig(config_)}};
     }
     if (cmd == "reload") {
-      return reload();
+      rejectUnknown(req, {"command", "force"}, "the request");
+      bool force = false;
+      if (req.contains("force")) {
+        if (!req.at("force").is_boolean()) {
+          throw RequestError("\"force\" must be true or false");
+        }
+        force = req.at("force").get<bool>();
+      }
+      return reload(force);
     }
     Config next = config_;
     if (cmd == "service.add") {
@@ -370,7 +486,8 @@ json ControlPlane::handle(const json& req) noexcept {
         }
       }
       next.services.push_back(std::move(sc));
-      return apply(std::move(next), "service add " + s.at("name").get<std::string>());
+      const std::string added = s.at("name").get<std::string>();
+      return applyCli(std::move(next), "service add " + added, {added});
     }
     if (cmd == "service.edit") {
       rejectUnknown(req, {"command", "name", "set"}, "the request");
@@ -379,15 +496,16 @@ json ControlPlane::handle(const json& req) noexcept {
       rejectUnknown(set, {"name", "vip", "port", "protocol", "forwarding", "scheduler",
                           "table_size"},
                     "set");
-      setServiceFields(findService(next, name), set);
-      return apply(std::move(next), "service edit " + name);
+      ServiceConfig& edited = findService(next, name);
+      setServiceFields(edited, set);
+      return applyCli(std::move(next), "service edit " + name, {name, edited.name});
     }
     if (cmd == "service.del") {
       rejectUnknown(req, {"command", "name"}, "the request");
       const std::string name = stringField(req, "name");
       findService(next, name);
       std::erase_if(next.services, [&](const ServiceConfig& s) { return s.name == name; });
-      return apply(std::move(next), "service del " + name);
+      return applyCli(std::move(next), "service del " + name, {name});
     }
     if (cmd == "backend.add") {
       rejectUnknown(req, {"command", "service", "backend"}, "the request");
@@ -402,7 +520,7 @@ json ControlPlane::handle(const json& req) noexcept {
       }
       const std::string what = fmt::format("backend add {} {}", name, formatEndpoint(b.address, b.port));
       s.backends.push_back(std::move(b));
-      return apply(std::move(next), what);
+      return applyCli(std::move(next), what, {name});
     }
     if (cmd == "backend.down" || cmd == "backend.up") {
       return setMaintenance(req, cmd == "backend.down");
@@ -433,7 +551,7 @@ json ControlPlane::handle(const json& req) noexcept {
           b.weight = static_cast<uint32_t>(uintField(set.at("weight"), "weight", 0, kMaxWeight));
         }
       }
-      return apply(std::move(next), what);
+      return applyCli(std::move(next), what, {name});
     }
     throw RequestError(fmt::format("unknown command {:?}", cmd));
   } catch (const RequestError& e) {

@@ -8,12 +8,14 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "control/config.h"
+#include "control/memory_budget.h"
 #include "common/dataplane_handle.h"
 #include "control/snapshot_builder.h"
 
@@ -37,14 +39,21 @@ class ControlPlane {
    */
   nlohmann::json handle(const nlohmann::json& request) noexcept;
 
-  /** Read the configuration file again and apply it (SIGHUP, `sluicectl reload`). */
-  nlohmann::json reload() noexcept;
+  /**
+   * Read the configuration file again and apply it (SIGHUP, `sluicectl reload`). Refused, unless
+   * force, when the file would undo changes made with sluicectl since it was read (the reply's
+   * "undone" lists them); with force they are dropped and "undone" says which.
+   */
+  nlohmann::json reload(bool force = false) noexcept;
 
   /**
    * Rebuild the running configuration with the current runtime state (health verdicts, resolved
    * MACs) and publish it, through the same path as a CLI change. Never throws.
    */
   nlohmann::json republish(const std::string& why) noexcept;
+
+  /** The data plane's flow tables, counted in the memory budget of every change. */
+  void setFlowTableMemory(FlowTableMemory m) { flow_tables_ = std::move(m); }
 
   /** What the daemon learned at run time; call republish() after changing it. */
   RuntimeState& runtime() { return runtime_; }
@@ -74,6 +83,10 @@ class ControlPlane {
    * it; on success it becomes the running configuration.
    */
   nlohmann::json apply(Config next, const std::string& what, Change change = Change::kConfig);
+  /** apply() of a sluicectl change, remembered (with the services it touches) for reload. */
+  nlohmann::json applyCli(Config next, const std::string& what, std::vector<std::string> services);
+  /** The sluicectl changes since the file was read that next would undo. */
+  std::vector<std::string> undoneBy(const Config& next) const;
   nlohmann::json list() const;
   nlohmann::json stats() const;
   /** servicesJson of the snapshot, with each backend annotated. */
@@ -88,6 +101,15 @@ class ControlPlane {
   RuntimeState runtime_;
   std::function<void(const Config&)> on_applied_;
   BackendAnnotator annotate_;
+  struct CliChange {
+    std::string what;                   // "backend add web 10.0.0.3:80"
+    std::vector<std::string> services;  // the names it touched
+  };
+  /** Since the file was last read (start, reload). */
+  std::vector<CliChange> cli_changes_;
+  /** Each service as the file was last read, rendered (renderService), by name. */
+  std::map<std::string, std::string> file_services_;
+  FlowTableMemory flow_tables_;
   uint64_t generation_ = 0;
   double last_publish_us_ = 0;
   double last_build_us_ = 0;

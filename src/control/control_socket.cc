@@ -1,5 +1,6 @@
 #include "control/control_socket.h"
 
+#include <event2/buffer.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/file.h>
@@ -65,15 +66,17 @@ bool writeAll(int fd, const std::string& data) {
   return true;
 }
 
-/** Read up to a newline (or EOF), waiting at most timeout_ms in all. */
-bool readLine(int fd, std::string& out, int timeout_ms, std::string& error) {
+/** Read up to a newline (or EOF), at most max_bytes, waiting at most timeout_ms in all. */
+bool readLine(int fd, std::string& out, size_t max_bytes, int timeout_ms, std::string& error) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   char buf[65536];
+  size_t searched = 0;  // answers run to tens of MB: look for the newline in new bytes only
   for (;;) {
-    if (const size_t nl = out.find('\n'); nl != std::string::npos) {
+    if (const size_t nl = out.find('\n', searched); nl != std::string::npos) {
       out.resize(nl);
       return true;
     }
+    searched = out.size();
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                           deadline - std::chrono::steady_clock::now())
                           .count();
@@ -102,8 +105,8 @@ bool readLine(int fd, std::string& out, int timeout_ms, std::string& error) {
       return !out.empty();  // EOF: what came is the message
     }
     out.append(buf, static_cast<size_t>(n));
-    if (out.size() > kMaxRequestBytes) {
-      error = fmt::format("message longer than {} bytes", kMaxRequestBytes);
+    if (out.size() > max_bytes) {
+      error = fmt::format("message longer than {} bytes", max_bytes);
       return false;
     }
   }
@@ -309,7 +312,19 @@ std::optional<size_t> firstInvalidUtf8(std::string_view text) {
   return std::nullopt;
 }
 
-ControlServer::ControlServer(std::string path) : path_(std::move(path)) {
+std::string validUtf8(std::string_view text) {
+  std::string out;
+  while (const auto bad = firstInvalidUtf8(text)) {
+    out.append(text.substr(0, *bad));
+    out.append("\xef\xbf\xbd");
+    text.remove_prefix(*bad + 1);
+  }
+  out.append(text);
+  return out;
+}
+
+ControlServer::ControlServer(std::string path, Limits limits)
+    : path_(std::move(path)), limits_(limits) {
   const sockaddr_un addr = socketAddress(path_);
   const fs::path parent = fs::path(path_).parent_path();
   const fs::path dir = parent.empty() ? fs::path(".") : parent;
@@ -342,7 +357,9 @@ ControlServer::ControlServer(std::string path) : path_(std::move(path)) {
                                            std::strerror(bind_errno)));
     }
     ::chmod(path_.c_str(), 0600);
-    if (::listen(fd_, 16) != 0) {
+    // A deep backlog: connections wait there only while the loop is busy with another event;
+    // the loop accepts them as fast as they come.
+    if (::listen(fd_, SOMAXCONN) != 0) {
       const int e = errno;
       ::unlink(path_.c_str());
       throw ControlSocketError(fmt::format("cannot listen on {}: {}", path_, std::strerror(e)));
@@ -354,6 +371,7 @@ ControlServer::ControlServer(std::string path) : path_(std::move(path)) {
 }
 
 ControlServer::~ControlServer() {
+  detach();
   if (fd_ >= 0) {
     ::unlink(path_.c_str());
   }
@@ -372,47 +390,230 @@ void ControlServer::closeAll() {
   }
 }
 
-ControlServer::Client ControlServer::accept() {
-  Client c;
-  c.fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-  if (c.fd < 0) {
-    return c;
+struct ControlServer::Client {
+  ControlServer* server = nullptr;
+  std::list<std::unique_ptr<Client>>::iterator self;
+  bufferevent* bev = nullptr;
+  event* deadline = nullptr;
+  unsigned uid = 0;
+  bool answering = false;
+  size_t searched = 0;  // bytes of the input known to hold no newline
+  ~Client() {
+    if (deadline != nullptr) {
+      event_free(deadline);
+    }
+    if (bev != nullptr) {
+      bufferevent_free(bev);  // closes the socket (BEV_OPT_CLOSE_ON_FREE)
+    }
   }
+};
+
+namespace {
+
+timeval timevalOf(int ms) { return timeval{ms / 1000, (ms % 1000) * 1000}; }
+
+/** The log line of one request: who, what, and what came of it. */
+std::string summary(unsigned uid, const json& request, const json& response) {
+  std::string command = "?";
+  if (request.is_object() && request.contains("command") && request["command"].is_string()) {
+    command = request["command"].get<std::string>();
+  }
+  std::string out = fmt::format("uid {}: {} -> ", uid, command);
+  if (response.value("ok", false)) {
+    out += "ok";
+    if (response.contains("change") && response["change"].is_string()) {
+      out += fmt::format(" ({}, generation {})", response["change"].get<std::string>(),
+                         response.value("generation", 0ull));
+    }
+  } else {
+    out += "error: " + response.value("error", std::string("?"));
+  }
+  return out;
+}
+
+}  // namespace
+
+void ControlServer::serve(event_base* base, Handler handler, Logger log) {
+  detach();
+  base_ = base;
+  handler_ = std::move(handler);
+  log_ = std::move(log);
+  accept_event_ = event_new(base_, fd_, EV_READ | EV_PERSIST, onAccept, this);
+  if (accept_event_ == nullptr || event_add(accept_event_, nullptr) != 0) {
+    throw ControlSocketError("cannot watch the control socket in the event loop");
+  }
+}
+
+void ControlServer::detach() {
+  clients_.clear();
+  if (accept_event_ != nullptr) {
+    event_free(accept_event_);
+    accept_event_ = nullptr;
+  }
+  base_ = nullptr;
+}
+
+void ControlServer::onAccept(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<ControlServer*>(arg);
+  // A bounded batch per wake-up: a storm of connections must not keep the loop from its other
+  // events (signals, probes, the clients already accepted).
+  for (int i = 0; i < 64; ++i) {
+    const int fd = ::accept4(self->fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
+        // EMFILE and the like: say so once per wake-up; the listener stays, and the next
+        // connection is tried when a descriptor is free again.
+        self->log_(true, fmt::format("control socket: cannot accept: {}", std::strerror(errno)));
+      }
+      return;
+    }
+    self->accepted(fd);
+  }
+}
+
+void ControlServer::accepted(int fd) {
+  if (clients_.size() >= limits_.max_clients) {
+    // Make room by closing the oldest client still to send its request (it has had the longest
+    // to send one); when every client is waiting for its answer to be read, the oldest of those.
+    Client* victim = nullptr;
+    for (const auto& c : clients_) {
+      if (!c->answering) {
+        victim = c.get();
+        break;
+      }
+    }
+    if (victim == nullptr) {
+      victim = clients_.front().get();
+    }
+    drop(*victim, fmt::format("uid {}: closed: {} clients at once is the bound, and it was the "
+                              "oldest {}",
+                              victim->uid, limits_.max_clients,
+                              victim->answering ? "not reading its answer" : "yet to send a request"));
+  }
+  auto client = std::make_unique<Client>();
+  Client& c = *client;
+  c.server = this;
   ucred cred{};
   socklen_t len = sizeof(cred);
-  if (::getsockopt(c.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
     c.uid = cred.uid;
   }
-  return c;
+  c.bev = bufferevent_socket_new(base_, fd, BEV_OPT_CLOSE_ON_FREE);
+  c.deadline = evtimer_new(base_, onDeadline, &c);
+  if (c.bev == nullptr || c.deadline == nullptr) {
+    if (c.bev == nullptr) {
+      ::close(fd);
+    }
+    log_(true, "control socket: out of memory for a client");
+    return;
+  }
+  bufferevent_setcb(c.bev, onRead, onWritten, onEvent, &c);
+  // Stop reading past the bound; onRead refuses what is longer.
+  bufferevent_setwatermark(c.bev, EV_READ, 0, kMaxRequestBytes + 1);
+  bufferevent_enable(c.bev, EV_READ);
+  const timeval request = timevalOf(limits_.request_ms);
+  evtimer_add(c.deadline, &request);
+  clients_.push_back(std::move(client));
+  c.self = std::prev(clients_.end());
 }
 
-bool ControlServer::readRequest(const Client& c, nlohmann::json& out, std::string& error) {
-  std::string line;
-  std::string why;
-  if (!readLine(c.fd, line, 2000, why)) {
-    error = "cannot read the request: " + why;
-    return false;
+void ControlServer::onRead(bufferevent* bev, void* arg) {
+  auto& c = *static_cast<Client*>(arg);
+  evbuffer* in = bufferevent_get_input(bev);
+  // From where the last search stopped: a megabyte sent a byte at a time is searched once.
+  evbuffer_ptr from;
+  evbuffer_ptr_set(in, &from, c.searched, EVBUFFER_PTR_SET);
+  const evbuffer_ptr eol = evbuffer_search(in, "\n", 1, &from);
+  c.searched = evbuffer_get_length(in);
+  if (eol.pos >= 0) {
+    std::string line(static_cast<size_t>(eol.pos), '\0');
+    evbuffer_remove(in, line.data(), line.size());
+    c.server->answer(c, std::move(line));
+    return;
   }
-  // Checked before parsing: the parser's own message would quote the bad byte.
-  if (const auto bad = firstInvalidUtf8(line)) {
-    error = fmt::format("the request is not valid UTF-8 (byte at offset {})", *bad);
-    return false;
+  if (evbuffer_get_length(in) > kMaxRequestBytes) {
+    c.server->answer(c, {});  // with the error below rather than the request
   }
-  try {
-    out = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::exception& e) {
-    error = std::string("the request is not JSON: ") + e.what();
-    return false;
-  }
-  return true;
 }
 
-void ControlServer::writeResponse(const Client& c, const nlohmann::json& response) {
-  // Every string a request brings is UTF-8 (readRequest), but an answer also quotes what came
-  // from elsewhere (the configuration's path, a file's contents): a bad byte there is replaced
-  // by U+FFFD rather than throwing out of the event loop.
-  writeAll(c.fd, response.dump(-1, ' ', false, json::error_handler_t::replace) + "\n");
-  ::close(c.fd);
+void ControlServer::answer(Client& c, std::string line) {
+  if (c.answering) {
+    return;
+  }
+  c.answering = true;
+  bufferevent_disable(c.bev, EV_READ);
+  json request;
+  json response;
+  const size_t pending = evbuffer_get_length(bufferevent_get_input(c.bev));
+  if (line.empty() && pending > kMaxRequestBytes) {
+    response = {{"ok", false},
+                {"error", fmt::format("cannot read the request: longer than {} bytes",
+                                      kMaxRequestBytes)}};
+  } else if (const auto bad = firstInvalidUtf8(line)) {
+    // Checked before parsing: the parser's own message would quote the bad byte.
+    response = {{"ok", false},
+                {"error", fmt::format("the request is not valid UTF-8 (byte at offset {})", *bad)}};
+  } else {
+    try {
+      request = json::parse(line);
+      response = handler_(request);
+    } catch (const json::exception& e) {
+      response = {{"ok", false}, {"error", std::string("the request is not JSON: ") + e.what()}};
+    }
+  }
+  log_(false, "request " + validUtf8(summary(c.uid, request, response)));
+  // Every string a request brings is UTF-8, but an answer also quotes what came from elsewhere
+  // (the configuration's path, a file's contents): a bad byte there is replaced by U+FFFD rather
+  // than throwing out of the event loop.
+  const std::string text = response.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+  if (bufferevent_write(c.bev, text.data(), text.size()) != 0) {
+    drop(c, fmt::format("uid {}: out of memory for an answer of {} bytes", c.uid, text.size()));
+    return;
+  }
+  const timeval deadline = timevalOf(limits_.answer_ms);
+  evtimer_add(c.deadline, &deadline);
+  // onWritten runs when the answer has gone into the socket (the output buffer is empty).
+}
+
+void ControlServer::onWritten(bufferevent* bev, void* arg) {
+  auto& c = *static_cast<Client*>(arg);
+  if (c.answering && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+    c.server->drop(c, "");
+  }
+}
+
+void ControlServer::onEvent(bufferevent*, short what, void* arg) {
+  auto& c = *static_cast<Client*>(arg);
+  if ((what & BEV_EVENT_EOF) != 0 && !c.answering) {
+    // The client closed its side: what it sent without a newline is its request (sluicectl
+    // shuts down writing after the newline, so this is only for hand-made clients).
+    evbuffer* in = bufferevent_get_input(c.bev);
+    const size_t n = evbuffer_get_length(in);
+    if (n > 0 && n <= kMaxRequestBytes) {
+      std::string line(n, '\0');
+      evbuffer_remove(in, line.data(), n);
+      c.server->answer(c, std::move(line));
+      return;
+    }
+  }
+  c.server->drop(c, "");  // EOF before a request, or a socket error: nothing to answer
+}
+
+void ControlServer::onDeadline(evutil_socket_t, short, void* arg) {
+  auto& c = *static_cast<Client*>(arg);
+  const ControlServer& s = *c.server;
+  c.server->drop(c, c.answering
+                        ? fmt::format("uid {}: closed: the answer was not read within {} ms",
+                                      c.uid, s.limits_.answer_ms)
+                        : fmt::format("uid {}: closed: no request within {} ms", c.uid,
+                                      s.limits_.request_ms));
+}
+
+void ControlServer::drop(Client& c, const std::string& why) {
+  if (!why.empty()) {
+    log_(true, "control socket: " + why);
+  }
+  clients_.erase(c.self);  // frees c: its buffers, timer and socket
 }
 
 nlohmann::json controlRequest(const std::string& path, const nlohmann::json& request,
@@ -420,7 +621,7 @@ nlohmann::json controlRequest(const std::string& path, const nlohmann::json& req
   // Refused here, with the culprit named, rather than sent with its bytes replaced (a service
   // added under a name that is not the one asked for) or dumped with a type_error.
   if (const auto bad = firstInvalidString(request)) {
-    throw ControlSocketError(
+    throw InvalidRequestError(
         fmt::format("{:?} is not valid UTF-8 (byte at offset {}); nothing was sent to sluiced",
                     bad->first, bad->second));
   }
@@ -431,9 +632,17 @@ nlohmann::json controlRequest(const std::string& path, const nlohmann::json& req
     case ENOENT:
       throw ControlSocketError(
           fmt::format("cannot reach sluiced at {}: no such socket (is sluiced running?)", path));
-    case ECONNREFUSED:
+    case ECONNREFUSED: {
+      struct stat st {};
+      if (::stat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+        throw ControlSocketError(fmt::format(
+            "cannot reach sluiced at {}: it is not a socket (is --socket the control socket's "
+            "path? the default is {})",
+            path, kDefaultControlSocket));
+      }
       throw ControlSocketError(fmt::format(
           "cannot reach sluiced at {}: connection refused (is sluiced running?)", path));
+    }
     case EACCES:
     case EPERM:
       throw ControlSocketError(fmt::format(
@@ -450,7 +659,7 @@ nlohmann::json controlRequest(const std::string& path, const nlohmann::json& req
   ::shutdown(fd, SHUT_WR);
   std::string line;
   std::string why;
-  const bool ok = readLine(fd, line, timeout_ms, why);
+  const bool ok = readLine(fd, line, kMaxAnswerBytes, timeout_ms, why);
   ::close(fd);
   if (!ok) {
     throw ControlSocketError(fmt::format("no answer from sluiced at {}: {}", path, why));

@@ -11,9 +11,49 @@
 namespace sluice {
 
 IdRegistry::Assignment IdRegistry::assign(const Config& config) {
-  Assignment out;
-  std::set<uint32_t> live_services;
-  std::set<uint32_t> live_backends;
+  using ServiceKeySet = std::set<ServiceKey>;
+  using BackendEndpoint = std::tuple<ServiceKey, IpAddress, uint16_t>;
+  ServiceKeySet wanted_services;
+  std::set<BackendEndpoint> wanted_backends;
+  for (const ServiceConfig& s : config.services) {
+    const ServiceKey key{s.vip, s.port, static_cast<uint8_t>(s.protocol)};
+    wanted_services.insert(key);
+    for (const BackendConfig& b : s.backends) {
+      wanted_backends.emplace(key, b.address, b.port);
+    }
+  }
+
+  // Free what the new configuration drops before giving ids to what it adds: replacing every
+  // backend at once needs the ids of the old ones. They are handed out last, after the ids free
+  // before and never used ones, so that an id changes owner within one publish only when there
+  // is no other (the epoch bump below keeps the old owner's flows from following it).
+  std::vector<uint32_t> freed_services;
+  std::vector<uint32_t> freed_backends;
+  std::map<uint32_t, ServiceKey> service_of_id;
+  for (auto it = services_.begin(); it != services_.end();) {
+    if (!wanted_services.contains(it->first)) {
+      freed_services.push_back(it->second);
+      it = services_.erase(it);
+    } else {
+      service_of_id.emplace(it->second, it->first);
+      ++it;
+    }
+  }
+  for (auto it = backends_.begin(); it != backends_.end();) {
+    const auto& [sid, address, port] = it->first;
+    const auto service = service_of_id.find(sid);
+    if (service == service_of_id.end() ||
+        !wanted_backends.contains({service->second, address, port})) {
+      freed_backends.push_back(it->second);
+      it = backends_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Lowest first (taken from the back), so ids stay dense and deterministic.
+  for (auto* v : {&freed_services, &freed_backends}) {
+    std::sort(v->begin(), v->end(), std::greater<>());
+  }
 
   auto takeService = [&](const ServiceKey& key) {
     if (auto it = services_.find(key); it != services_.end()) {
@@ -23,8 +63,11 @@ IdRegistry::Assignment IdRegistry::assign(const Config& config) {
     if (!free_services_.empty()) {
       id = free_services_.back();
       free_services_.pop_back();
-    } else {
+    } else if (next_service_ < LB_MAX_SERVICES || freed_services.empty()) {
       id = next_service_++;
+    } else {
+      id = freed_services.back();
+      freed_services.pop_back();
     }
     services_.emplace(key, id);
     return id;
@@ -38,48 +81,33 @@ IdRegistry::Assignment IdRegistry::assign(const Config& config) {
       id = free_backends_.back();
       free_backends_.pop_back();
       ++epochs_[id];  // a new owner: flows of the old one must not follow the id
-    } else {
-      if (next_backend_ >= kMaxBackendIds) {
-        throw ConfigError(fmt::format("more than {} backends in all", kMaxBackendIds - 1));
-      }
+    } else if (next_backend_ < kMaxBackendIds) {
       id = next_backend_++;
       epochs_.push_back(1);
+    } else if (!freed_backends.empty()) {
+      id = freed_backends.back();
+      freed_backends.pop_back();
+      ++epochs_[id];
+    } else {
+      throw ConfigError(fmt::format("more than {} backends in all", kMaxBackendIds - 1));
     }
     backends_.emplace(key, id);
     return id;
   };
 
+  Assignment out;
   for (const ServiceConfig& s : config.services) {
-    const uint32_t sid =
-        takeService({s.vip, s.port, static_cast<uint8_t>(s.protocol)});
-    live_services.insert(sid);
+    const uint32_t sid = takeService({s.vip, s.port, static_cast<uint8_t>(s.protocol)});
     out.service_ids.push_back(sid);
     std::vector<uint32_t> bids;
+    bids.reserve(s.backends.size());
     for (const BackendConfig& b : s.backends) {
-      const uint32_t bid = takeBackend({sid, b.address, b.port});
-      live_backends.insert(bid);
-      bids.push_back(bid);
+      bids.push_back(takeBackend({sid, b.address, b.port}));
     }
     out.backend_ids.push_back(std::move(bids));
   }
-
-  for (auto it = services_.begin(); it != services_.end();) {
-    if (!live_services.contains(it->second)) {
-      free_services_.push_back(it->second);
-      it = services_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  for (auto it = backends_.begin(); it != backends_.end();) {
-    if (!live_backends.contains(it->second)) {
-      free_backends_.push_back(it->second);
-      it = backends_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  // Hand out the lowest free ids first, so ids stay dense and deterministic.
+  free_services_.insert(free_services_.end(), freed_services.begin(), freed_services.end());
+  free_backends_.insert(free_backends_.end(), freed_backends.begin(), freed_backends.end());
   std::sort(free_services_.begin(), free_services_.end(), std::greater<>());
   std::sort(free_backends_.begin(), free_backends_.end(), std::greater<>());
   return out;
@@ -117,6 +145,8 @@ SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t genera
   snap->tcp_timeout_ns = uint64_t{config.timeouts.tcp_s} * 1'000'000'000ull;
   snap->tcp_fin_timeout_ns = uint64_t{config.timeouts.tcp_fin_s} * 1'000'000'000ull;
   snap->udp_timeout_ns = uint64_t{config.timeouts.udp_s} * 1'000'000'000ull;
+  snap->tcp_syn_timeout_ns = uint64_t{config.timeouts.tcp_syn_s} * 1'000'000'000ull;
+  snap->new_flow_rate_limit = config.flood.new_flow_rate_limit;
   if (config.dataplane.gateway_mac) {
     snap->has_gateway_mac = snap->has_gateway_mac6 = true;
     std::memcpy(snap->gateway_mac, config.dataplane.gateway_mac->bytes.data(), 6);

@@ -22,11 +22,16 @@ namespace sluice {
  */
 class IdRegistry {
  public:
-  /** Ids for every service and backend of config; frees the ids of those that are gone. */
   struct Assignment {
     std::vector<uint32_t> service_ids;               // parallel to config.services
     std::vector<std::vector<uint32_t>> backend_ids;  // parallel to each service's backends
   };
+  /**
+   * Ids for every service and backend of config; frees the ids of those that are gone first, so
+   * any valid configuration gets ids whatever ran before it. Changes the registry even when it
+   * throws: callers work on a copy (ControlPlane::apply).
+   * @throws ConfigError when config has more backends than there are ids
+   */
   Assignment assign(const Config& config);
   uint32_t epochOf(uint32_t backend_id) const { return epochs_.at(backend_id); }
 

@@ -78,8 +78,11 @@ json workerJson(const WorkerTotals& w, bool with_index) {
   j["reply_packets"] = w.reply_packets;
   j["flows_created"] = w.flows_created;
   j["flows_expired"] = w.flows_expired;
+  j["flows_syn_expired"] = w.flows_syn_expired;
   j["flows_evicted"] = w.flows_evicted;
+  j["flows_syn_evicted"] = w.flows_syn_evicted;
   j["flows_active"] = w.flows_active;
+  j["new_flows_unpinned"] = w.new_flows_unpinned;
   j["flows_rescheduled"] = w.flows_rescheduled;
   j["passed"] = w.passed;
   j["answered"] = w.answered;

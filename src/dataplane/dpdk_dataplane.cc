@@ -27,7 +27,10 @@ StatsTotals collectStats(std::span<const Pipeline* const> pipelines, const Snaps
     const FlowTableStats& fs = p->flows().stats();
     w.flows_created = fs.inserted;
     w.flows_expired = fs.expired;
+    w.flows_syn_expired = fs.syn_expired;
     w.flows_evicted = fs.evicted;
+    w.flows_syn_evicted = fs.syn_evicted;
+    w.new_flows_unpinned = c.new_flows_unpinned;
     w.flows_active = fs.active;
     const auto& bc = p->backendCounters();
     for (size_t i = 0; i < std::min(nbackends, bc.size()); ++i) {

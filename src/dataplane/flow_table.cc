@@ -33,21 +33,24 @@ FlowTable::FlowTable(uint32_t capacity) {
   entries_ = {static_cast<FlowEntry*>(allocTable(n * sizeof(FlowEntry))), HugeFree{n * sizeof(FlowEntry)}};
 }
 
-FlowEntry& FlowTable::insert(const lb_flow_key& key, uint32_t hash, uint64_t now_ns) noexcept {
+FlowEntry* FlowTable::place(const lb_flow_key& key, uint32_t hash, uint64_t now_ns,
+                            bool unestablished) noexcept {
   // Two-choice placement: a free (or expired) slot in the emptier of the two buckets; if both
-  // are full, evict the entry of the sixteen that expires first.
+  // are full, evict the unestablished entry of the sixteen that expires first, or for an
+  // established flow the established one that does.
   const uint32_t bases[2] = {primary(hash), secondary(hash)};
   uint32_t free_slot[2] = {UINT32_MAX, UINT32_MAX};
   uint32_t used[2] = {0, 0};
-  uint32_t victim = UINT32_MAX;
+  uint32_t victim = UINT32_MAX;       // established
   uint64_t victim_expiry = UINT64_MAX;
+  uint32_t syn_victim = UINT32_MAX;   // unestablished
+  uint64_t syn_victim_expiry = UINT64_MAX;
   for (int b = 0; b < 2; ++b) {
     for (uint32_t i = 0; i < kBucketEntries; ++i) {
       const uint32_t slot = bases[b] + i;
       if (sigs_[slot] != 0 && entries_[slot].expires_ns <= now_ns) {
         sigs_[slot] = 0;  // expired: reclaim it now
-        ++stats_.expired;
-        removed(slot);
+        expire(slot);
       }
       if (sigs_[slot] == 0) {
         if (free_slot[b] == UINT32_MAX) {
@@ -56,8 +59,14 @@ FlowEntry& FlowTable::insert(const lb_flow_key& key, uint32_t hash, uint64_t now
         continue;
       }
       ++used[b];
-      if (entries_[slot].expires_ns < victim_expiry) {
-        victim_expiry = entries_[slot].expires_ns;
+      const FlowEntry& e = entries_[slot];
+      if (e.unestablished) {
+        if (e.expires_ns < syn_victim_expiry) {
+          syn_victim_expiry = e.expires_ns;
+          syn_victim = slot;
+        }
+      } else if (e.expires_ns < victim_expiry) {
+        victim_expiry = e.expires_ns;
         victim = slot;
       }
     }
@@ -67,17 +76,25 @@ FlowEntry& FlowTable::insert(const lb_flow_key& key, uint32_t hash, uint64_t now
     slot = free_slot[0];
   } else if (free_slot[1] != UINT32_MAX) {
     slot = free_slot[1];
-  } else {
+  } else if (syn_victim != UINT32_MAX) {
+    slot = syn_victim;
+    ++stats_.evicted;
+    ++stats_.syn_evicted;
+    removed(slot);
+  } else if (!unestablished) {
     slot = victim;
     ++stats_.evicted;
     removed(slot);
+  } else {
+    return nullptr;  // sixteen established flows: a SYN does not push one out
   }
   sigs_[slot] = signature(hash);
   ++stats_.inserted;
   ++stats_.active;
   FlowEntry& e = entries_[slot];
   e.key = key;
-  return e;
+  e.unestablished = unestablished;
+  return &e;
 }
 
 void FlowTable::sweep(uint32_t buckets, uint64_t now_ns) noexcept {
@@ -86,8 +103,7 @@ void FlowTable::sweep(uint32_t buckets, uint64_t now_ns) noexcept {
     for (uint32_t i = 0; i < kBucketEntries; ++i) {
       if (sigs_[base + i] != 0 && entries_[base + i].expires_ns <= now_ns) {
         sigs_[base + i] = 0;
-        ++stats_.expired;
-        removed(base + i);
+        expire(base + i);
       }
     }
     sweep_cursor_ = (sweep_cursor_ + 1) & mask_;

@@ -6,9 +6,19 @@
 // lines and, on a match, one entry.
 // Entries expire lazily (an expired entry is a miss and its slot is reused) and by an incremental
 // sweep of a few buckets per poll-loop pass, which keeps the active-flow count honest.
-// When both buckets are full, the entry of the two closest to expiry is evicted and counted.
+//
+// Unestablished entries (created by a SYN, no packet without SYN seen yet) are second-class, so
+// that a SYN flood cannot push established flows out (IPVS gives them a short SYN_RECV timeout;
+// Katran keeps attack traffic out of its LRU): when both buckets are full, the unestablished
+// entry of the two closest to expiry is evicted first, an established one only for an
+// established flow, and an unestablished flow that finds only established entries is not
+// inserted at all. So 10 million spoofed SYNs churn among themselves and leave every established
+// flow where it was. The XDP path does the same with a second LRU map for unestablished flows
+// (bpf/lib/maps.h, syn_flows). Evictions are counted, those of unestablished entries apart.
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -32,7 +42,12 @@ inline void prefetchLine(const void* p) noexcept {
 #endif
 }
 
-enum class FlowState : uint8_t { kActive = 0, kClosing = 1 };
+/** LB_FLOW_* of lb_abi.h: the same states as the XDP path's lb_flow.state. */
+enum class FlowState : uint8_t {
+  kActive = LB_FLOW_ACTIVE,
+  kClosing = LB_FLOW_CLOSING,  // FIN or RST seen: the tcp_fin linger
+  kSynRecv = LB_FLOW_SYN_RECV,  // a SYN seen, no packet without SYN yet: the tcp_syn timeout
+};
 
 struct FlowEntry {
   lb_flow_key key;
@@ -41,14 +56,19 @@ struct FlowEntry {
   uint32_t backend_id;
   uint32_t backend_epoch;
   FlowState state;
-  uint8_t pad[3];
+  // Created by a SYN and no packet without SYN or RST seen since: evicted before any
+  // established entry, and never evicts one (the XDP path's syn_flows map).
+  bool unestablished;
+  uint8_t pad[2];
 };
 static_assert(sizeof(FlowEntry) == 64, "one cache line per flow entry");
 
 struct FlowTableStats {
   Counter inserted;
-  Counter expired;  // removed by expiry (lazily or by the sweep)
-  Counter evicted;  // removed before expiry because both buckets were full
+  Counter expired;      // removed by expiry (lazily or by the sweep)
+  Counter syn_expired;  // of which unestablished
+  Counter evicted;      // removed before expiry because both buckets were full
+  Counter syn_evicted;  // of which unestablished
   Counter active;
 };
 
@@ -66,6 +86,13 @@ class FlowTable {
   FlowTable& operator=(const FlowTable&) = delete;
 
   uint32_t capacity() const { return (mask_ + 1) * kBucketEntries; }
+
+  /** What a table of capacity entries maps: signatures and entries (the memory budget). */
+  static uint64_t bytesFor(uint32_t capacity) {
+    const uint64_t buckets =
+        std::bit_ceil(std::max<uint32_t>(1, (capacity + kBucketEntries - 1) / kBucketEntries));
+    return buckets * kBucketEntries * (sizeof(uint32_t) + sizeof(FlowEntry));
+  }
 
   /** Warm both candidate buckets of hash into the cache ahead of lookup(). */
   void prefetch(uint32_t hash) const noexcept {
@@ -103,8 +130,7 @@ class FlowTable {
         }
         if (e.expires_ns <= now_ns) {
           sigs_[base + i] = 0;
-          ++stats_.expired;
-          removed(base + i);
+          expire(base + i);
           return nullptr;
         }
         return &e;
@@ -114,10 +140,22 @@ class FlowTable {
   }
 
   /**
-   * A slot for a new flow (the caller fills everything but the key). Reuses a free or expired
-   * slot, or evicts the entry of the bucket that expires first. Never fails.
+   * A slot for a new established flow (the caller fills everything but the key). Reuses a free
+   * or expired slot, else evicts the unestablished entry of the two buckets that expires first,
+   * else the established one that does. Never fails.
    */
-  FlowEntry& insert(const lb_flow_key& key, uint32_t hash, uint64_t now_ns) noexcept;
+  FlowEntry& insert(const lb_flow_key& key, uint32_t hash, uint64_t now_ns) noexcept {
+    return *place(key, hash, now_ns, false);
+  }
+
+  /**
+   * A slot for a new unestablished flow (a SYN), marked so: a free or expired slot, else the
+   * unestablished entry of the two buckets that expires first. nullptr when both buckets hold
+   * established flows only: a SYN never evicts one (the caller forwards it without an entry).
+   */
+  FlowEntry* insertUnestablished(const lb_flow_key& key, uint32_t hash, uint64_t now_ns) noexcept {
+    return place(key, hash, now_ns, true);
+  }
 
   /** Expire the entries of the next `buckets` buckets (round robin). */
   void sweep(uint32_t buckets, uint64_t now_ns) noexcept;
@@ -185,6 +223,16 @@ class FlowTable {
     --stats_.active;
     unpin(entries_[slot]);
   }
+  /** The entry in slot expired (the caller clears its signature). */
+  void expire(uint32_t slot) noexcept {
+    ++stats_.expired;
+    if (entries_[slot].unestablished) {
+      ++stats_.syn_expired;
+    }
+    removed(slot);
+  }
+  FlowEntry* place(const lb_flow_key& key, uint32_t hash, uint64_t now_ns,
+                   bool unestablished) noexcept;
 
   FlowTableStats stats_;
   BackendCounters* backend_counters_ = nullptr;

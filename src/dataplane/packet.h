@@ -28,9 +28,11 @@ struct ParsedPacket {
   lb_flow_key key;      // 5-tuple as on the wire (ports 0 for fragments and other protocols)
   uint16_t l3_offset;   // start of the IP header
   uint16_t l4_offset;   // start of the TCP/UDP header
-  uint16_t l3_end;      // one past the last byte of the IP packet (frames may carry padding)
   uint8_t tcp_flags;    // TCP only
   bool fragment;        // IPv4 MF or offset != 0, or an IPv6 fragment header
+  // One past the last byte of the IP packet (frames may carry padding). 32 bits: behind VLAN
+  // tags, an IPv4 total length or an IPv6 payload length of 65535 ends past 65535.
+  uint32_t l3_end;
 };
 
 inline constexpr int kParseOk = LB_PARSE_OK;
@@ -150,7 +152,7 @@ inline int parsePacket(const uint8_t* data, uint32_t data_len, uint32_t pkt_len,
   out.key.proto = proto;
   out.l3_offset = static_cast<uint16_t>(off);
   out.l4_offset = static_cast<uint16_t>(l4);
-  out.l3_end = static_cast<uint16_t>(l3_end);
+  out.l3_end = l3_end;
   if (out.fragment) {
     return kParseOk;  // no L4 header to read; the pipeline decides what a fragment gets
   }

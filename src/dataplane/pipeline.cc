@@ -219,6 +219,11 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
   const lb_flow_key& k = p.parsed.key;
   const bool tcp = k.proto == LB_PROTO_TCP;
   const uint8_t flags = p.parsed.tcp_flags;
+  // A SYN opens a connection whose handshake is still to complete: its entry is unestablished
+  // (second-class in the table, flow_table.h) with the short tcp_syn timeout until a packet
+  // without SYN or RST (the client's ACK) is seen on it. A SYN-ACK counts as a SYN: no client
+  // sends one, so it is attack traffic (or a reflection) as much as a SYN is.
+  const bool syn = tcp && (flags & kTcpSyn) != 0;
   FlowEntry* e = flows_.lookup(k, p.hash, p.now_ns);
   bool pick = (e == nullptr);
   if (e != nullptr) {
@@ -234,35 +239,59 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
       pick = true;
     }
   }
+  uint32_t bid = 0;
   if (pick) {
-    const uint32_t bid = svc.pick(p.hash);
+    bid = svc.pick(p.hash);
     if (bid == LB_BACKEND_NONE) [[unlikely]] {
       return drop(LB_DROP_NO_BACKEND);
     }
     if (e == nullptr) {
-      e = &flows_.insert(k, p.hash, p.now_ns);
+      // Above the rate, or a SYN with no room but an established flow's: forwarded by the
+      // Maglev pick alone, which a later packet of the flow gets again unless the table changes
+      // (Katran's LRU bypass; consistent hashing is what makes it safe).
+      if (!overNewFlowRate(p.now_ns, snap.new_flow_rate_limit)) [[likely]] {
+        e = syn ? flows_.insertUnestablished(k, p.hash, p.now_ns)
+                : &flows_.insert(k, p.hash, p.now_ns);
+      }
+      if (e == nullptr) [[unlikely]] {
+        ++counters_.new_flows_unpinned;
+      }
     } else {
       flows_.unpin(*e);  // re-pinned: it no longer counts for its old backend
     }
-    e->service_id = svc.id;
-    e->backend_id = bid;
-    e->backend_epoch = snap.backends[bid].epoch;
-    e->state = FlowState::kActive;
-    BackendCounters& nc = backend_counters_[bid];
-    nc.claim(e->backend_epoch);
-    ++nc.flows;
-    ++nc.active;
-  }
-  uint64_t timeout = snap.udp_timeout_ns;
-  if (tcp) {
-    if (flags & (kTcpFin | kTcpRst)) {
-      e->state = FlowState::kClosing;
+    if (e != nullptr) {
+      e->service_id = svc.id;
+      e->backend_id = bid;
+      e->backend_epoch = snap.backends[bid].epoch;
+      e->state = syn ? FlowState::kSynRecv : FlowState::kActive;
+      BackendCounters& nc = backend_counters_[bid];
+      nc.claim(e->backend_epoch);
+      ++nc.flows;
+      ++nc.active;
     }
-    timeout = e->state == FlowState::kClosing ? snap.tcp_fin_timeout_ns : snap.tcp_timeout_ns;
   }
-  e->expires_ns = p.now_ns + timeout;
+  if (e != nullptr) {
+    bid = e->backend_id;
+    uint64_t timeout = snap.udp_timeout_ns;
+    if (tcp) {
+      if ((flags & (kTcpSyn | kTcpRst)) == 0) {
+        // The handshake completed (the client's ACK, or data): established from now on.
+        e->unestablished = false;
+        if (e->state == FlowState::kSynRecv) {
+          e->state = FlowState::kActive;
+        }
+      }
+      if (flags & (kTcpFin | kTcpRst)) {
+        e->state = FlowState::kClosing;
+      }
+      timeout = e->state == FlowState::kClosing   ? snap.tcp_fin_timeout_ns
+                : e->state == FlowState::kSynRecv ? snap.tcp_syn_timeout_ns
+                                                  : snap.tcp_timeout_ns;
+    }
+    e->expires_ns = p.now_ns + timeout;
+  }
 
-  const BackendEntry& b = snap.backends[e->backend_id];
+  const BackendEntry& b = snap.backends[bid];
   if (svc.forwarding == Forwarding::kNat) {
     if (!(k.family == LB_FAMILY_IPV4 ? snap.has_gateway_mac : snap.has_gateway_mac6)) {
       const uint64_t client_mac = packMac(p.data + 6);
@@ -274,7 +303,7 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
     rewriteL3L4(p.data, p.parsed, true, b.addr, b.port_be);
   }
   rewriteMacs(p.data, b.mac, port.mac);
-  BackendCounters& bc = backend_counters_[e->backend_id];
+  BackendCounters& bc = backend_counters_[bid];
   bc.claim(b.epoch);
   ++bc.packets;
   bc.bytes += p.pkt_len;

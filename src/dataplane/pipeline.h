@@ -30,6 +30,9 @@ struct WorkerCounters {
   Counter icmp_forwarded;     // ICMP errors about a flow sent on to its other end (icmp_error.h)
   Counter checksums_completed;  // partial checksums of local senders completed (kernel-fed ports)
   Counter host_sent;          // frames the host's kernel sent out through the NIC (exception port)
+  // New flows forwarded by their Maglev pick without an entry: above new_flow_rate_limit, or a
+  // SYN whose two buckets hold established flows only (flow_table.h).
+  Counter new_flows_unpinned;
 };
 
 /** What a worker knows of the port a packet came in on (and goes out of: one-armed). */
@@ -107,6 +110,26 @@ class Pipeline {
                          const IcmpError& e, PortContext& port) noexcept;
   /** A packet sent back to a client for v's backend: its reply counters. */
   void countReply(const PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v) noexcept;
+  /**
+   * The per-core new-flow rate guard (Katran's is_under_flood(): a one-second window per core):
+   * whether a new flow at now_ns exceeds limit flows per second and so is not to be inserted.
+   * The clock is the packet's, as for expiry, so a replay decides the same on every machine and
+   * both data paths the same for one input (bpf/lib/lb.h, lb_over_new_flow_rate).
+   */
+  bool overNewFlowRate(uint64_t now_ns, uint64_t limit) noexcept {
+    if (limit == 0) {
+      return false;
+    }
+    if (now_ns - rate_window_start_ns_ >= kRateWindowNs) {  // also when the clock went back
+      rate_window_start_ns_ = now_ns;
+      rate_window_flows_ = 0;
+    }
+    if (rate_window_flows_ >= limit) {
+      return true;
+    }
+    ++rate_window_flows_;
+    return false;
+  }
   bool drop(int reason) noexcept {
     ++counters_.drops[reason];
     return false;
@@ -127,9 +150,13 @@ class Pipeline {
   /** A frame that is neither IPv4 nor IPv6: ARP answered, the rest to the kernel. */
   bool host(PacketRef& p, const Snapshot& snap, PortContext& port) noexcept;
 
+  static constexpr uint64_t kRateWindowNs = 1'000'000'000;
+
   FlowTable flows_;
   WorkerCounters counters_;
   std::vector<BackendCounters> backend_counters_;
+  uint64_t rate_window_start_ns_ = 0;  // the rate guard's current one-second window
+  uint64_t rate_window_flows_ = 0;     // new flows inserted in it
 };
 
 }  // namespace sluice

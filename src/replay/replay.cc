@@ -32,8 +32,20 @@ int runReplay(const ReplayOptions& opts) {
     }
     checkDevargPath("--in", opts.in_pcap);
     checkDevargPath("--out", opts.out_pcap);
-    capture_packets = checkCapture(opts.in_pcap);
+    CaptureCut cut;
+    capture_packets = checkCapture(opts.in_pcap, &cut);
     checkWritable(opts.out_pcap, opts.in_pcap);
+    if (cut.packets != 0) {
+      // What the data path sees of such a packet is its first snaplen bytes: it is dropped as
+      // truncated or bad_ip_length, and nothing else would say why.
+      std::fprintf(stderr,
+                   "sluiced replay: warning: %llu of %llu packets of %s were cut to the capture's "
+                   "snap length (%u bytes) and count as truncated or bad_ip_length drops; "
+                   "capture whole packets (tcpdump -s 0) to replay them\n",
+                   static_cast<unsigned long long>(cut.packets),
+                   static_cast<unsigned long long>(capture_packets), opts.in_pcap.c_str(),
+                   cut.snaplen);
+    }
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "sluiced replay: bad configuration: %s\n", e.what());
     return 2;

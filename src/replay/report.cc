@@ -18,7 +18,7 @@
 namespace sluice {
 
 /** Read the whole capture once: a missing, non-Ethernet or corrupt file fails here, clearly. */
-uint64_t checkCapture(const std::string& path) {
+uint64_t checkCapture(const std::string& path, CaptureCut* cut) {
   char err[PCAP_ERRBUF_SIZE] = {};
   pcap_t* p = pcap_open_offline(path.c_str(), err);
   if (p == nullptr) {
@@ -37,6 +37,12 @@ uint64_t checkCapture(const std::string& path) {
   int rc;
   while ((rc = pcap_next_ex(p, &hdr, &data)) == 1) {
     ++n;
+    if (cut != nullptr && hdr->caplen < hdr->len) {
+      ++cut->packets;
+    }
+  }
+  if (cut != nullptr) {
+    cut->snaplen = static_cast<uint32_t>(pcap_snapshot(p));
   }
   if (rc == PCAP_ERROR) {
     const std::string why = pcap_geterr(p);
@@ -124,6 +130,13 @@ void printReport(const nlohmann::json& j, bool as_json, const std::string& in,
   s += fmt::format("flows: {} created, {} expired, {} evicted, {} rescheduled, {} active at end\n",
                    n(total, "flows_created"), n(total, "flows_expired"), n(total, "flows_evicted"),
                    n(total, "flows_rescheduled"), n(total, "flows_active"));
+  if (n(total, "flows_syn_expired") + n(total, "flows_syn_evicted") +
+          n(total, "new_flows_unpinned") != 0) {
+    s += fmt::format("unestablished flows (SYN only): {} expired, {} evicted; {} new flows not "
+                     "inserted (rate guard, or no room)\n",
+                     n(total, "flows_syn_expired"), n(total, "flows_syn_evicted"),
+                     n(total, "new_flows_unpinned"));
+  }
   s += "\n";
   s += fmt::format("{:<28} {:<5} {:>10} {:>8} {:>10}\n", "service / backend", "mode", "packets",
                    "flows", "replies");

@@ -20,8 +20,17 @@ class ReplayInputError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/** Read the whole capture once; @return its packet count @throws ReplayInputError */
-uint64_t checkCapture(const std::string& path);
+/** The packets of a capture cut short by its snap length (tcpdump -s N). */
+struct CaptureCut {
+  uint64_t packets = 0;   // captured shorter than they were on the wire
+  uint32_t snaplen = 0;   // the file header's snap length
+};
+
+/**
+ * Read the whole capture once; @return its packet count @throws ReplayInputError
+ * @param cut where to count the packets the snap length cut, when not null
+ */
+uint64_t checkCapture(const std::string& path, CaptureCut* cut = nullptr);
 
 /** A path DPDK device arguments can carry (no ',' or '='). @throws ReplayInputError */
 void checkDevargPath(const std::string& what, const std::string& path);

@@ -23,11 +23,14 @@
 #include "control/config.h"
 #include "control/control_plane.h"
 #include "control/control_socket.h"
+#include "control/memory_budget.h"
 #include "dataplane/dpdk_dataplane.h"
+#include "dataplane/flow_table.h"
 #include "dataplane/eal.h"
 #include "dataplane/worker.h"
 #include "sluice_config.h"
 #ifdef SLUICE_HAS_XDP
+#include "common/lb_abi.h"
 #include "xdp/xdp_dataplane.h"
 #endif
 
@@ -74,10 +77,9 @@ class DaemonLoop {
   ~DaemonLoop() {
     monitor_.reset();
     host_.reset();
-    for (event* e : {sig_event_, server_event_}) {
-      if (e != nullptr) {
-        event_free(e);
-      }
+    server_.detach();
+    if (sig_event_ != nullptr) {
+      event_free(sig_event_);
     }
     event_base_free(base_);
   }
@@ -135,10 +137,18 @@ class DaemonLoop {
         });
     monitor_->start();
     sig_event_ = event_new(base_, sig_fd_, EV_READ | EV_PERSIST, onSignal, this);
-    server_event_ = event_new(base_, server_.fd(), EV_READ | EV_PERSIST, onRequest, this);
     event_add(sig_event_, nullptr);
-    event_add(server_event_, nullptr);
+    server_.serve(
+        base_, [this](const nlohmann::json& req) { return control_->handle(req); },
+        [this](bool warning, const std::string& m) {
+          if (warning) {
+            log_.warn("{}", m);
+          } else {
+            log_.info("{}", m);
+          }
+        });
     event_base_dispatch(base_);
+    server_.detach();
     monitor_.reset();
   }
 
@@ -148,12 +158,22 @@ class DaemonLoop {
     signalfd_siginfo si{};
     while (::read(self->sig_fd_, &si, sizeof(si)) == sizeof(si)) {
       if (si.ssi_signo == SIGHUP) {
-        const nlohmann::json r = self->control_->reload();
+        // The signal is the operator's word that the file is to run as it is: changes made
+        // with sluicectl since it was read are dropped, and the log says which.
+        const nlohmann::json r = self->control_->reload(true);
         if (r.value("ok", false)) {
           self->log_.info("SIGHUP: configuration reloaded from {} (generation {}, published in "
                           "{:.0f} us)",
-                          self->config_path_, self->control_->generation(),
+                          validUtf8(self->config_path_), self->control_->generation(),
                           self->control_->lastPublishMicros());
+          if (r.contains("undone")) {
+            std::string undone;
+            for (const auto& what : r.at("undone")) {
+              undone += (undone.empty() ? "" : "; ") + what.get<std::string>();
+            }
+            self->log_.warn("SIGHUP: the file dropped {} change(s) made with sluicectl: {}",
+                            r.at("undone").size(), validUtf8(undone));
+          }
         } else {
           self->log_.error("SIGHUP: {}", r.value("error", std::string("reload failed")));
         }
@@ -161,15 +181,6 @@ class DaemonLoop {
         self->log_.info("{}: shutting down", strsignal(static_cast<int>(si.ssi_signo)));
         event_base_loopbreak(self->base_);
       }
-    }
-  }
-
-  static void onRequest(evutil_socket_t, short, void* arg) {
-    auto* self = static_cast<DaemonLoop*>(arg);
-    const std::string summary = self->server_.serveOne(
-        [self](const nlohmann::json& req) { return self->control_->handle(req); });
-    if (!summary.empty()) {
-      self->log_.info("request {}", summary);
     }
   }
 
@@ -182,7 +193,6 @@ class DaemonLoop {
   std::unique_ptr<HostInterface> host_;
   std::unique_ptr<BackendMonitor> monitor_;
   event* sig_event_ = nullptr;
-  event* server_event_ = nullptr;
 };
 
 #ifdef SLUICE_HAS_XDP
@@ -190,6 +200,21 @@ class DaemonLoop {
 int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, int sig_fd,
            ControlServer& server) {
   try {
+    // The kernel allocates every flow map whole when the program loads: checked before.
+    FlowTableMemory flow_memory;
+    const uint32_t entries = config.dataplane.flow_table_size;
+    for (const std::string& ifname : config.dataplane.interfaces) {
+      const bool per_cpu = XdpDataplane::flowTableScopeFor(ifname) == FlowTableScope::kPerCpu;
+      const uint64_t copies = per_cpu ? static_cast<uint64_t>(::sysconf(_SC_NPROCESSORS_CONF)) : 1;
+      // An LRU element: the kernel's header (about 48 B), the key, and the value once per copy;
+      // two maps (established flows and those still in their handshake).
+      const uint64_t element = 48 + sizeof(lb_flow_key) + sizeof(lb_flow) * copies;
+      flow_memory.bytes += 2 * uint64_t{entries} * element;
+      flow_memory.how += fmt::format("{}{}: 2 maps x {} entries x {} B", flow_memory.how.empty() ? "" : ", ",
+                                     ifname, entries, element);
+    }
+    checkMemoryBudget(config, flow_memory, 0, true);
+
     std::vector<std::unique_ptr<XdpDataplane>> programs;
     for (const std::string& ifname : config.dataplane.interfaces) {
       const FlowTableScope scope = XdpDataplane::flowTableScopeFor(ifname);
@@ -208,6 +233,7 @@ int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, in
       loop.openHost(config.dataplane.interfaces.front(), config.dataplane);
     }
     ControlPlane control(config, opts.config_path, handle);
+    control.setFlowTableMemory(flow_memory);
     control.start();
     log.info("sluiced {} running on the XDP path: {} service(s), {} interface(s), flow table {} "
              "entries per CPU, control socket {}",
@@ -229,6 +255,9 @@ int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, in
   } catch (const ConfigError& e) {
     log.error("bad configuration: {}", e.what());
     return 2;
+  } catch (const std::bad_alloc&) {
+    log.error("out of memory setting up the XDP data path; nothing was left attached");
+    return 1;
   }
 }
 #endif
@@ -363,6 +392,15 @@ int runDaemon(const RunOptions& opts) {
       port_ctx.push_back(std::move(ctx));
     }
 
+    // Every worker's flow table and the Maglev tables, checked before any is allocated.
+    const FlowTableMemory flow_memory{
+        nworkers * FlowTable::bytesFor(config.dataplane.flow_table_size),
+        fmt::format("{} worker{} x {} entries x {} B", nworkers, nworkers == 1 ? "" : "s",
+                    config.dataplane.flow_table_size,
+                    FlowTable::bytesFor(config.dataplane.flow_table_size) /
+                        std::max<uint64_t>(1, config.dataplane.flow_table_size))};
+    checkMemoryBudget(config, flow_memory, 0, true);
+
     std::atomic<bool> stop{false};
     SnapshotSlot slot(nworkers);
     WorkerOptions wo;
@@ -381,6 +419,7 @@ int runDaemon(const RunOptions& opts) {
 
     DpdkDataplaneHandle handle(slot, pipelines);
     ControlPlane control(config, opts.config_path, handle);
+    control.setFlowTableMemory(flow_memory);
     control.start();
 
     unsigned lcore = rte_get_next_lcore(-1, 1, 0);
@@ -413,9 +452,8 @@ int runDaemon(const RunOptions& opts) {
               total.at("packets_out").get<uint64_t>(), total.at("dropped").get<uint64_t>());
     workers.clear();
     rte_mempool_free(pool);
-    server.reset();
     ::close(sig_fd);
-    return 0;
+    return 0;  // the server goes after the loop that serves it (~DaemonLoop detaches it)
   } catch (const DpdkError& e) {
     log->error("{}", e.what());
     return 1;
@@ -425,6 +463,11 @@ int runDaemon(const RunOptions& opts) {
   } catch (const ConfigError& e) {
     log->error("bad configuration: {}", e.what());
     return 2;
+  } catch (const std::bad_alloc&) {
+    // The memory budget was checked before the tables were made: what ran out is something
+    // else (DPDK's own memory, a kernel refusal); the daemon still stops cleanly.
+    log->error("out of memory setting up the data path");
+    return 1;
   }
 }
 

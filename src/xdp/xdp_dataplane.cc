@@ -307,10 +307,14 @@ XdpDataplane::XdpDataplane(uint32_t flow_capacity, FlowTableScope scope) : scope
   if (skel_ == nullptr) {
     throw XdpError(fmt::format("cannot open the XDP program: {}", why(errno)));
   }
+  // Unestablished flows get as much room as established ones: the DPDK table lets them take
+  // any free entry, and as many handshakes may be in flight on both paths.
   bpf_map__set_max_entries(skel_->maps.flows, flow_capacity);
+  bpf_map__set_max_entries(skel_->maps.syn_flows, flow_capacity);
   if (scope == FlowTableScope::kShared) {
     // The program's code is the same for both: a lookup gives this CPU's value or the one value.
     bpf_map__set_type(skel_->maps.flows, BPF_MAP_TYPE_LRU_HASH);
+    bpf_map__set_type(skel_->maps.syn_flows, BPF_MAP_TYPE_LRU_HASH);
   }
   if (int rc = xdp_lb__load(skel_); rc != 0) {
     xdp_lb__destroy(skel_);
@@ -473,6 +477,8 @@ void XdpDataplane::apply(const Snapshot& snap) {
     bss->tcp_timeout_ns = globals.tcp_timeout_ns;
     bss->tcp_fin_timeout_ns = globals.tcp_fin_timeout_ns;
     bss->udp_timeout_ns = globals.udp_timeout_ns;
+    bss->tcp_syn_timeout_ns = globals.tcp_syn_timeout_ns;
+    bss->new_flow_rate_limit = globals.new_flow_rate_limit;
     bss->has_gateway = globals.has_gateway;
     std::memcpy(bss->gateway_mac, globals.gateway_mac, 6);
     bss->has_gateway6 = globals.has_gateway6;
@@ -483,6 +489,8 @@ void XdpDataplane::apply(const Snapshot& snap) {
     bss->tcp_timeout_ns = snap.tcp_timeout_ns;
     bss->tcp_fin_timeout_ns = snap.tcp_fin_timeout_ns;
     bss->udp_timeout_ns = snap.udp_timeout_ns;
+    bss->tcp_syn_timeout_ns = snap.tcp_syn_timeout_ns;
+    bss->new_flow_rate_limit = snap.new_flow_rate_limit;
     bss->has_gateway = snap.has_gateway_mac ? 1 : 0;
     std::memcpy(bss->gateway_mac, snap.gateway_mac, 6);
     bss->has_gateway6 = snap.has_gateway_mac6 ? 1 : 0;
@@ -627,6 +635,31 @@ int XdpDataplane::run(std::span<const uint8_t> in, std::vector<uint8_t>& out) {
   return static_cast<int>(opts.retval);
 }
 
+template <class F>
+void XdpDataplane::forEachFlowValue(F&& visit) const {
+  const int copies = scope_ == FlowTableScope::kShared ? 1 : ncpus_;
+  std::vector<lb_flow> per_cpu(static_cast<size_t>(copies));
+  for (const int which : {LB_FLOWS_ESTABLISHED, LB_FLOWS_UNESTABLISHED}) {
+    const int fd = bpf_map__fd(which == LB_FLOWS_ESTABLISHED ? skel_->maps.flows
+                                                             : skel_->maps.syn_flows);
+    lb_flow_key key{};
+    lb_flow_key next{};
+    const lb_flow_key* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+      if (bpf_map_lookup_elem(fd, &next, per_cpu.data()) == 0) {
+        for (int cpu = 0; cpu < copies; ++cpu) {
+          const lb_flow& f = per_cpu[static_cast<size_t>(cpu)];
+          if (f.backend_id != LB_BACKEND_NONE) {  // else no flow: never written, or emptied
+            visit(next, f, static_cast<uint32_t>(cpu), which);
+          }
+        }
+      }
+      key = next;
+      prev = &key;
+    }
+  }
+}
+
 StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
   StatsTotals t;
   t.backends.resize(snap.backends.size());
@@ -645,7 +678,46 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
     live_at =
         static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
   }
-  const std::vector<FlowRow> rows = flows(live_at);
+  // Evictions. The LRU evicts without telling, but the program counts every value it puts into
+  // each flow map and takes out (expired, or moved on establishment): what went in, did not come
+  // out and is no longer held was evicted. Counters are read again after the walk, and `in` from
+  // before it against `out` from after it: a write racing with the walk can then only make the
+  // figure too small for a moment (the maximum so far is reported, so it never goes down).
+  std::array<std::vector<uint64_t>, 2> held;
+  held[0].assign(static_cast<size_t>(ncpus_), 0);
+  held[1].assign(static_cast<size_t>(ncpus_), 0);
+  std::vector<FlowRow> rows;
+  forEachFlowValue([&](const lb_flow_key& key, const lb_flow& f, uint32_t cpu, int which) {
+    ++held[which][cpu];
+    if (f.expires_ns > live_at) {
+      rows.push_back({key, f.service_id, f.backend_id, cpu});
+    }
+  });
+  std::vector<lb_cpu_counters> after(static_cast<size_t>(ncpus_));
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.cpu_counters), &zero, after.data()) != 0) {
+    throw XdpError(fmt::format("cannot read the counters: {}", why(errno)));
+  }
+  // Per CPU, or for a shared table the sums (its values are no CPU's: one CPU's insert may be
+  // another's reclaim), reported on the first CPU listed as its active flows are.
+  const size_t copies = scope_ == FlowTableScope::kShared ? 1 : static_cast<size_t>(ncpus_);
+  std::vector<std::array<uint64_t, 2>> evicted(copies, {0, 0});
+  if (evicted_reported_.size() != copies) {
+    evicted_reported_.assign(copies, {0, 0});
+  }
+  for (int which = 0; which < 2; ++which) {
+    std::vector<int64_t> net(copies, 0);
+    for (size_t cpu = 0; cpu < static_cast<size_t>(ncpus_); ++cpu) {
+      const size_t into = copies == 1 ? 0 : cpu;
+      net[into] += static_cast<int64_t>(cpus[cpu].flow_values_in[which]) -
+                   static_cast<int64_t>(after[cpu].flow_values_out[which]) -
+                   static_cast<int64_t>(held[which][cpu]);
+    }
+    for (size_t i = 0; i < copies; ++i) {
+      uint64_t& reported = evicted_reported_[i][which];
+      reported = std::max<uint64_t>(reported, net[i] > 0 ? static_cast<uint64_t>(net[i]) : 0);
+      evicted[i][which] = reported;
+    }
+  }
   bool first_worker = true;
   for (int cpu = 0; cpu < ncpus_; ++cpu) {
     const lb_cpu_counters& c = cpus[static_cast<size_t>(cpu)];
@@ -661,6 +733,14 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
       w.dropped += c.drops[r];
     }
     w.flows_created = c.flows_created;
+    w.flows_expired = c.flows_expired;
+    w.flows_syn_expired = c.flows_syn_expired;
+    w.new_flows_unpinned = c.new_flows_unpinned;
+    if (copies == 1 ? first_worker : true) {
+      const std::array<uint64_t, 2>& ev = evicted[copies == 1 ? 0 : static_cast<size_t>(cpu)];
+      w.flows_evicted = ev[LB_FLOWS_ESTABLISHED] + ev[LB_FLOWS_UNESTABLISHED];
+      w.flows_syn_evicted = ev[LB_FLOWS_UNESTABLISHED];
+    }
     w.flows_rescheduled = c.flows_rescheduled;
     w.passed = c.passed;
     w.answered = c.answered;
@@ -720,24 +800,11 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
 
 std::vector<FlowRow> XdpDataplane::flows(uint64_t live_at) const {
   std::vector<FlowRow> rows;
-  const int fd = bpf_map__fd(skel_->maps.flows);
-  const int copies = scope_ == FlowTableScope::kShared ? 1 : ncpus_;
-  std::vector<lb_flow> per_cpu(static_cast<size_t>(copies));
-  lb_flow_key key{};
-  lb_flow_key next{};
-  const lb_flow_key* prev = nullptr;
-  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-    if (bpf_map_lookup_elem(fd, &next, per_cpu.data()) == 0) {
-      for (int cpu = 0; cpu < copies; ++cpu) {
-        const lb_flow& f = per_cpu[static_cast<size_t>(cpu)];
-        if (f.backend_id != 0 && f.expires_ns > live_at) {
-          rows.push_back({next, f.service_id, f.backend_id, static_cast<uint32_t>(cpu)});
-        }
-      }
+  forEachFlowValue([&](const lb_flow_key& key, const lb_flow& f, uint32_t cpu, int) {
+    if (f.expires_ns > live_at) {
+      rows.push_back({key, f.service_id, f.backend_id, cpu});
     }
-    key = next;
-    prev = &key;
-  }
+  });
   return rows;
 }
 

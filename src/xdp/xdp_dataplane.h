@@ -3,6 +3,7 @@
 // counters back as StatsTotals, and runs single packets through BPF_PROG_TEST_RUN (replay).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -146,6 +147,13 @@ class XdpDataplane {
   // as a NIC drops runts); replay counts them here as the DPDK path does: truncated.
   uint64_t runts_ = 0;
   int fail_after_writes_ = -1;  // failAfterWrites(): armed for the next apply() when >= 0
+  // The evictions totals() last reported, per CPU (one for a shared table) and flow map: the
+  // figure is derived from counters and a walk of the maps, and never goes down.
+  mutable std::vector<std::array<uint64_t, 2>> evicted_reported_;
+
+  /** visit(key, value, cpu, LB_FLOWS_*) for every flow value held in flows and syn_flows. */
+  template <class F>
+  void forEachFlowValue(F&& visit) const;
 };
 
 /** The XDP path behind the control plane: one loaded program per interface, all fed the same

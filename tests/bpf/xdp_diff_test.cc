@@ -237,6 +237,27 @@ std::vector<PcapRecord> capture() {
   ssh.dst = ip("192.0.2.1");
   ssh.dport = 22;
   all.push_back({t++, pktgen::build(ssh)});
+  // Jumbo frames, one segment chain on DPDK (net_pcap's 2 KiB mbufs), a multi-buffer frame on XDP
+  // (xdp.frags): 9000 bytes to a service of each kind and family, and 16,000. (net_pcap writes at
+  // most 16,128 bytes of a segment chain, RTE_ETHER_MAX_JUMBO_FRAME_LEN, so the largest IP
+  // packets are compared in process: XdpHost.JumboAndLargestFramesAreForwardedAlikeOnBothPaths.)
+  for (const auto& [dst, dport, proto, size] :
+       std::vector<std::tuple<IpAddress, uint16_t, uint8_t, size_t>>{
+           {ip("192.0.2.10"), 80, LB_PROTO_TCP, 9000},     // DR
+           {ip("192.0.2.53"), 53, LB_PROTO_UDP, 9000},     // NAT
+           {ip("2001:db8::10"), 443, LB_PROTO_TCP, 9000},  // NAT, IPv6
+           {ip("192.0.2.10"), 80, LB_PROTO_TCP, 16000}}) {
+    PacketSpec j;
+    j.src = dst.isV4() ? ip("198.51.100.201") : ip("2001:db8:ff::201");
+    j.dst = dst;
+    j.proto = proto;
+    j.sport = static_cast<uint16_t>(5000 + size % 1000);
+    j.dport = dport;
+    j.tcp_flags = 0x18;
+    const size_t headers = 14 + (dst.isV4() ? 20 : 40) + (proto == LB_PROTO_TCP ? 20 : 8);
+    j.payload = Bytes(size - headers, static_cast<uint8_t>(size));
+    all.push_back({t++, pktgen::build(j)});
+  }
   // Late packets: a UDP flow after its idle timeout, a TCP SYN after FIN + linger.
   PacketSpec late;
   late.src = ip("203.0.113.1");
@@ -305,7 +326,9 @@ TEST(XdpDifferential, SameCaptureSameOutputBothPaths) {
   size_t differing = 0;
   for (size_t i = 0; i < dpdk.out.size(); ++i) {
     if (xdp.out[i].data != dpdk.out[i].data) {
-      ADD_FAILURE_AT(__FILE__, __LINE__) << "output packet " << i << " differs";
+      ADD_FAILURE_AT(__FILE__, __LINE__)
+          << "output packet " << i << " differs: dpdk " << dpdk.out[i].data.size()
+          << " bytes, xdp " << xdp.out[i].data.size() << " bytes";
       if (++differing > 10) {
         break;
       }
@@ -1210,6 +1233,62 @@ TEST_F(XdpHost, ASynPinnedToADownBackendPicksAgainUnderKeep) {
   EXPECT_GT(moved, 0u);
   EXPECT_EQ(dpdk_.counts().rescheduled, 0u) << "a new connection, not a moved flow";
   EXPECT_EQ(xdp_->counts(*down).rescheduled, 0u);
+}
+
+// Jumbo frames and the largest IP packets. The XDP program is a multi-buffer one (xdp.frags):
+// BPF_PROG_TEST_RUN puts what does not fit in the linear part (a page less headroom and
+// skb_shared_info, about 3.5 KiB) into page fragments, as a NIC's multi-buffer receive does.
+// Headers are read from the linear part and IP lengths checked against the whole frame, as the
+// DPDK path checks headers against the first segment and lengths against pkt_len. Before, the
+// program checked lengths against the linear part and dropped these as bad_ip_length.
+TEST_F(XdpHost, JumboAndLargestFramesAreForwardedAlikeOnBothPaths) {
+  XDP_OR_SKIP();
+  sluice::IdRegistry ids;
+  const SnapshotPtr snap = hostSnapshot(ids);
+  struct Jumbo {
+    const char* what;
+    IpAddress dst;
+    uint16_t dport;
+    uint8_t proto;
+    size_t size;
+  };
+  const Jumbo cases[] = {
+      {"9000-byte IPv4 TCP, DR", kVip4, 80, LB_PROTO_TCP, 9000},
+      {"9000-byte IPv4 UDP, NAT", ip("192.0.2.53"), 53, LB_PROTO_UDP, 9000},
+      {"9000-byte IPv6 TCP, NAT", kVip6, 443, LB_PROTO_TCP, 9000},
+      {"65535-byte IPv4 TCP (total length 65521), DR", kVip4, 80, LB_PROTO_TCP, 65535},
+      {"65535-byte IPv6 TCP, NAT", kVip6, 443, LB_PROTO_TCP, 65535},
+      // The largest IPv6 packet without a jumbogram: payload length 65535, a frame of 65589,
+      // whose end is past 65535 (l3_end is 32 bits on both paths for it).
+      {"IPv6 payload length 65535 (a 65589-byte frame), NAT TCP", kVip6, 443, LB_PROTO_TCP,
+       14 + 40 + 65535},
+  };
+  uint32_t n = 0;
+  for (const Jumbo& c : cases) {
+    SCOPED_TRACE(c.what);
+    PacketSpec j;
+    j.src_mac = kGateway4Mac;
+    j.dst_mac = kPortMac;
+    j.src = c.dst.isV4() ? IpAddress::v4(0xcb007180u + n) : ip("2001:db8:ff::180");
+    j.dst = c.dst;
+    j.proto = c.proto;
+    j.sport = static_cast<uint16_t>(41000 + n++);
+    j.dport = c.dport;
+    j.tcp_flags = 0x18;
+    const size_t headers = 14 + (c.dst.isV4() ? 20 : 40) + (c.proto == LB_PROTO_TCP ? 20 : 8);
+    j.payload = Bytes(c.size - headers, static_cast<uint8_t>(n * 37));
+    const Bytes in = pktgen::build(j);
+    ASSERT_EQ(in.size(), c.size);
+    const Both b = run(in, *snap, false, kT0, c.what);
+    ASSERT_EQ(b.dpdk.action, Action::kTx) << "the DPDK path forwards it";
+    ASSERT_EQ(b.xdp.frame.size(), c.size) << "the whole frame, its fragments included";
+    const auto out = pktgen::decode(b.xdp.frame);
+    ASSERT_TRUE(out.has_value());
+    EXPECT_TRUE(out->ip_checksum_ok);
+    EXPECT_TRUE(out->l4_checksum_ok) << "summed over the whole frame from scratch";
+    EXPECT_NE(backendOf(*snap, b.xdp.frame), 0u);
+  }
+  EXPECT_EQ(dpdk_.counts().drops[LB_DROP_BAD_IP_LENGTH], 0u);
 }
 
 TEST_F(XdpHost, NatRepliesGoToTheGatewayOfTheirFamily) {

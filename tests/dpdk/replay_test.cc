@@ -1987,6 +1987,12 @@ TEST(ReplayErrors, OddButReadableCaptureRecords) {
   EXPECT_EQ(dropped(j, "bad_ip_length"), 1u) << j.at("total").at("drops").dump();
   ASSERT_EQ(written.size(), 1u);
   EXPECT_EQ(afterMacs(written[0].data), afterMacs(good));
+  // The drops of cut packets used to come without a word that the capture was cut.
+  EXPECT_NE(r2.err.find(fmt::format("warning: 2 of 5 packets of {} were cut to the capture's snap "
+                                    "length (65535 bytes)",
+                                    in)),
+            std::string::npos)
+      << r2.describe();
 }
 
 // =============================================================================================
@@ -2120,15 +2126,28 @@ TEST(ReplayExpiry, TcpFinLingerAndIdleTimeout) {
     EXPECT_EQ(num(r.report.at("total"), "flows_created"), 2u) << r.report.at("total").dump();
   }
   {
-    // Established flow idle 1000 s (tcp = 900): the next packet starts a new flow; 800 s: not.
+    // Established flow (SYN, then the handshake's ACK) idle 1000 s (tcp = 900): the next packet
+    // starts a new flow; 800 s: not.
     const ReplayResult r = replay(dir, "tcp-idle", expiryConfig(),
                                   at({{kStartUs, withFlags(t, 0x02, 100)},
-                                      {kStartUs + 800 * kSecondUs, withFlags(t, 0x10, 101)},
-                                      {kStartUs + 1800 * kSecondUs, withFlags(t, 0x10, 102)}}));
+                                      {kStartUs + 1000, withFlags(t, 0x10, 101)},
+                                      {kStartUs + 800 * kSecondUs, withFlags(t, 0x10, 102)},
+                                      {kStartUs + 1800 * kSecondUs, withFlags(t, 0x10, 103)}}));
     ASSERT_TRUE(r.ok()) << r.error;
-    EXPECT_EQ(r.out.size(), 3u);
+    EXPECT_EQ(r.out.size(), 4u);
     EXPECT_EQ(num(r.report.at("total"), "flows_created"), 2u) << r.report.at("total").dump();
     EXPECT_EQ(num(r.report.at("total"), "flows_expired"), 1u) << r.report.at("total").dump();
+  }
+  {
+    // A SYN whose handshake does not complete is kept tcp_syn (30 s), not tcp: its
+    // retransmission 20 s later still finds it, an ACK 40 s after that is a new flow.
+    const ReplayResult r = replay(dir, "tcp-syn", expiryConfig(),
+                                  at({{kStartUs, withFlags(t, 0x02, 100)},
+                                      {kStartUs + 20 * kSecondUs, withFlags(t, 0x02, 100)},
+                                      {kStartUs + 60 * kSecondUs, withFlags(t, 0x10, 101)}}));
+    ASSERT_TRUE(r.ok()) << r.error;
+    EXPECT_EQ(num(r.report.at("total"), "flows_created"), 2u) << r.report.at("total").dump();
+    EXPECT_EQ(num(r.report.at("total"), "flows_syn_expired"), 1u) << r.report.at("total").dump();
   }
 }
 

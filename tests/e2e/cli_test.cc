@@ -643,7 +643,7 @@ class DaemonSuite : public ::testing::Test {
    */
   void restore() const {
     writeFile(daemon().config(), baseConfigText());
-    ok({"reload"});
+    ok({"reload", "--force"});  // whatever the test changed with sluicectl
     const json listed = list();  // kept: a range-for does not extend a temporary's life
     for (const json& s : listed.at("services")) {
       for (const json& b : s.at("backends")) {
@@ -1731,12 +1731,23 @@ TEST_F(EditCli, ReloadFromTheFile) {
   EXPECT_EQ(r.at("generation").get<uint64_t>(), ++gen);
   EXPECT_EQ(findBackend(list(), "extra", "10.0.3.1", 7007).at("weight"), 4);
 
-  // Changes made with sluicectl are replaced by the file on reload.
+  // Changes made with sluicectl are not undone by a reload without --force; with it, the file
+  // replaces them and sluicectl says which it dropped.
   ok({"backend", "drain", "dns", "10.0.1.21"});
   ++gen;
   ok({"service", "del", "web6"});
   ++gen;
-  ok({"reload"});
+  const RunResult refused = run({"reload"});
+  EXPECT_EQ(refused.status, 1) << refused.describe();
+  EXPECT_TRUE(contains(refused.err, "would undo 2 changes made with sluicectl since it was read "
+                                    "(backend.drain dns 10.0.1.21:5353; service del web6)"))
+      << refused.describe();
+  EXPECT_EQ(generation(), gen) << "a refused reload changes nothing";
+  const RunResult forced = run({"reload", "--force"});
+  EXPECT_EQ(forced.status, 0) << forced.describe();
+  EXPECT_EQ(forced.err, "sluicectl: reload dropped 2 change(s) made with sluicectl:\n  "
+                        "backend.drain dns 10.0.1.21:5353\n  service del web6\n")
+      << forced.describe();
   ++gen;
   l = list();
   EXPECT_EQ(findBackend(l, "dns", "10.0.1.21", 5353).at("weight"), 1);
@@ -2127,6 +2138,16 @@ TEST_F(NoDaemon, StaleSocketNoListener) {
   EXPECT_EQ(p.status, 3) << p.describe();
   EXPECT_EQ(p.err.rfind("sluicectl: ", 0), 0u) << p.describe();
   EXPECT_EQ(lineCount(p.err), 1u) << p.describe();
+  // Said as it is, not as a daemon that is not running ("--socket /etc/passwd").
+  EXPECT_TRUE(contains(p.err, "it is not a socket")) << p.describe();
+  EXPECT_FALSE(contains(p.err, "is sluiced running")) << p.describe();
+
+  // An argument that is not UTF-8 is a bad argument (exit 2), refused before anything is sent:
+  // no daemon is needed to see it.
+  const RunResult bad = ctl(path, {"service", "del", "web\xff"}, dir_.path());
+  EXPECT_EQ(bad.status, 2) << bad.describe();
+  EXPECT_TRUE(contains(bad.err, "is not valid UTF-8")) << bad.describe();
+  EXPECT_TRUE(contains(bad.err, "nothing was sent")) << bad.describe();
 
   // A path that does not fit in sockaddr_un.
   const std::string long_path = "/tmp/" + std::string(120, 'x');

@@ -1,6 +1,7 @@
 // End-to-end tests of the control socket against hostile clients and hostile surroundings
 // (issue 9): bytes that are not UTF-8 in a request or in the configuration path, a socket
-// directory others could write to, and two daemons racing for one socket path.
+// directory others could write to, two daemons racing for one socket path, clients that hold
+// their connections (idle, not reading their answers), and answers of many megabytes.
 //
 // Each test starts the real `sluiced run` on one net_pcap virtual port that reads an empty capture
 // (no NIC, no hugepages), with its own configuration, socket and --file-prefix in a fresh temporary
@@ -379,6 +380,277 @@ TEST(Lock, TwoDaemonsStartedTogetherOneServes) {
     EXPECT_TRUE(contains(v, R"("ok":true)")) << v;
     EXPECT_EQ((a_runs ? a : b).stop(), 0);
   }
+}
+
+// =============================================================================================
+// Clients that hold on
+
+/** A connection to socket that has sent bytes (perhaps none) and reads nothing; -1 on failure. */
+int holdConnection(const std::string& socket, const std::string& bytes) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, socket.c_str(), socket.size() + 1);
+  if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  if (!bytes.empty() && ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) < 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/** n services of one backend each, table_size 7: list, stats and save answers of megabytes. */
+std::string writeManyServices(const TempDir& dir, int n) {
+  std::string text;
+  for (int i = 0; i < n; ++i) {
+    text += fmt::format(
+        "[[service]]\nname = \"svc-{}\"\nvip = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\n"
+        "forwarding = \"dr\"\ntable_size = 7\n[[service.backend]]\naddress = \"10.9.{}.{}\"\n"
+        "mac = \"02:00:00:00:00:01\"\n",
+        i, i / 250, i % 250 + 1, i / 250, i % 250 + 1);
+  }
+  const std::string path = dir.file("many.toml");
+  writeFile(path, text);
+  return path;
+}
+
+double millisSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The control loop once served one client at a time with blocking writes: a client that sent
+// `list` and never read the answer held it (and SIGTERM) until that client went away.
+TEST(Hold, AClientThatDoesNotReadItsAnswerHoldsUpNoOne) {
+  TempDir dir;
+  const std::string sock = dir.file("s.sock");
+  Daemon d(dir, "noread", writeManyServices(dir, 3000), sock);
+  d.spawn();
+  ASSERT_TRUE(d.waitRunning()) << d.log();
+
+  // Answers far larger than the socket's buffers, so that the daemon's writes would block.
+  std::vector<int> held;
+  for (int i = 0; i < 3; ++i) {
+    held.push_back(holdConnection(sock, "{\"command\":\"list\"}\n"));
+    ASSERT_GE(held.back(), 0) << std::strerror(errno);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+
+  auto t0 = std::chrono::steady_clock::now();
+  const RunResult v = ctl(dir, sock, {"version"});
+  const double version_ms = millisSince(t0);
+  EXPECT_EQ(v.status, 0) << v.describe() << "\n" << d.log();
+  EXPECT_LT(version_ms, 1000.0) << "sluicectl version waited behind clients that do not read";
+
+  // The big answer itself reaches a client that reads it.
+  const RunResult list = ctl(dir, sock, {"--json", "list"});
+  ASSERT_EQ(list.status, 0) << list.describe();
+  EXPECT_EQ(json::parse(list.out).at("services").size(), 3000u);
+
+  t0 = std::chrono::steady_clock::now();
+  ::kill(d.pid(), SIGTERM);
+  EXPECT_EQ(d.waitExit(), 0) << d.log();
+  EXPECT_LT(millisSince(t0), 1000.0) << "SIGTERM waited behind clients that do not read\n"
+                                     << d.log();
+  for (const int fd : held) {
+    ::close(fd);
+  }
+}
+
+// 18 idle connections once filled the backlog: every sluicectl after them timed out.
+TEST(Hold, IdleConnectionsDoNotLockOutSluicectl) {
+  TempDir dir;
+  const std::string sock = dir.file("s.sock");
+  Daemon d(dir, "idle", writeConfig(dir), sock);
+  d.spawn();
+  ASSERT_TRUE(d.waitRunning()) << d.log();
+
+  std::vector<int> held;
+  for (int i = 0; i < 300; ++i) {
+    // Silent ones, and ones that stop half-way through a request.
+    const int fd = holdConnection(sock, i % 2 == 0 ? "" : "{\"command\":\"li");
+    ASSERT_GE(fd, 0) << "connection " << i << ": " << std::strerror(errno);
+    held.push_back(fd);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const RunResult v = ctl(dir, sock, {"version"});
+  EXPECT_EQ(v.status, 0) << v.describe() << "\n" << d.log();
+  EXPECT_LT(millisSince(t0), 1000.0) << "sluicectl waited behind idle connections";
+  EXPECT_TRUE(contains(d.log(), "clients at once is the bound")) << d.log();
+
+  // Past the request deadline the daemon has closed every one of them: each reads EOF (or a
+  // reset), none an answer.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  size_t closed = 0;
+  for (const int fd : held) {
+    char c = 0;
+    const ssize_t n = ::recv(fd, &c, 1, MSG_DONTWAIT);
+    closed += n == 0 || (n < 0 && errno == ECONNRESET) ? 1 : 0;
+    ::close(fd);
+  }
+  EXPECT_EQ(closed, held.size());
+  EXPECT_TRUE(contains(d.log(), "no request within 2000 ms")) << d.log();
+  EXPECT_EQ(ctl(dir, sock, {"version"}).status, 0);
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// =============================================================================================
+// Answers of many megabytes
+
+// Answers were capped at 1 MB, like requests: at 10,000 services the running configuration could
+// be neither listed nor saved.
+TEST(Size, TenThousandServicesListStatsAndSave) {
+  TempDir dir;
+  const std::string sock = dir.file("s.sock");
+  const std::string config = writeManyServices(dir, 10000);
+  Daemon d(dir, "large", config, sock);
+  d.spawn();
+  ASSERT_TRUE(d.waitRunning(120)) << d.log();
+
+  const RunResult list = ctl(dir, sock, {"--json", "list"});
+  ASSERT_EQ(list.status, 0) << list.err << "\n" << d.log();
+  EXPECT_GT(list.out.size(), size_t{1} << 20);
+  EXPECT_EQ(json::parse(list.out).at("services").size(), 10000u);
+  const RunResult text = ctl(dir, sock, {"list"});
+  ASSERT_EQ(text.status, 0) << text.err;
+  EXPECT_TRUE(contains(text.out, "svc-9999")) << text.out.substr(0, 200);
+
+  const RunResult stats = ctl(dir, sock, {"--json", "stats"});
+  ASSERT_EQ(stats.status, 0) << stats.err;
+  EXPECT_EQ(json::parse(stats.out).at("services").size(), 10000u);
+
+  // Saved, and the saved file is what runs: reloading it changes nothing and is accepted.
+  const std::string saved = dir.file("saved.toml");
+  const RunResult save = ctl(dir, sock, {"save", "--out", saved});
+  ASSERT_EQ(save.status, 0) << save.describe();
+  std::filesystem::rename(saved, config);
+  const RunResult reload = ctl(dir, sock, {"--json", "reload"});
+  ASSERT_EQ(reload.status, 0) << reload.describe();
+  EXPECT_EQ(ctl(dir, sock, {"--json", "list"}).out.size(), list.out.size());
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// =============================================================================================
+// The memory budget
+
+/** MemAvailable in bytes, or 0. */
+uint64_t memAvailable() {
+  const std::string info = readFile("/proc/meminfo");
+  const size_t at = info.find("MemAvailable:");
+  return at == std::string::npos ? 0 : std::stoull(info.substr(at + 13)) * 1024;
+}
+
+// A configuration whose Maglev tables outgrow the host was allocated until the host ran out of
+// memory; a flow table that could not be allocated ended in std::bad_alloc (exit 134) and left
+// the socket behind.
+TEST(Memory, TablesLargerThanTheHostAreRefusedAtStart) {
+  const uint64_t available = memAvailable();
+  if (available == 0) {
+    GTEST_SKIP() << "no MemAvailable in /proc/meminfo";
+  }
+  TempDir dir;
+  const std::string sock = dir.file("s.sock");
+  const uint64_t count = available / (1048573 * 4) + 16;
+  std::string text;
+  for (uint64_t i = 0; i < count; ++i) {
+    text += fmt::format(
+        "[[service]]\nname = \"big-{}\"\nvip = \"198.18.{}.{}\"\nport = 80\nprotocol = "
+        "\"tcp\"\nforwarding = \"dr\"\ntable_size = 1048573\n",
+        i, i / 250, i % 250 + 1);
+  }
+  writeFile(dir.file("big.toml"), text);
+  Daemon d(dir, "big", dir.file("big.toml"), sock);
+  d.spawn();
+  EXPECT_EQ(d.waitExit(120), 2) << d.log();
+  EXPECT_TRUE(contains(d.log(), fmt::format("the tables need")) &&
+              contains(d.log(), fmt::format("({} services, {} slots in all x 4 B)", count,
+                                            count * 1048573)) &&
+              contains(d.log(), "this host has available (MemAvailable)"))
+      << d.log();
+  EXPECT_FALSE(std::filesystem::exists(sock)) << "no socket left behind";
+
+  // With memory_limit, the flow tables count too.
+  sluice::Config flows = testsupport::threeServices();
+  flows.dataplane.flow_table_size = 67108864;
+  flows.dataplane.memory_limit = uint64_t{1} << 30;
+  writeFile(dir.file("flows.toml"), testsupport::configText(flows));
+  Daemon f(dir, "flows", dir.file("flows.toml"), sock);
+  f.spawn();
+  EXPECT_EQ(f.waitExit(60), 2) << f.log();
+  EXPECT_TRUE(contains(f.log(), "more than dataplane.memory_limit 1.0 GiB")) << f.log();
+  EXPECT_TRUE(contains(f.log(), " GiB (1 worker x 67108864 entries x 68 B)")) << f.log();
+  EXPECT_FALSE(std::filesystem::exists(sock));
+}
+
+TEST(Memory, AServiceWhoseTableDoesNotFitIsRefusedAndTheRestRuns) {
+  TempDir dir;
+  const std::string sock = dir.file("s.sock");
+  sluice::Config limited = testsupport::threeServices();
+  limited.dataplane.flow_table_size = 65536;
+  limited.dataplane.memory_limit = uint64_t{16} << 20;
+  writeFile(dir.file("c.toml"), testsupport::configText(limited));
+  Daemon d(dir, "limit", dir.file("c.toml"), sock);
+  d.spawn();
+  ASSERT_TRUE(d.waitRunning()) << d.log();
+  const std::string before = ctl(dir, sock, {"--json", "list"}).out;
+  for (int i = 0; i < 3; ++i) {
+    // 4 MiB each; the second would need 16 MiB and more: the flow table (4.25 MiB), the tables
+    // in force and the new ones.
+    const RunResult r = ctl(dir, sock, {"service", "add", fmt::format("big{}", i), "--vip",
+                                        fmt::format("192.0.2.{}", 100 + i), "--port", "80",
+                                        "--protocol", "tcp", "--forwarding", "dr",
+                                        "--table-size", "1048573"});
+    if (i < 1) {
+      EXPECT_EQ(r.status, 0) << r.describe();
+    } else {
+      EXPECT_EQ(r.status, 1) << r.describe();
+      EXPECT_TRUE(contains(r.err, "more than dataplane.memory_limit 16.0 MiB")) << r.describe();
+    }
+  }
+  EXPECT_TRUE(contains(ctl(dir, sock, {"list"}).out, "big0"));
+  EXPECT_FALSE(contains(ctl(dir, sock, {"list"}).out, "big1"));
+  EXPECT_EQ(d.stop(), 0) << d.log();
+}
+
+// =============================================================================================
+// reload and the changes made with sluicectl
+
+TEST(Reload, RefusesToUndoSluicectlChangesUnlessForced) {
+  TempDir dir;
+  const std::string sock = dir.file("s.sock");
+  const std::string config = writeConfig(dir);
+  Daemon d(dir, "undo", config, sock);
+  d.spawn();
+  ASSERT_TRUE(d.waitRunning()) << d.log();
+  ASSERT_EQ(ctl(dir, sock, {"backend", "add", "web", "10.0.0.14", "--mac", "02:00:00:00:01:14"})
+                .status,
+            0);
+  const RunResult refused = ctl(dir, sock, {"reload"});
+  EXPECT_EQ(refused.status, 1) << refused.describe();
+  EXPECT_TRUE(contains(refused.err, "would undo 1 change made with sluicectl")) << refused.err;
+  EXPECT_TRUE(contains(refused.err, "backend add web 10.0.0.14:80")) << refused.err;
+  EXPECT_TRUE(contains(ctl(dir, sock, {"list"}).out, "10.0.0.14:80"));
+
+  const RunResult forced = ctl(dir, sock, {"reload", "--force"});
+  EXPECT_EQ(forced.status, 0) << forced.describe();
+  EXPECT_TRUE(contains(forced.err, "reload dropped 1 change(s) made with sluicectl"))
+      << forced.describe();
+  EXPECT_FALSE(contains(ctl(dir, sock, {"list"}).out, "10.0.0.14:80"));
+
+  // SIGHUP takes the file as it is, and the log says what it dropped.
+  ASSERT_EQ(ctl(dir, sock, {"backend", "drain", "web", "10.0.0.11"}).status, 0);
+  ::kill(d.pid(), SIGHUP);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!contains(d.log(), "SIGHUP: the file dropped") &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(contains(d.log(), "SIGHUP: the file dropped 1 change(s) made with sluicectl: "
+                                "backend.drain web 10.0.0.11:80"))
+      << d.log();
+  EXPECT_EQ(d.stop(), 0) << d.log();
 }
 
 }  // namespace

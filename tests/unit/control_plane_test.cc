@@ -33,6 +33,7 @@
 #include "common/snapshot.h"
 #include "common/stats.h"
 #include "control/config.h"
+#include "control/memory_budget.h"
 #include "sluice_config.h"
 #include "tests/support/fixtures.h"
 
@@ -1269,10 +1270,10 @@ TEST_F(ControlPlaneTest, FailedPublishKeepsTheRunningConfiguration) {
   EXPECT_EQ(serviceEntry(snap(), "web"), nullptr);
 }
 
-TEST_F(ControlPlaneTest, FailedBuildKeepsTheRunningConfiguration) {
-  // A service of 65535 drained backends passes validation (a service may have that many, and a
-  // drained one needs no Maglev slot) but with the 7 running ones there are more backends than
-  // backend ids: the snapshot builder refuses, and the registry must not keep the ids it gave out.
+TEST_F(ControlPlaneTest, TooManyBackendsInAllKeepsTheRunningConfiguration) {
+  // A service of 65535 drained backends (a service may have that many, and a drained one needs
+  // no Maglev slot), but with the 7 running ones there are more backends than backend ids: the
+  // validation refuses it, naming the first one over, and no id is given out.
   json backends = json::array();
   for (uint32_t i = 0; i < 65535; ++i) {
     backends.push_back({{"address", fmt::format("10.1.{}.{}", i >> 8, i & 0xff)},
@@ -1282,7 +1283,8 @@ TEST_F(ControlPlaneTest, FailedBuildKeepsTheRunningConfiguration) {
   json req = addService();
   req["service"]["table_size"] = 7;
   req["service"]["backends"] = std::move(backends);
-  expectRefused(req, "more than 65535 backends in all");
+  expectRefused(req, "service \"api\": backend 10.1.255.248:8080/tcp is one more than the 65535 "
+                     "backends all services may have together");
 
   const auto before = backendIds(snap());
   expectApplied(addBackend());
@@ -1306,6 +1308,75 @@ TEST_F(ControlPlaneTest, FailedPublishOfEveryKindOfChange) {
   const json list = expectRead(request(R"({"command": "list"})"));
   EXPECT_EQ(replyWeights(list), kStartWeights);
   EXPECT_EQ(list.at("generation"), 1u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The memory budget
+
+// Tables were built whatever their size: many services with a large table_size allocated until
+// the host ran out of memory.
+TEST_F(ControlPlaneTest, AChangeWhoseTablesDoNotFitTheMemoryLimitIsRefused) {
+  Config small = threeServices();
+  small.dataplane.memory_limit = uint64_t{16} << 20;
+  cp_ = std::make_unique<ControlPlane>(small, "", fake_);
+  cp_->setFlowTableMemory({uint64_t{4} << 20, "1 worker x 61680 entries x 68 B"});
+  cp_->start();
+  // 1048573 slots x 4 B = 4 MiB a table. Two fit beside the 4 MiB of flow tables; the third
+  // would need the two in force, the three new and the flow tables: 24 MiB.
+  auto add = [&](int i) {
+    return cp_->handle(request(fmt::format(
+        R"({{"command": "service.add", "service": {{"name": "big{}", "vip": "192.0.2.{}",
+            "port": 80, "protocol": "tcp", "forwarding": "dr", "table_size": 1048573}}}})",
+        i, 100 + i)));
+  };
+  EXPECT_TRUE(add(1).value("ok", false));
+  const json r = add(2);
+  ASSERT_FALSE(r.value("ok", true)) << r.dump();
+  const std::string error = r.at("error").get<std::string>();
+  EXPECT_TRUE(error.starts_with("the tables need ")) << error;
+  EXPECT_TRUE(error.find("more than dataplane.memory_limit 16.0 MiB") != std::string::npos)
+      << error;
+  uint64_t slots = 2 * 1048573;
+  for (const ServiceConfig& s : threeServices().services) {
+    slots += s.table_size;
+  }
+  EXPECT_TRUE(error.find(fmt::format("5 services, {} slots in all x 4 B", slots)) !=
+              std::string::npos)
+      << error;
+  EXPECT_TRUE(error.find("flow tables 4.0 MiB (1 worker x 61680 entries x 68 B)") !=
+              std::string::npos)
+      << error;
+  EXPECT_EQ(serviceEntry(snap(), "big2"), nullptr);
+  EXPECT_NE(serviceEntry(snap(), "big1"), nullptr);
+}
+
+TEST(MemoryBudget, WithoutALimitTheTablesMustFitWhatTheHostHasAvailable) {
+  const std::optional<uint64_t> available = availableMemory();
+  if (!available) {
+    GTEST_SKIP() << "no MemAvailable in /proc/meminfo";
+  }
+  // Services of 1048573 slots (4 MiB) each, enough of them to need more than the host has.
+  Config next;
+  const uint64_t count = *available / (1048573 * 4) + 8;
+  for (uint64_t i = 0; i < count; ++i) {
+    ServiceConfig s;
+    s.name = fmt::format("big{}", i);
+    s.table_size = 1048573;
+    next.services.push_back(std::move(s));
+  }
+  try {
+    checkMemoryBudget(next, {}, 0, false);
+    ADD_FAILURE() << "accepted " << count << " tables of 4 MiB";
+  } catch (const ConfigError& e) {
+    const std::string m = e.what();
+    EXPECT_TRUE(m.find(fmt::format("({} services, {} slots in all x 4 B)", count,
+                                   count * 1048573)) != std::string::npos)
+        << m;
+    EXPECT_TRUE(m.find("this host has available (MemAvailable)") != std::string::npos) << m;
+  }
+  // A tenth of what is available goes through.
+  next.services.resize(count / 10);
+  EXPECT_NO_THROW(checkMemoryBudget(next, {}, 0, false));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1346,7 +1417,7 @@ class ControlPlaneReloadTest : public ControlPlaneTest {
 
 TEST_F(ControlPlaneReloadTest, AppliesTheFile) {
   const auto before = backendIds(snap());
-  expectApplied(addBackend());  // a runtime edit the file does not have: reload drops it
+  expectApplied(addBackend());  // a runtime edit the file does not have: reload --force drops it
 
   Config next = threeServices();
   testsupport::service(next, "web").backends[2].weight = 50;
@@ -1361,8 +1432,9 @@ TEST_F(ControlPlaneReloadTest, AppliesTheFile) {
   next.services.push_back(api);
   write(configText(next));
 
-  const json r = expectApplied(request(R"({"command": "reload"})"));
+  const json r = expectApplied(request(R"({"command": "reload", "force": true})"));
   EXPECT_EQ(r.at("change"), "reload " + path_);
+  EXPECT_EQ(r.at("undone"), json({"backend add web 10.0.0.14:80"}));
   EXPECT_EQ(renderConfig(cp_->config()), configText(next));
   EXPECT_EQ(cp_->config().services.at(0).line, 0);
   EXPECT_EQ(backendWeights(snap()),
@@ -1380,6 +1452,86 @@ TEST_F(ControlPlaneReloadTest, AppliesTheFile) {
     }
   }
   EXPECT_TRUE(sameTable(fake_.previous(), snap(), "web6"));
+}
+
+// A reload used to replace the running configuration silently, changes made with sluicectl
+// since the file was read included: 60 backends became 46 without a word.
+TEST_F(ControlPlaneReloadTest, RefusesToUndoSluicectlChangesWithoutForce) {
+  expectApplied(addBackend());
+  expectApplied(drainBackend());
+  const std::string running = renderConfig(cp_->config());
+  const uint64_t generation = cp_->generation();
+
+  const json r = expectRefused(request(R"({"command": "reload"})"),
+                               "reload refused, running configuration kept: " + path_ +
+                                   " would undo 2 changes made with sluicectl since it was read "
+                                   "(backend add web 10.0.0.14:80; backend.drain web "
+                                   "10.0.0.11:80); write them to the file first (sluicectl save "
+                                   "--out " + path_ + "), or reload --force to drop them");
+  EXPECT_EQ(r.at("undone"), json({"backend add web 10.0.0.14:80", "backend.drain web 10.0.0.11:80"}));
+  EXPECT_EQ(renderConfig(cp_->config()), running);
+  EXPECT_EQ(cp_->generation(), generation);
+  expectRefused(request(R"({"command": "reload", "force": 1})"),
+                R"("force" must be true or false)");
+
+  const json forced = expectApplied(request(R"({"command": "reload", "force": true})"));
+  EXPECT_EQ(forced.at("undone").size(), 2u) << forced.dump();
+  EXPECT_EQ(renderConfig(cp_->config()), configText(threeServices()));
+  // Nothing left to undo: the next reload goes through, and says nothing was dropped.
+  const json again = expectApplied(request(R"({"command": "reload"})"));
+  EXPECT_FALSE(again.contains("undone")) << again.dump();
+}
+
+TEST_F(ControlPlaneReloadTest, TakesAFileThatHoldsTheSluicectlChanges) {
+  expectApplied(addBackend());
+  // As `sluicectl save --out` would leave it, with an edit of another service on top.
+  Config saved = cp_->config();
+  testsupport::service(saved, "dns").backends[0].weight = 9;
+  write(renderConfig(saved));
+  const json r = expectApplied(request(R"({"command": "reload"})"));
+  EXPECT_FALSE(r.contains("undone")) << r.dump();
+  EXPECT_NE(backendEntry(snap(), "web 10.0.0.14:80"), nullptr);
+  EXPECT_EQ(backendEntry(snap(), "dns 10.0.1.21:5353")->weight, 9u);
+
+  // A file that changes only what sluicectl did not touch still undoes what it did.
+  expectApplied(delService());
+  Config other = saved;
+  testsupport::service(other, "dns").backends[0].weight = 8;
+  write(renderConfig(other));
+  const json refused = expectRefused(request(R"({"command": "reload"})"), "would undo 1 change",
+                                     Match::kPart);
+  EXPECT_EQ(refused.at("undone").size(), 1u) << refused.dump();
+  EXPECT_TRUE(refused.at("undone").at(0).get<std::string>().starts_with("service del "))
+      << refused.dump();
+}
+
+// Old and new backend ids used to coexist during a reload: replacing 40,000 backends by 40,000
+// others failed with "more than 65535 backends in all", though the new file loaded alone.
+TEST_F(ControlPlaneReloadTest, ReplacesEveryBackendOfALargeConfiguration) {
+  auto large = [](uint8_t third_octet) {
+    Config c;
+    for (int s = 0; s < 40; ++s) {
+      ServiceConfig svc;
+      svc.name = fmt::format("svc{}", s);
+      svc.vip = ip(fmt::format("192.0.2.{}", s + 1));
+      svc.port = 80;
+      svc.table_size = 1009;
+      for (int b = 0; b < 1000; ++b) {
+        svc.backends.push_back({ip(fmt::format("10.{}.{}.{}", third_octet + s, b / 250, b % 250 + 1)),
+                                80, mac("02:00:00:00:00:01"), 1, {}, 0});
+      }
+      c.services.push_back(std::move(svc));
+    }
+    return c;
+  };
+  write(renderConfig(large(0)));
+  cp_ = std::make_unique<ControlPlane>(loadConfigFile(path_), path_, fake_);
+  cp_->start();
+  write(renderConfig(large(100)));
+  const json r = expectApplied(request(R"({"command": "reload"})"));
+  EXPECT_EQ(backendIds(snap()).size(), 40000u);
+  EXPECT_NE(backendEntry(snap(), "svc39 10.139.3.250:80"), nullptr);
+  EXPECT_EQ(backendEntry(snap(), "svc0 10.0.0.1:80"), nullptr);
 }
 
 TEST_F(ControlPlaneReloadTest, DirectCallAppliesTheFile) {

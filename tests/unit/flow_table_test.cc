@@ -1,6 +1,7 @@
 // Tests of the per-core flow table (src/dataplane/flow_table.h): insert and lookup, lazy expiry
-// and the incremental sweep, eviction from a full bucket, capacity rounding, forEach, and a
-// randomized comparison against a plain map.
+// and the incremental sweep, eviction from a full bucket (unestablished entries first, and a SYN
+// flood that leaves established flows alone), capacity rounding, forEach, and a randomized
+// comparison against a plain map.
 #include <arpa/inet.h>
 
 #include <cstdint>
@@ -435,6 +436,100 @@ TEST(FlowTable, RandomOperationsMatchAMap) {
   EXPECT_EQ(t.stats().active, model_live);
   EXPECT_EQ(countLive(t, now), model_live);
   EXPECT_EQ(t.stats().inserted - t.stats().expired, model_live);
+}
+
+// Unestablished entries (a SYN's, flow_table.h): evicted before any established one, and a SYN
+// never evicts an established flow.
+
+// Insert an unestablished flow (a SYN's) as the pipeline does; nullptr when not inserted.
+FlowEntry* addSyn(FlowTable& t, const lb_flow_key& k, uint32_t hash, uint64_t now,
+                  uint64_t expires, uint32_t backend = 7) {
+  FlowEntry* e = t.insertUnestablished(k, hash, now);
+  if (e != nullptr) {
+    e->expires_ns = expires;
+    e->service_id = 3;
+    e->backend_id = backend;
+    e->backend_epoch = 1;
+    e->state = FlowState::kSynRecv;
+  }
+  return e;
+}
+
+TEST(FlowTable, FullBucketEvictsUnestablishedFirst) {
+  FlowTable t(8);  // one bucket: every key's sixteen candidate slots are the same eight
+  auto hashOf = [](uint32_t i) { return 0x1000u * (i + 1) + 0x10u; };
+  // Six established flows expiring soon, two unestablished expiring late.
+  for (uint32_t i = 0; i < 6; ++i) {
+    add(t, keyOf(i), hashOf(i), 0, 100 + i, i + 1);
+  }
+  ASSERT_NE(addSyn(t, keyOf(6), hashOf(6), 0, 5000, 7), nullptr);
+  ASSERT_NE(addSyn(t, keyOf(7), hashOf(7), 0, 4000, 8), nullptr);
+  // An established flow takes the unestablished entry that expires first (7), not the
+  // established one that does (0).
+  add(t, keyOf(8), hashOf(8), 10, 9000, 9);
+  EXPECT_EQ(t.stats().evicted, 1u);
+  EXPECT_EQ(t.stats().syn_evicted, 1u);
+  EXPECT_EQ(t.lookup(keyOf(7), hashOf(7), 20), nullptr);
+  EXPECT_NE(t.lookup(keyOf(0), hashOf(0), 20), nullptr);
+  // A SYN takes the last unestablished entry (6)...
+  FlowEntry* e = addSyn(t, keyOf(9), hashOf(9), 20, 9000, 10);
+  ASSERT_NE(e, nullptr);
+  EXPECT_TRUE(e->unestablished);
+  EXPECT_EQ(t.lookup(keyOf(6), hashOf(6), 30), nullptr);
+  EXPECT_EQ(t.stats().syn_evicted, 2u);
+  // ... and the next one, whose bucket holds it alone among seven established flows, takes it.
+  ASSERT_NE(addSyn(t, keyOf(10), hashOf(10), 30, 9000, 11), nullptr);
+  EXPECT_EQ(t.lookup(keyOf(9), hashOf(9), 40), nullptr);
+  // Established now: keyOf(10) is promoted, as the pipeline does on its ACK.
+  t.lookup(keyOf(10), hashOf(10), 40)->unestablished = false;
+  // Eight established flows: a SYN is not inserted, and evicts nothing.
+  EXPECT_EQ(addSyn(t, keyOf(11), hashOf(11), 40, 9000, 12), nullptr);
+  EXPECT_EQ(t.stats().evicted, 3u);
+  EXPECT_EQ(t.stats().active, 8u);
+  for (uint32_t i : {0u, 1u, 2u, 3u, 4u, 5u, 8u, 10u}) {
+    EXPECT_NE(t.lookup(keyOf(i), hashOf(i), 50), nullptr) << i;
+  }
+  // An established flow still evicts the established entry that expires first (0, at 100).
+  add(t, keyOf(12), hashOf(12), 50, 9000, 13);
+  EXPECT_EQ(t.stats().evicted, 4u);
+  EXPECT_EQ(t.stats().syn_evicted, 3u);
+  EXPECT_EQ(t.lookup(keyOf(0), hashOf(0), 60), nullptr);
+}
+
+TEST(FlowTable, SynFloodLeavesEstablishedFlows) {
+  // 1,000 established flows, then ten times the table's size in SYNs from random sources:
+  // every established flow is still there, and the flood only churned its own entries.
+  FlowTable t(4096);
+  constexpr uint32_t kEstablished = 1000;
+  for (uint32_t i = 0; i < kEstablished; ++i) {
+    const lb_flow_key k = keyOf(i);
+    add(t, k, lb_flow_hash(&k), 0, 900'000, i + 1);
+  }
+  std::mt19937 rng(7);
+  const uint32_t flood = 10 * t.capacity();
+  uint32_t not_inserted = 0;
+  for (uint32_t n = 0; n < flood; ++n) {
+    lb_flow_key k = keyOf(0);
+    k.src[0] = static_cast<uint32_t>(rng());
+    k.sport = static_cast<uint16_t>(rng());
+    not_inserted += addSyn(t, k, lb_flow_hash(&k), 10 + n / 1000, 30'000 + n / 1000) == nullptr;
+  }
+  for (uint32_t i = 0; i < kEstablished; ++i) {
+    const lb_flow_key k = keyOf(i);
+    const FlowEntry* e = t.lookup(k, lb_flow_hash(&k), 1000);
+    ASSERT_NE(e, nullptr) << "established flow " << i << " was evicted by the flood";
+    EXPECT_EQ(e->backend_id, i + 1);
+  }
+  const FlowTableStats& st = t.stats();
+  EXPECT_EQ(st.evicted.get(), st.syn_evicted.get()) << "only unestablished entries were evicted";
+  EXPECT_GT(st.syn_evicted, flood - t.capacity() - not_inserted - 1);
+  EXPECT_EQ(st.inserted, kEstablished + flood - not_inserted);
+  EXPECT_EQ(st.active, t.capacity()) << "the flood filled every free entry";
+  // Unestablished entries expire as any other, counted apart.
+  t.sweep(t.capacity() / FlowTable::kBucketEntries, 100'000);
+  EXPECT_EQ(st.active, kEstablished);
+  EXPECT_EQ(st.expired.get(), st.syn_expired.get());
+  EXPECT_EQ(st.syn_expired, t.capacity() - kEstablished);
 }
 
 }  // namespace

@@ -883,7 +883,9 @@ TEST(PipelineTimeouts, FinLingerThenExpiry) {
     Bytes f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, 0x02));
     ASSERT_TRUE(runOne(lb, f, kT0));
     f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, 0x10));
-    ASSERT_TRUE(runOne(lb, f, kT0 + 100 * kSec));  // established: far below 900 s
+    ASSERT_TRUE(runOne(lb, f, kT0 + kSec / 1000));  // the handshake's ACK: established
+    f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, 0x10));
+    ASSERT_TRUE(runOne(lb, f, kT0 + 100 * kSec));  // far below 900 s
     EXPECT_EQ(flowsOf(lb), 1u);
     const uint64_t t_fin = kT0 + 200 * kSec;
     f = pktgen::build(clientSpec(5, "192.0.2.10", 80, LB_PROTO_TCP, closer));
@@ -958,7 +960,9 @@ TEST(PipelineTimeouts, SynOnClosingFlowIsScheduledAfresh) {
   EXPECT_NE(now_on, 0u);
   EXPECT_EQ(flowsOf(lb), flows0 + 1);
   EXPECT_EQ(lb.pipe.counters().flows_rescheduled, 0u);
-  // The new connection is active again: the TCP idle timeout applies, not the FIN linger.
+  // Once its handshake completes, the new connection is active again: the TCP idle timeout
+  // applies, not the FIN linger (nor the tcp_syn timeout of a handshake).
+  EXPECT_EQ(send(0x10, kT0 + 6 * kSec + kSec / 1000), now_on);
   EXPECT_EQ(send(0x10, kT0 + 6 * kSec + 500 * kSec), now_on);
   EXPECT_EQ(flowsOf(lb), flows0 + 1);
 }
@@ -968,6 +972,8 @@ TEST(PipelineTimeouts, TcpIdleFlowIsRecreated) {
   const uint64_t tcp = 900 * kSec;
   Bytes f = pktgen::build(clientSpec(9, "192.0.2.10", 80, LB_PROTO_TCP, 0x02));
   ASSERT_TRUE(runOne(lb, f, kT0));
+  f = pktgen::build(clientSpec(9, "192.0.2.10", 80, LB_PROTO_TCP, 0x10));
+  ASSERT_TRUE(runOne(lb, f, kT0));  // the handshake's ACK
   f = pktgen::build(clientSpec(9, "192.0.2.10", 80, LB_PROTO_TCP, 0x10));
   ASSERT_TRUE(runOne(lb, f, kT0 + tcp - 1));
   EXPECT_EQ(flowsOf(lb), 1u);
@@ -1024,6 +1030,123 @@ TEST(PipelineTimeouts, IdleExpiryRepicksAfterDrain) {
   }
   EXPECT_GT(std::count(before.begin(), before.end(), c), 0);
   EXPECT_EQ(lb.pipe.flows().stats().expired, 200u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floods: unestablished flows (a SYN, no packet without SYN yet) get the tcp_syn timeout and
+// cannot evict established ones; the per-core new-flow rate guard.
+
+/** A SYN from a random source to web, as a flood sends them. */
+Bytes floodSyn(std::mt19937& rng) {
+  PacketSpec s = clientSpec(0, "192.0.2.10", 80, LB_PROTO_TCP, 0x02);
+  s.src = IpAddress::v4(static_cast<uint32_t>(rng()) | 0x01000000u);
+  s.sport = static_cast<uint16_t>(rng());
+  s.payload.clear();
+  return pktgen::build(s);
+}
+
+TEST(PipelineFlood, SynFloodOfTenTablesLeavesEstablishedFlowsPinned) {
+  // The case, scaled down: 1,000 established flows, ten times the table's size in SYNs
+  // from random sources, then a backend added. Had the flood evicted them, the established
+  // flows' next packets would be scheduled again with D in the table, and some would move.
+  constexpr uint32_t kTable = 4096;
+  Lb lb(baseConfig({webA(), webB(), webC()}), kTable);
+  const std::vector<uint32_t> before = sendWebFlows(lb, kT0, 0x02);
+  EXPECT_EQ(sendWebFlows(lb, kT0 + kSec / 1000, 0x10), before);  // the handshakes' ACKs
+  std::mt19937 rng(42);
+  const uint32_t flood = 10 * lb.pipe.flows().capacity();
+  for (uint32_t sent = 0; sent < flood;) {
+    std::vector<Bytes> burst;
+    for (uint32_t i = 0; i < 256 && sent < flood; ++i, ++sent) {
+      burst.push_back(floodSyn(rng));
+    }
+    const std::vector<bool> tx = run(lb.pipe, *lb.snap, lb.port, burst, kT0 + kSec);
+    ASSERT_EQ(std::count(tx.begin(), tx.end(), true), static_cast<long>(burst.size()));
+  }
+  const FlowTableStats& st = lb.pipe.flows().stats();
+  EXPECT_GT(st.syn_evicted, flood - kTable) << "the flood churned its own entries";
+  EXPECT_EQ(st.evicted.get(), st.syn_evicted.get()) << "and no established one";
+
+  lb.reload(baseConfig({webA(), webB(), webC(), webD()}));
+  Lb fresh(baseConfig({webA(), webB(), webC()}), kTable);
+  fresh.reload(baseConfig({webA(), webB(), webC(), webD()}));
+  const std::vector<uint32_t> unpinned = sendWebFlows(fresh, kT0, 0x10);
+  size_t would_move = 0;
+  for (uint32_t i = 0; i < kPinFlows; ++i) {
+    would_move += unpinned[i] != before[i] ? 1 : 0;
+  }
+  ASSERT_GT(would_move, 100u) << "without their entries, many flows would move to D";
+  const std::vector<uint32_t> after = sendWebFlows(lb, kT0 + 2 * kSec, 0x10);
+  size_t moved = 0;
+  for (uint32_t i = 0; i < kPinFlows; ++i) {
+    moved += after[i] != before[i] ? 1 : 0;
+  }
+  EXPECT_EQ(moved, 0u) << "established flows lost their entries to the flood";
+}
+
+TEST(PipelineFlood, AHandshakeThatDoesNotCompleteExpiresAfterTcpSyn) {
+  Config c = baseConfig();
+  c.timeouts.tcp_syn_s = 5;
+  validateConfig(c, "test");
+  Lb lb(c);
+  ASSERT_EQ(lb.snap->tcp_syn_timeout_ns, 5 * kSec);
+  auto send = [&](uint32_t flow, uint8_t flags, uint64_t t) {
+    Bytes f = pktgen::build(clientSpec(flow, "192.0.2.10", 80, LB_PROTO_TCP, flags));
+    EXPECT_TRUE(runOne(lb, f, t));
+  };
+  // Flow 1: a SYN and its retransmission 4 s later keep one unestablished entry; the ACK 4 s
+  // after that establishes it, and then the tcp timeout (900 s) applies.
+  send(1, 0x02, kT0);
+  send(1, 0x02, kT0 + 4 * kSec);
+  send(1, 0x10, kT0 + 8 * kSec);
+  send(1, 0x10, kT0 + 800 * kSec);
+  EXPECT_EQ(flowsOf(lb), 1u);
+  EXPECT_EQ(lb.pipe.flows().stats().expired, 0u);
+  // Flow 2: a SYN and nothing for 5 s: gone. Its ACK then makes a new (established) flow.
+  send(2, 0x02, kT0);
+  send(2, 0x10, kT0 + 5 * kSec);
+  EXPECT_EQ(flowsOf(lb), 3u);
+  EXPECT_EQ(lb.pipe.flows().stats().expired, 1u);
+  EXPECT_EQ(lb.pipe.flows().stats().syn_expired, 1u);
+  // Flow 3: a SYN, then a RST (the client gave up): the tcp_fin linger, still unestablished.
+  send(3, 0x02, kT0);
+  send(3, 0x04, kT0 + kSec);
+  EXPECT_EQ(flowsOf(lb), 4u);
+  for (uint32_t i = 0; i <= lb.pipe.flows().capacity() / FlowTable::kBucketEntries; ++i) {
+    lb.pipe.sweep(kT0 + kSec + 10 * kSec, 1);
+  }
+  EXPECT_EQ(lb.pipe.flows().stats().syn_expired, 2u);
+  EXPECT_EQ(lb.pipe.flows().stats().active, 2u);  // flows 1 and 2's second
+}
+
+TEST(PipelineFlood, AboveTheRateNewFlowsGoByMaglevWithoutAnEntry) {
+  Config limited = baseConfig();
+  limited.flood.new_flow_rate_limit = 100;
+  validateConfig(limited, "test");
+  Lb lb(limited);
+  Lb unlimited(baseConfig());
+  // 300 new flows within one second: 100 get an entry, 200 are forwarded by their Maglev pick
+  // alone, to the same backends an unlimited core gives them.
+  const std::vector<uint32_t> got = sendWebFlows(lb, kT0, 0x02, 0, 300);
+  EXPECT_EQ(got, sendWebFlows(unlimited, kT0, 0x02, 0, 300));
+  EXPECT_EQ(lb.pipe.flows().stats().inserted, 100u);
+  EXPECT_EQ(lb.pipe.counters().new_flows_unpinned, 200u);
+  EXPECT_EQ(flowsOf(lb), 100u) << "a flow without an entry is no backend's new flow";
+  // Within the same second the first 100 are established and counted as nothing new; the
+  // others are still new flows, and still above the rate.
+  EXPECT_EQ(sendWebFlows(lb, kT0 + kSec - 1, 0x10, 0, 300), got);
+  EXPECT_EQ(lb.pipe.flows().stats().inserted, 100u);
+  EXPECT_EQ(lb.pipe.counters().new_flows_unpinned, 400u);
+  // The next second has room for 100 more: the first 100 of the ones without an entry.
+  EXPECT_EQ(sendWebFlows(lb, kT0 + kSec, 0x10, 0, 300), got);
+  EXPECT_EQ(lb.pipe.flows().stats().inserted, 200u);
+  EXPECT_EQ(lb.pipe.counters().new_flows_unpinned, 500u);
+  // Each packet of the backends counts wherever it went.
+  uint64_t packets = 0;
+  for (const BackendCounters& bc : lb.pipe.backendCounters()) {
+    packets += bc.packets;
+  }
+  EXPECT_EQ(packets, 900u);
 }
 
 // ---------------------------------------------------------------------------------------------

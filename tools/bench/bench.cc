@@ -36,6 +36,7 @@
 #include "dataplane/dpdk_dataplane.h"
 #include "dataplane/eal.h"
 #include "dataplane/worker.h"
+#include "tools/bench/flood_bench.h"
 #include "tools/pktgen/traffic.h"
 
 namespace {
@@ -147,7 +148,28 @@ int main(int argc, char** argv) {
   app.add_flag("--xdp", xdp,
                "Instead: ns per packet of the XDP program (BPF_PROG_TEST_RUN) for a new flow, an "
                "established flow and a packet for no service, against a bare XDP_TX program");
+  bool flood = false;
+  FloodBenchOptions fo;
+  app.add_flag("--flood", flood,
+               "Instead: a SYN flood of --flood-factor x --flow-table SYNs from random sources "
+               "against --established established flows, on the DPDK pipeline and the XDP "
+               "program: ns per flood packet against a new flow's, with and without the rate "
+               "guard, and how many established flows keep their entries");
+  app.add_option("--established", fo.established, "Established flows before the flood (--flood)");
+  app.add_option("--flood-factor", fo.factor, "SYNs sent, in flow tables (--flood)")
+      ->check(CLI::Range(1, 100));
+  app.add_option("--rate-limit", fo.rate_limit,
+                 "flood.new_flow_rate_limit of the guarded flood case (--flood)")
+      ->check(CLI::Range(1, 100000000));
+  app.add_option("--flood-pps", fo.flood_pps,
+                 "The flood's packet clock in the guarded case: SYNs per second (--flood)")
+      ->check(CLI::Range(1, 1000000000));
   CLI11_PARSE(app, argc, argv);
+  if (flood) {
+    fo.table = app.count("--flow-table") != 0 ? flow_table : 65536;
+    fo.runs = app.count("--runs") != 0 ? runs : 3;
+    return runFloodBench(fo);
+  }
   if (xdp) {
 #ifdef SLUICE_HAS_XDP
     return runXdpBench(std::min<uint32_t>(flows, 20000), runs);

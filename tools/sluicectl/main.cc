@@ -189,6 +189,8 @@ json call(const std::string& socket, const json& request) {
   json r;
   try {
     r = sluice::controlRequest(socket, request);
+  } catch (const sluice::InvalidRequestError& e) {
+    throw Failure{e.what(), kExitUsage};
   } catch (const sluice::ControlSocketError& e) {
     throw Failure{e.what(), kExitUnreachable};
   }
@@ -466,7 +468,12 @@ int main(int argc, char** argv) {
       "up", "End maintenance: it follows its health check again");
   backendKey(backend_up);
 
-  CLI::App* reload = app.add_subcommand("reload", "Re-read the configuration file (as SIGHUP)");
+  CLI::App* reload = app.add_subcommand(
+      "reload", "Re-read the configuration file; refused when it would undo sluicectl changes");
+  bool reload_force = false;
+  reload->add_flag("--force", reload_force,
+                   "Reload even if it undoes changes made with sluicectl since the file was read "
+                   "(as SIGHUP does)");
   CLI::App* save = app.add_subcommand("save", "Print the running configuration as a config file");
   std::string save_out;
   save->add_option("--out,-o", save_out,
@@ -584,8 +591,21 @@ int main(int argc, char** argv) {
       const json r = call(socket, req);
       if (as_json) out.json(r);
     } else if (reload->parsed()) {
-      const json r = call(socket, {{"command", "reload"}});
-      if (as_json) out.json(r);
+      json req = {{"command", "reload"}};
+      if (reload_force) {
+        req["force"] = true;
+      }
+      const json r = call(socket, req);
+      if (as_json) {
+        out.json(r);
+      } else if (r.contains("undone")) {
+        std::string undone;
+        for (const json& what : r.at("undone")) {
+          undone += fmt::format("\n  {}", what.get<std::string>());
+        }
+        std::fprintf(stderr, "sluicectl: reload dropped %zu change(s) made with sluicectl:%s\n",
+                     r.at("undone").size(), undone.c_str());
+      }
     } else if (save->parsed()) {
       json r = call(socket, {{"command", "save"}});
       const std::string config = r.at("config").get<std::string>();
