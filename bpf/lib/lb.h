@@ -73,6 +73,36 @@ static __always_inline const struct lb_backend *lb_backend_get(__u32 bid)
 	return bpf_map_lookup_elem(&backends, &bid);
 }
 
+/*
+ * backendNextHop(): the MAC a backend's packets are sent to (its own on-link, its gateway's when
+ * routed, all zero while unresolved). lb_forward_to_backend() and lb_forward_icmp_error() address
+ * it and lb_from_backend_side() checks it: one value, so requests and the replies taken back
+ * cannot disagree.
+ */
+static __always_inline const __u8 *lb_backend_next_hop(const struct lb_backend *b)
+{
+	return b->mac;
+}
+
+/*
+ * fromBackendSide(): whether a packet from NAT backend bid's address and port (a reply, or an
+ * ICMP error from behind NAT) came from that backend's next hop, its source MAC. The reply
+ * rewrite is stateless, so anything else would leave from the VIP towards any destination: a
+ * reflection (why, and the limit of a routed backend: Pipeline's fromBackendSide()). Nothing is
+ * taken from an unresolved backend (next hop zero), nor from an id whose backend is not in the
+ * map (epoch 0: a publish in progress).
+ */
+static __always_inline int lb_from_backend_side(void *data, void *data_end, __u32 bid)
+{
+	const struct lb_backend *b = lb_backend_get(bid);
+	__u64 hop;
+
+	if (!b || b->epoch == 0 || data + LB_ETH_HLEN > data_end)
+		return 0;
+	hop = lb_pack_mac(lb_backend_next_hop(b));
+	return hop != 0 && lb_pack_mac(data + 6) == hop;
+}
+
 /* The Maglev pick: maglev[service id][hash % M], or LB_BACKEND_NONE. */
 static __always_inline __u32 lb_maglev_pick(const struct lb_service *svc, __u32 hash)
 {
@@ -428,7 +458,7 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 		if (lb_rewrite_l3l4(data, data_end, p, 1, b->addr, b->port))
 			return lb_drop(cc, LB_DROP_TRUNCATED);
 	}
-	if (lb_rewrite_macs(data, data_end, b->mac, port_mac))
+	if (lb_rewrite_macs(data, data_end, lb_backend_next_hop(b), port_mac))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
 	bc = lb_backend_stats(f.backend_id, b->epoch);
 	if (bc) {
@@ -479,28 +509,29 @@ static __always_inline void lb_count_reply(const struct lb_nat_reply *v, __u64 l
 }
 
 /*
- * natReply(): a NAT backend's reply. Stateless: rewrite the source back to the VIP and send it
- * to the gateway of its family (configured or resolved), else to the router learned from client
- * packets.
+ * natReply(): a NAT backend's reply, taken only from the backend's next hop (else
+ * nat_reply_mac, whatever accept_any_mac says: it concerns the destination MAC). Stateless:
+ * rewrite the source back to the VIP and send it to the gateway of its family (configured or
+ * resolved), else to the router learned from client packets.
  */
 static __always_inline int lb_forward_nat_reply(struct xdp_md *ctx, const struct lb_parsed *p,
 						const struct lb_nat_reply *v,
 						struct lb_cpu_counters *cc)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
 	const struct lb_service *svc;
 	__u32 sid = v->service_id;
 	__u8 next_hop[6];
-	void *data_end;
-	void *data;
 
+	if (!lb_from_backend_side(data, data_end, v->backend_id))
+		return lb_drop(cc, LB_DROP_NAT_REPLY_MAC);
 	if (lb_nat_next_hop(p->key.family, next_hop))
 		return lb_drop(cc, LB_DROP_NO_NEXT_HOP);
 	svc = bpf_map_lookup_elem(&service_by_id, &sid);
 	if (!svc || svc->table_size == 0)	/* a reply ahead of its service (map update) */
 		return lb_drop(cc, LB_DROP_NO_SERVICE);
 
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
 	if (lb_rewrite_l3l4(data, data_end, p, 0, svc->addr, svc->port))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
 	if (lb_rewrite_macs(data, data_end, next_hop, port_mac))
@@ -619,7 +650,7 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 	if (svc->forwarding == LB_FWD_NAT &&
 	    lb_rewrite_icmp_error(data, data_end, p, e, 1, b->addr, b->port))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
-	if (lb_rewrite_macs(data, data_end, b->mac, port_mac))
+	if (lb_rewrite_macs(data, data_end, lb_backend_next_hop(b), port_mac))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
 	cc->icmp_forwarded++;
 	bc = lb_backend_stats(bid, b->epoch);
@@ -632,29 +663,30 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 
 /*
  * icmpErrorToClient(): an ICMP error from behind NAT about a client's packet to the NAT backend
- * of v goes to the client, as if about its packet to the VIP: stateless, as a NAT reply. The
- * outer source becomes the VIP whoever sent the error, the backend or a router behind Sluice, as
- * IPVS and netfilter's NAT do (why: Pipeline::icmpErrorToClient()).
+ * of v goes to the client, as if about its packet to the VIP: stateless, as a NAT reply, and so
+ * taken from the backend's next hop only, as a NAT reply is. The outer source becomes the VIP
+ * whoever sent the error, the backend or a router behind Sluice, as IPVS and netfilter's NAT do
+ * (why: Pipeline::icmpErrorToClient()).
  */
 static __always_inline int lb_forward_icmp_reply(struct xdp_md *ctx, const struct lb_parsed *p,
 						 const struct lb_icmp_error *e,
 						 const struct lb_nat_reply *v,
 						 struct lb_cpu_counters *cc)
 {
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
 	const struct lb_service *svc;
 	__u32 sid = v->service_id;
 	__u8 next_hop[6];
-	void *data_end;
-	void *data;
 
+	if (!lb_from_backend_side(data, data_end, v->backend_id))
+		return lb_drop(cc, LB_DROP_NAT_REPLY_MAC);
 	if (lb_nat_next_hop(p->key.family, next_hop))
 		return lb_drop(cc, LB_DROP_NO_NEXT_HOP);
 	svc = bpf_map_lookup_elem(&service_by_id, &sid);
 	if (!svc || svc->table_size == 0)	/* ahead of its service (map update) */
 		return lb_drop(cc, LB_DROP_NO_SERVICE);
 
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
 	if (lb_rewrite_icmp_error(data, data_end, p, e, 0, svc->addr, svc->port))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
 	if (lb_rewrite_macs(data, data_end, next_hop, port_mac))

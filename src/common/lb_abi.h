@@ -139,6 +139,11 @@ enum lb_drop_reason {
 	LB_DROP_NO_NEXT_HOP,       /* NAT reply, but no gateway MAC configured or learned yet */
 	LB_DROP_TX_FULL,           /* transmit queue did not take the packet */
 	LB_DROP_NOT_FOR_US,        /* destination MAC is not the port's, broadcast, or ND multicast */
+	/* A NAT reply (or an ICMP error from behind NAT) from a NAT backend's address and port whose
+	 * source MAC is not that backend's next hop (the MAC its requests are sent to), or whose
+	 * backend has no resolved next hop: not from the backend side, so not rewritten to the VIP
+	 * (a reflection through Sluice otherwise). Last, so the numbers above keep their values. */
+	LB_DROP_NAT_REPLY_MAC,
 	LB_DROP__COUNT
 };
 
@@ -157,6 +162,7 @@ static inline const char *lb_drop_reason_name(unsigned int reason)
 	case LB_DROP_NO_NEXT_HOP: return "no_next_hop";
 	case LB_DROP_TX_FULL: return "tx_full";
 	case LB_DROP_NOT_FOR_US: return "not_for_us";
+	case LB_DROP_NAT_REPLY_MAC: return "nat_reply_mac";
 	default: return "unknown";
 	}
 }

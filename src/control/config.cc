@@ -38,11 +38,34 @@ constexpr size_t kMaxNameLength = 64;
 
 // Error reporting
 
+// An error is one line of the log and of sluicectl's answer, but what it quotes may hold newlines
+// or control characters (toml++ quotes the offending input as it is, a quoted key may be "a\nb"):
+// each is written as its escape.
+std::string oneLine(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto b = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (b < 0x20 || b == 0x7f) {
+      out += fmt::format("\\x{:02x}", b);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 [[noreturn]] void fail(std::string_view source, int line, std::string_view message) {
   if (line > 0) {
-    throw ConfigError(fmt::format("{}:{}: {}", source, line, message));
+    throw ConfigError(fmt::format("{}:{}: {}", source, line, oneLine(message)));
   }
-  throw ConfigError(fmt::format("{}: {}", source, message));
+  throw ConfigError(fmt::format("{}: {}", source, oneLine(message)));
 }
 
 // " (line 12)" when the line is known, "" for configurations that were not read from a file.

@@ -64,6 +64,34 @@ bool pinnedBackendValid(const FlowEntry& e, const ServiceEntry& svc,
 }
 
 /**
+ * The MAC a backend's packets are sent to: the backend's own when it is on-link, its gateway's
+ * when it is routed (configured, or resolved by the control plane: BackendEntry::mac,
+ * snapshot_builder.cc); all zero while unresolved (a configured MAC is never zero). toBackend()
+ * and icmpErrorToBackend() address this very value and fromBackendSide() checks it, so the MAC
+ * requests go to and the MAC replies are taken from cannot disagree.
+ */
+const uint8_t* backendNextHop(const BackendEntry& b) noexcept { return b.mac; }
+
+/**
+ * Whether a packet from NAT backend b's address and port (a reply, or an ICMP error from behind
+ * NAT about a packet sent to b) came from where b's replies come from: its source MAC is b's next
+ * hop. The reply rewrite is stateless, so without this check any frame with b's address and port
+ * as its source, spoofed on the link or sent in through the clients' router, would leave from the
+ * VIP towards any destination: a reflection. Per-flow state cannot decide instead: a reply may
+ * reach another worker than the one holding its flow's entry, which is why the rewrite is
+ * stateless (docs/architecture.md, "NAT replies on another core"). An unresolved backend is out of
+ * the Maglev table and has no MAC to send to; it has no side to come from either, so nothing is
+ * taken from it (the zero MAC the snapshot holds for it included). The limit: a routed backend's
+ * next hop is its gateway, and a reply spoofed from behind that gateway carries its MAC too
+ * (docs/architecture.md says what to filter there). The XDP twin is lb_from_backend_side()
+ * (bpf/lib/lb.h).
+ */
+bool fromBackendSide(const uint8_t* frame, const BackendEntry& b) noexcept {
+  const uint64_t hop = packMac(backendNextHop(b));
+  return hop != 0 && packMac(frame + 6) == hop;
+}
+
+/**
  * The next hop of what goes back to clients (NAT replies, errors from behind NAT): the configured
  * gateway MAC of the family, else the router learned from client packets.
  * @return false when there is neither
@@ -302,7 +330,7 @@ bool Pipeline::toBackend(PacketRef& p, const Snapshot& snap, const ServiceEntry&
     }
     rewriteL3L4(p.data, p.parsed, true, b.addr, b.port_be);
   }
-  rewriteMacs(p.data, b.mac, port.mac);
+  rewriteMacs(p.data, backendNextHop(b), port.mac);
   BackendCounters& bc = backend_counters_[bid];
   bc.claim(b.epoch);
   ++bc.packets;
@@ -326,7 +354,7 @@ bool Pipeline::icmpErrorToBackend(PacketRef& p, const Snapshot& snap, const Serv
   if (svc.forwarding == Forwarding::kNat) {
     rewriteIcmpError(p.data, p.parsed, e, true, b.addr, b.port_be);
   }
-  rewriteMacs(p.data, b.mac, port.mac);
+  rewriteMacs(p.data, backendNextHop(b), port.mac);
   ++counters_.icmp_forwarded;
   BackendCounters& bc = backend_counters_[bid];
   bc.claim(b.epoch);
@@ -337,6 +365,12 @@ bool Pipeline::icmpErrorToBackend(PacketRef& p, const Snapshot& snap, const Serv
 
 bool Pipeline::natReply(PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v,
                         PortContext& port) noexcept {
+  // Who sent it before where it goes: what is not from the backend's side is no reply at all.
+  // accept_any_mac (replay, a promiscuous port) lifts the destination MAC check only: a bump in
+  // the wire sees the same spoofed frames, and a replay is to show what live traffic would get.
+  if (!fromBackendSide(p.data, snap.backends[v.backend_id])) [[unlikely]] {
+    return drop(LB_DROP_NAT_REPLY_MAC);
+  }
   uint8_t next_hop[6];
   if (!natNextHop(snap, p.parsed.key.family == LB_FAMILY_IPV4, port, next_hop)) [[unlikely]] {
     return drop(LB_DROP_NO_NEXT_HOP);
@@ -350,6 +384,11 @@ bool Pipeline::natReply(PacketRef& p, const Snapshot& snap, const EndpointMap::V
 
 bool Pipeline::icmpErrorToClient(PacketRef& p, const Snapshot& snap, const EndpointMap::Value& v,
                                  const IcmpError& e, PortContext& port) noexcept {
+  // Sent on from the VIP as a reply is, so taken from the backend's side only, as a reply is: the
+  // backend itself or a router behind its next hop (the next hop's MAC either way).
+  if (!fromBackendSide(p.data, snap.backends[v.backend_id])) [[unlikely]] {
+    return drop(LB_DROP_NAT_REPLY_MAC);
+  }
   uint8_t next_hop[6];
   if (!natNextHop(snap, p.parsed.key.family == LB_FAMILY_IPV4, port, next_hop)) [[unlikely]] {
     return drop(LB_DROP_NO_NEXT_HOP);

@@ -44,6 +44,7 @@
 #include "xdp/xdp_dataplane.h"
 #endif
 #include "tests/support/fixtures.h"
+#include "tests/support/program_maps.h"
 #include "tests/support/run.h"
 #include "tools/pktgen/packet_builder.h"
 #include "tools/pktgen/pcap_io.h"
@@ -61,6 +62,7 @@ using testsupport::ip;
 using testsupport::mac;
 
 constexpr uint64_t kStartUs = 1700000000ull * 1'000'000ull;
+constexpr uint32_t kSpoofedReplies = 6;  // capture(): NAT replies not from their backend's side
 
 /**
  * The fixture's three services, with the timeouts the late packets of the capture rely on (a UDP
@@ -143,6 +145,8 @@ std::vector<PcapRecord> capture() {
   }
   for (uint32_t i = 0; i < 10; ++i) {
     PacketSpec r;
+    r.src_mac = mac("02:00:00:00:03:12");  // its next hop: the backend's configured MAC
+    r.dst_mac = mac("02:00:00:00:00:bb");
     r.src = ip("2001:db8:1::12");
     r.dst = ip("2001:db8:ff::5");
     r.proto = LB_PROTO_TCP;
@@ -151,6 +155,37 @@ std::vector<PcapRecord> capture() {
     r.tcp_flags = 0x18;
     r.payload = Bytes(100, 0x5a);
     all.push_back({t++, pktgen::build(r)});
+  }
+  // Spoofed NAT replies: a backend's address and port, but not from its next hop (from the
+  // clients' side, from the other backend): dropped as nat_reply_mac by both.
+  for (uint32_t i = 0; i < kSpoofedReplies; ++i) {
+    PacketSpec r;
+    r.src_mac = mac(i % 2 ? "02:00:00:00:00:aa" : "02:00:00:00:02:22");
+    r.dst_mac = mac("02:00:00:00:00:bb");
+    r.src = i < 3 ? ip("10.0.1.21") : ip("2001:db8:1::11");
+    r.dst = i < 3 ? ip("198.51.100.99") : ip("2001:db8:ff::99");
+    r.proto = i < 3 ? LB_PROTO_UDP : LB_PROTO_TCP;
+    r.sport = i < 3 ? 5353 : 8443;
+    r.dport = static_cast<uint16_t>(50000 + i);
+    r.payload = Bytes(64, 0x99);
+    all.push_back({t++, pktgen::build(r)});
+  }
+  // A dns backend's port unreachable about a client's datagram to it: from the backend's MAC
+  // sent to the client from the VIP, from another MAC dropped as a spoofed reply would be.
+  for (const char* from : {"02:00:00:00:02:21", "02:00:00:00:00:aa"}) {
+    PacketSpec sent;
+    sent.src = ip("203.0.113.80");
+    sent.dst = ip("10.0.1.21");
+    sent.proto = LB_PROTO_UDP;
+    sent.sport = 40080;
+    sent.dport = 5353;
+    sent.payload = Bytes(40, 0x80);
+    PacketSpec o;
+    o.src_mac = mac(from);
+    o.dst_mac = mac("02:00:00:00:00:bb");
+    o.src = sent.dst;
+    o.dst = sent.src;
+    all.push_back({t++, pktgen::buildIcmpError(o, 3, 3, 0, sent, 548)});
   }
   // Malformed and foreign frames.
   PacketSpec base;
@@ -319,8 +354,11 @@ TEST(XdpDifferential, SameCaptureSameOutputBothPaths) {
   // ARP requests for the two IPv4 VIPs and the local address, the NSs with an option for the
   // IPv6 VIP and the local address, an echo request to a VIP of each family.
   EXPECT_EQ(dt.at("answered").get<uint64_t>(), 7u);
-  // The three ICMP errors about a flow of a service (the outputs below compare their bytes).
-  EXPECT_EQ(dt.at("icmp_forwarded").get<uint64_t>(), 3u);
+  // The three ICMP errors about a flow of a service and the one from behind NAT from its
+  // backend (the outputs below compare their bytes).
+  EXPECT_EQ(dt.at("icmp_forwarded").get<uint64_t>(), 4u);
+  // The spoofed replies and the spoofed error from behind NAT, on both (drops compared above).
+  EXPECT_EQ(dt.at("drops").at("nat_reply_mac").get<uint64_t>(), kSpoofedReplies + 1u);
   // Every forwarded packet, byte for byte and in order.
   ASSERT_EQ(xdp.out.size(), dpdk.out.size());
   size_t differing = 0;
@@ -349,8 +387,10 @@ TEST(XdpDifferential, SameCaptureSameOutputBothPaths) {
   };
   EXPECT_EQ(flowMap(xdp.report), flowMap(dpdk.report));
   EXPECT_GT(dpdk.out.size(), in.size() / 2);
+  // dns: 40 replies and the error from behind NAT; web6: 10 replies.
   const uint64_t replies = dpdk.report.at("services")[1].at("reply_packets").get<uint64_t>();
-  EXPECT_EQ(replies, 40u);
+  EXPECT_EQ(replies, 41u);
+  EXPECT_EQ(dpdk.report.at("services")[2].at("reply_packets").get<uint64_t>(), 10u);
 }
 
 #if SLUICE_HAS_XDP
@@ -563,31 +603,15 @@ class XdpPath {
  private:
   /** A map of a loaded program by name, opened (-1: none of that name). */
   static int mapOfProgram(int prog_fd, const std::string& name) {
-    bpf_prog_info info{};
-    uint32_t len = sizeof(info);
-    if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) {
-      return -1;
-    }
-    std::vector<uint32_t> ids(info.nr_map_ids);
-    info = bpf_prog_info{};
-    info.nr_map_ids = static_cast<uint32_t>(ids.size());
-    info.map_ids = reinterpret_cast<uint64_t>(ids.data());
-    len = sizeof(info);
-    if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) {
-      return -1;
-    }
-    for (const uint32_t id : ids) {
-      const int fd = bpf_map_get_fd_by_id(id);
-      bpf_map_info mi{};
-      uint32_t mlen = sizeof(mi);
-      if (fd >= 0 && bpf_obj_get_info_by_fd(fd, &mi, &mlen) == 0 && name == mi.name) {
-        return fd;
-      }
-      if (fd >= 0) {
-        close(fd);
+    int found = -1;
+    for (const testsupport::ProgramMap& m : testsupport::openProgramMaps(prog_fd)) {
+      if (found < 0 && name == m.info.name) {
+        found = m.fd;
+      } else {
+        close(m.fd);
       }
     }
-    return -1;
+    return found;
   }
 
   /**
@@ -648,7 +672,8 @@ Bytes arpReply(const pktgen::ArpSpec& request) {
   return pktgen::buildArp(r);
 }
 
-/** The IPv6 packet of a Neighbour Solicitation from kPeer6 for target, to its solicited-node group. */
+/** The IPv6 packet of a Neighbour Solicitation from kPeer6 for target, to its solicited-node group.
+ */
 PacketSpec solicitSpec(const IpAddress& target) {
   PacketSpec s;
   s.src_mac = kPeerMac;
@@ -1298,9 +1323,14 @@ TEST_F(XdpHost, NatRepliesGoToTheGatewayOfTheirFamily) {
   const SnapshotPtr only4 = hostSnapshot(ids, false);
   ASSERT_TRUE(only4->has_gateway_mac);
   ASSERT_FALSE(only4->has_gateway_mac6);
-  auto reply = [](const IpAddress& backend, uint16_t port, uint8_t proto, const IpAddress& client) {
+  auto reply = [&both](const IpAddress& backend, uint16_t port, uint8_t proto,
+                      const IpAddress& client) {
     PacketSpec r;
-    r.src_mac = mac("02:00:00:00:0f:01");
+    for (const sluice::BackendEntry& b : both->backends) {  // from its next hop, as replies come
+      if (b.present && b.address == backend && b.port == port) {
+        std::copy(b.mac, b.mac + 6, r.src_mac.bytes.begin());
+      }
+    }
     r.dst_mac = kPortMac;
     r.src = backend;
     r.dst = client;
@@ -1377,20 +1407,25 @@ sluice::Config icmpConfig(bool reweighted = false) {
   using sluice::Forwarding;
   using sluice::Protocol;
   sluice::Config c = hostConfig();
-  c.services.push_back(testsupport::makeService("dnsdr", "192.0.2.54", 53, Protocol::kUdp, Forwarding::kDr,
-                                   {testsupport::makeBackend("10.0.4.1", 53, "02:00:00:00:04:01"),
-                                    testsupport::makeBackend("10.0.4.2", 53, "02:00:00:00:04:02")}));
-  c.services.push_back(testsupport::makeService("api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
-                                   {testsupport::makeBackend("10.0.2.1", 8443, "02:00:00:00:03:01"),
-                                    testsupport::makeBackend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
-  c.services.push_back(testsupport::makeService("web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
-                                   {testsupport::makeBackend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
-                                    testsupport::makeBackend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
-  c.services.push_back(testsupport::makeService("dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
-                                   {testsupport::makeBackend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
-                                    testsupport::makeBackend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
-  c.services.push_back(testsupport::makeService("drained", "192.0.2.30", 80, Protocol::kUdp, Forwarding::kDr,
-                                   {testsupport::makeBackend("10.0.3.1", 80, "02:00:00:00:07:01", 0)}));
+  c.services.push_back(
+      testsupport::makeService("dnsdr", "192.0.2.54", 53, Protocol::kUdp, Forwarding::kDr,
+                               {testsupport::makeBackend("10.0.4.1", 53, "02:00:00:00:04:01"),
+                                testsupport::makeBackend("10.0.4.2", 53, "02:00:00:00:04:02")}));
+  c.services.push_back(testsupport::makeService(
+      "api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
+      {testsupport::makeBackend("10.0.2.1", 8443, "02:00:00:00:03:01"),
+       testsupport::makeBackend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
+  c.services.push_back(testsupport::makeService(
+      "web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
+      {testsupport::makeBackend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
+       testsupport::makeBackend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
+  c.services.push_back(testsupport::makeService(
+      "dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
+      {testsupport::makeBackend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
+       testsupport::makeBackend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
+  c.services.push_back(
+      testsupport::makeService("drained", "192.0.2.30", 80, Protocol::kUdp, Forwarding::kDr,
+                               {testsupport::makeBackend("10.0.3.1", 80, "02:00:00:00:07:01", 0)}));
   if (reweighted) {
     for (sluice::ServiceConfig& s : c.services) {
       if (!s.backends.empty() && s.backends[0].weight != 0) {
@@ -1816,6 +1851,31 @@ const IpAddress kBehind4 = ip("10.0.2.254");      // a router between Sluice and
 const IpAddress kBehind6 = ip("2001:db8:1::fe");
 const MacAddress kBehindMac = mac("02:00:00:00:0b:fe");
 
+/**
+ * c with api's backends (10.0.2.0/24) and web6's (2001:db8:1::/64) reached through the router
+ * kBehind4 / kBehind6: their next hop, the MAC Sluice sends their requests to and so the only
+ * one their replies and that router's errors are taken from, is kBehindMac.
+ */
+sluice::Config behindRouter(sluice::Config c) {
+  for (const char* name : {"api", "web6"}) {
+    for (sluice::BackendConfig& b : testsupport::service(c, name).backends) {
+      b.mac = kBehindMac;
+    }
+  }
+  sluice::validateConfig(c, "test");
+  return c;
+}
+
+/** icmpSnapshot() with behindRouter(). */
+SnapshotPtr behindRouterSnapshot(sluice::IdRegistry& ids, bool gateway6 = true) {
+  sluice::RuntimeState rt;
+  rt.neighbours[kGateway4] = kGateway4Mac;
+  if (gateway6) {
+    rt.neighbours[kGateway6] = kGateway6Mac;
+  }
+  return sluice::buildSnapshot(behindRouter(icmpConfig()), ids, 1, nullptr, &rt);
+}
+
 /** IPv4 port unreachable (type 3 code 3), ICMPv6 port unreachable (type 1 code 4). */
 IcmpErrorSpec portUnreachable(bool v4, size_t quote_len) {
   return v4 ? IcmpErrorSpec{3, 3, 0, quote_len} : IcmpErrorSpec{1, 4, 0, quote_len};
@@ -1974,7 +2034,7 @@ TEST_F(XdpIcmpFromNat, ABackendsPortUnreachableReachesTheClientFromTheVip) {
 TEST_F(XdpIcmpFromNat, ARoutersErrorAboutAPacketToABackendReachesTheClientFromTheVip) {
   XDP_OR_SKIP();
   sluice::IdRegistry ids;
-  const SnapshotPtr snap = icmpSnapshot(ids);
+  const SnapshotPtr snap = behindRouterSnapshot(ids);  // the router is the backends' next hop
   const IcmpFlow api{"api", ip("192.0.2.20"), 443, LB_PROTO_TCP, ip("203.0.113.62"), 43003};
   const IcmpFlow web6{"web6", kVip6, 443, LB_PROTO_TCP, ip("2001:db8:ff::62"), 43004};
   expectToClient(api, pmtuError(true, 548), *snap, backendAt(*snap, ip("10.0.2.2"), 8443),
@@ -1997,7 +2057,7 @@ TEST_F(XdpIcmpFromNat, ARoutersErrorAboutAPacketToABackendReachesTheClientFromTh
 TEST_F(XdpIcmpFromNat, WithoutAGatewayMacTheLearnedRouterIsTheNextHop) {
   XDP_OR_SKIP();
   sluice::IdRegistry ids;
-  const SnapshotPtr only4 = hostSnapshot(ids, false);
+  const SnapshotPtr only4 = behindRouterSnapshot(ids, false);
   ASSERT_FALSE(only4->has_gateway_mac6);
   const IcmpFlow web6{"web6", kVip6, 443, LB_PROTO_TCP, ip("2001:db8:ff::63"), 43005};
   const uint32_t to = backendAt(*only4, ip("2001:db8:1::11"), 8443);
@@ -2100,6 +2160,122 @@ TEST_F(XdpIcmpFromNat, WhatIsNotAboutANatBackendGoesOnAsBefore) {
           << lb_drop_reason_name(r);
     }
   }
+}
+
+// A NAT reply or an error from behind NAT is taken only from the backend's next hop, the MAC the
+// backend's requests are sent to: from anywhere else (the clients' gateway, another backend)
+// both paths drop it as nat_reply_mac, untouched, on a port that takes any destination MAC too.
+// A routed backend's next hop is its gateway; an unresolved backend has none, and nothing is
+// taken from it.
+TEST_F(XdpIcmpFromNat, RepliesAndErrorsAreTakenOnlyFromTheBackendsNextHop) {
+  XDP_OR_SKIP();
+  sluice::Config c = icmpConfig();
+  for (sluice::BackendConfig& b : testsupport::service(c, "dns").backends) {
+    if (b.address == ip("10.0.1.22")) {
+      b.mac.reset();  // off-link: through the IPv4 gateway
+    }
+  }
+  sluice::BackendConfig unresolved =
+      testsupport::makeBackend("198.51.100.21", 5353, "02:00:00:00:02:77");
+  unresolved.mac.reset();  // on-link, and nothing resolved it
+  testsupport::service(c, "dns").backends.push_back(unresolved);
+  sluice::validateConfig(c, "test");
+  sluice::RuntimeState rt;
+  rt.neighbours[kGateway4] = kGateway4Mac;
+  rt.neighbours[kGateway6] = kGateway6Mac;
+  sluice::IdRegistry ids;
+  const SnapshotPtr snap = sluice::buildSnapshot(c, ids, 1, nullptr, &rt);
+  ASSERT_EQ(snap->backends[backendAt(*snap, ip("10.0.1.22"), 5353)].state,
+            sluice::BackendState::kUp);
+  ASSERT_EQ(snap->backends[backendAt(*snap, ip("198.51.100.21"), 5353)].state,
+            sluice::BackendState::kUnresolved);
+
+  auto reply = [](const char* backend, uint16_t port, uint8_t proto, const MacAddress& from) {
+    PacketSpec r;
+    r.src_mac = from;
+    r.dst_mac = kPortMac;
+    r.src = ip(backend);
+    r.dst = r.src.isV4() ? ip("203.0.113.90") : ip("2001:db8:ff::90");
+    r.proto = proto;
+    r.sport = port;
+    r.dport = 33090;
+    r.tcp_flags = 0x18;
+    r.payload = Bytes(33, 0x90);
+    return r;
+  };
+  struct Case {
+    std::string description;
+    PacketSpec reply;
+    const char* vip;
+    uint16_t vport;
+    MacAddress to;
+    bool taken;
+  };
+  const MacAddress zero{};
+  const std::vector<Case> cases = {
+      {"from the backend", reply("10.0.1.21", 5353, LB_PROTO_UDP, mac("02:00:00:00:02:21")),
+       "192.0.2.53", 53, kGateway4Mac, true},
+      {"from the clients' gateway", reply("10.0.1.21", 5353, LB_PROTO_UDP, kGateway4Mac),
+       "192.0.2.53", 53, kGateway4Mac, false},
+      {"from the other backend", reply("10.0.1.21", 5353, LB_PROTO_UDP, mac("02:00:00:00:02:22")),
+       "192.0.2.53", 53, kGateway4Mac, false},
+      {"routed, from its gateway", reply("10.0.1.22", 5353, LB_PROTO_UDP, kGateway4Mac),
+       "192.0.2.53", 53, kGateway4Mac, true},
+      {"routed, from its own MAC", reply("10.0.1.22", 5353, LB_PROTO_UDP, mac("02:00:00:00:02:22")),
+       "192.0.2.53", 53, kGateway4Mac, false},
+      {"unresolved, from its would-be MAC",
+       reply("198.51.100.21", 5353, LB_PROTO_UDP, mac("02:00:00:00:02:77")), "192.0.2.53", 53,
+       kGateway4Mac, false},
+      {"unresolved, from the zero MAC", reply("198.51.100.21", 5353, LB_PROTO_UDP, zero),
+       "192.0.2.53", 53, kGateway4Mac, false},
+      {"IPv6 TCP, from the backend",
+       reply("2001:db8:1::11", 8443, LB_PROTO_TCP, mac("02:00:00:00:03:11")), "2001:db8::10", 443,
+       kGateway6Mac, true},
+      {"IPv6 TCP, from the clients' gateway",
+       reply("2001:db8:1::11", 8443, LB_PROTO_TCP, kGateway6Mac), "2001:db8::10", 443, kGateway6Mac,
+       false},
+      {"IPv6 UDP, from another host",
+       reply("2001:db8:2::2", 5300, LB_PROTO_UDP, mac("02:00:00:00:05:01")), "2001:db8::53", 53,
+       kGateway6Mac, false},
+  };
+  uint64_t dropped = 0;
+  for (const bool any_mac : {false, true}) {
+    for (const Case& k : cases) {
+      const std::string what = k.description + (any_mac ? ", any MAC accepted" : "");
+      const Bytes in = pktgen::build(k.reply);
+      const Both b = run(in, *snap, any_mac, kT0, what);
+      if (k.taken) {
+        PacketSpec want = k.reply;
+        want.src = ip(k.vip);
+        want.sport = k.vport;
+        want.src_mac = kPortMac;
+        want.dst_mac = k.to;
+        EXPECT_EQ(actionName(b.dpdk.action), std::string("tx")) << what;
+        EXPECT_EQ(hex(b.dpdk.frame), hex(pktgen::build(want))) << what;
+      } else {
+        ++dropped;
+        EXPECT_EQ(actionName(b.dpdk.action), std::string("drop")) << what;
+      }
+      EXPECT_EQ(dpdk_.counts().drops[LB_DROP_NAT_REPLY_MAC], dropped) << what;
+    }
+  }
+
+  // Errors from behind NAT: port unreachable about a client's datagram to 10.0.1.21.
+  const IcmpFlow dns{"dns", ip("192.0.2.53"), 53, LB_PROTO_UDP, ip("203.0.113.91"), 43091};
+  const uint32_t to = backendAt(*snap, ip("10.0.1.21"), 5353);
+  expectToClient(dns, portUnreachable(true, 548), *snap, to, ip("10.0.1.21"),
+                 mac("02:00:00:00:02:21"), kGateway4Mac, "port unreachable from the backend");
+  for (const MacAddress& from : {kGateway4Mac, mac("02:00:00:00:02:22"), kBehindMac}) {
+    const std::string what = "port unreachable from " + from.str();
+    const Bytes error =
+        pktgen::buildIcmpError(fromBehind(dns, ip("10.0.1.21"), from), 3, 3, 0,
+                               sentToBackend(dns, ip("10.0.1.21"), 5353), 548);
+    const Both b = run(error, *snap, false, kT0, what);
+    EXPECT_EQ(actionName(b.dpdk.action), std::string("drop")) << what;
+    EXPECT_EQ(dpdk_.counts().drops[LB_DROP_NAT_REPLY_MAC], ++dropped) << what;
+  }
+  EXPECT_EQ(dpdk_.counts().icmp_forwarded, 1u);
+  EXPECT_EQ(dpdk_.backendReplyPackets(to), 3u) << "two replies (once per port kind), one error";
 }
 #endif  // SLUICE_HAS_XDP
 

@@ -132,10 +132,11 @@ std::vector<Bytes> hostFrames(const IpAddress& a) {
   return out;
 }
 
-/** A reply of NAT backend b (of a service with protocol proto) to a client. */
+/** A reply of NAT backend b (of a service with protocol proto) to a client, from b's next hop
+ * (the only MAC a NAT reply is taken from). */
 Bytes replyFrame(const BackendEntry& b, Protocol proto, uint32_t client) {
   PacketSpec p;
-  p.src_mac = mac("02:00:00:00:0f:01");
+  std::copy(b.mac, b.mac + 6, p.src_mac.bytes.begin());
   p.dst_mac = kPortMac;
   p.src = b.address;
   p.dst = b.address.isV4() ? IpAddress::v4(0xcb007100u + client % 200) : ip("2001:db8:ff::77");

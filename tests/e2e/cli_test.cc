@@ -924,7 +924,8 @@ TEST_F(ReadOnlyCli, StatsTextMatchesJson) {
   const std::vector<std::string> ls = lines(r.out);
   ASSERT_GE(ls.size(), 2u);
   EXPECT_TRUE(std::regex_match(
-      ls[0], std::regex(R"(Prot LocalAddress:Port\s+Packets\s+Bytes\s+NewFlows\s+ActFlows\s+Replies)")))
+      ls[0],
+      std::regex(R"(Prot LocalAddress:Port\s+Packets\s+Bytes\s+NewFlows\s+ActFlows\s+Replies)")))
       << ls[0];
   EXPECT_EQ(ls[1], "  -> RemoteAddress:Port");
   const std::regex service_re(R"((TCP|UDP)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+))");
@@ -975,7 +976,31 @@ TEST_F(ReadOnlyCli, StatsTextMatchesJson) {
   EXPECT_EQ(std::stoull(w[4]), uint64_t{kNoise + kForOthers});
   EXPECT_EQ(w[5], fmt::format("no_service={} not_for_us={}", kNoise, kForOthers))
       << "only the non-zero reasons";
-  EXPECT_EQ(at + 4, ls.size()) << r.out;
+
+  // The flow table, per worker and in total, as the JSON has it.
+  ASSERT_LT(at + 7, ls.size()) << r.out;
+  EXPECT_EQ(ls[at + 4], "") << "a blank line before the flow table";
+  EXPECT_TRUE(std::regex_match(ls[at + 5], std::regex(R"(Worker\s+FlowsActive\s+Created\s+Expired)"
+                                                      R"(\s+SynExpired\s+Evicted\s+SynEvicted)"
+                                                      R"(\s+Unpinned\s+Rescheduled)")))
+      << ls[at + 5];
+  const std::regex flows_re(
+      R"((\d+|total)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+))");
+  const char* const kFlowKeys[] = {"flows_active", "flows_created", "flows_expired",
+                                   "flows_syn_expired", "flows_evicted", "flows_syn_evicted",
+                                   "new_flows_unpinned", "flows_rescheduled"};
+  for (const auto& [line, name, of] :
+       {std::tuple{at + 6, std::string("0"), j.at("workers").at(0)},
+        std::tuple{at + 7, std::string("total"), t}}) {
+    std::smatch f;
+    ASSERT_TRUE(std::regex_match(ls[line], f, flows_re)) << ls[line];
+    EXPECT_EQ(f[1], name);
+    for (size_t k = 0; k < std::size(kFlowKeys); ++k) {
+      EXPECT_EQ(std::stoull(f[k + 2]), of.at(kFlowKeys[k]).get<uint64_t>()) << kFlowKeys[k];
+    }
+  }
+  EXPECT_GT(t.at("flows_created").get<uint64_t>(), 0u) << "the capture made flows";
+  EXPECT_EQ(at + 8, ls.size()) << r.out;
 }
 
 TEST_F(ReadOnlyCli, StatsRateIsZeroWhenIdle) {
@@ -983,7 +1008,8 @@ TEST_F(ReadOnlyCli, StatsRateIsZeroWhenIdle) {
   {
     const auto t0 = std::chrono::steady_clock::now();
     const RunResult r = run({"--json", "stats", "--rate", "--interval", "0.2"});
-    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ASSERT_EQ(r.status, 0) << r.describe();
     EXPECT_GE(took, 0.2) << "it waits the interval";
     const json j = parseJson(r);
@@ -1524,9 +1550,10 @@ TEST_F(EditCli, BackendDownAndUpAreMaintenance) {
   EXPECT_EQ(b.at("state"), "up");
   EXPECT_EQ(b.at("health"), (json{{"check", "none"}, {"maintenance", false}}));
   EXPECT_EQ(b.at("active_flows"), before.at("active_flows"));
-  EXPECT_TRUE(contains(ok({"list"}), fmt::format("  -> {:<40} {:>6} {:<11} {:>11}  no check\n",
-                                                 "10.0.0.12:80", before.at("weight").get<uint64_t>(),
-                                                 "up", before.at("active_flows").get<uint64_t>())));
+  EXPECT_TRUE(
+      contains(ok({"list"}), fmt::format("  -> {:<40} {:>6} {:<11} {:>11}  no check\n",
+                                         "10.0.0.12:80", before.at("weight").get<uint64_t>(), "up",
+                                         before.at("active_flows").get<uint64_t>())));
   // Up when not in maintenance is harmless too.
   ok({"backend", "up", "web", "10.0.0.12"});
   ++gen;
@@ -1690,7 +1717,8 @@ TEST_F(EditCli, RejectedRequestsChangeNothing) {
   ok({"backend", "add", "tiny", "10.0.7.8", "--mac", "02:00:00:00:07:08", "--weight", "0"});
   expectRejected({"backend", "edit", "tiny", "10.0.7.8", "--weight", "1"}, 1,
                  "table_size 7 is smaller");
-  expectRejected({"service", "edit", "web", "--table-size", "2"}, 1, "table_size 2 is out of range");
+  expectRejected({"service", "edit", "web", "--table-size", "2"}, 1,
+                 "table_size 2 is out of range");
 
   // The same NAT backend under another protocol is a different reply key: allowed.
   ok({"service", "add", "dnstcp", "--vip", "192.0.2.53", "--port", "53", "--protocol", "tcp",
@@ -1926,8 +1954,9 @@ TEST_F(EditCli, SaveRoundTrips) {
   // The flows of the backends that stayed are still counted for them.
   for (const json& s : running.at("services")) {
     for (const json& b : s.at("backends")) {
-      const json now = findBackend(reloaded, s.at("name").get<std::string>(),
-                                   b.at("address").get<std::string>(), b.at("port").get<uint64_t>());
+      const json now =
+          findBackend(reloaded, s.at("name").get<std::string>(), b.at("address").get<std::string>(),
+                      b.at("port").get<uint64_t>());
       ASSERT_FALSE(now.is_null());
       EXPECT_EQ(now.at("active_flows"), b.at("active_flows")) << b.dump();
     }
@@ -2313,8 +2342,10 @@ TEST(Lifecycle, ChangesThenSigtermExitsZeroAndReportsPackets) {
   std::smatch m;
   const std::string last = lastLine(final_log);
   ASSERT_TRUE(std::regex_search(
-      last, m, std::regex(R"(sluiced\[\d+\] info: stopped: (\d+) packets in, (\d+) out, (\d+) dropped$)")))
-      << "the last log line reports the packets:\n" << final_log;
+      last, m,
+      std::regex(R"(sluiced\[\d+\] info: stopped: (\d+) packets in, (\d+) out, (\d+) dropped$)")))
+      << "the last log line reports the packets:\n"
+      << final_log;
   EXPECT_EQ(std::stoull(m[1]), capture.size());
   EXPECT_EQ(std::stoull(m[3]), uint64_t{kNoise + kForOthers}) << "no_service and not_for_us";
   EXPECT_EQ(std::stoull(m[2]) + std::stoull(m[3]), capture.size());

@@ -430,6 +430,15 @@ TEST(Hold, AClientThatDoesNotReadItsAnswerHoldsUpNoOne) {
   d.spawn();
   ASSERT_TRUE(d.waitRunning()) << d.log();
 
+  // The big answer reaches a client that reads it. What it takes is the daemon's own work on one
+  // `list` (building the answer; several times longer under ASan), which the held clients below
+  // cost too before `version` is read: that is allowed for, waiting behind them is not.
+  auto t0 = std::chrono::steady_clock::now();
+  const RunResult list = ctl(dir, sock, {"--json", "list"});
+  const double list_ms = millisSince(t0);
+  ASSERT_EQ(list.status, 0) << list.describe();
+  EXPECT_EQ(json::parse(list.out).at("services").size(), 3000u);
+
   // Answers far larger than the socket's buffers, so that the daemon's writes would block.
   std::vector<int> held;
   for (int i = 0; i < 3; ++i) {
@@ -438,16 +447,13 @@ TEST(Hold, AClientThatDoesNotReadItsAnswerHoldsUpNoOne) {
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
 
-  auto t0 = std::chrono::steady_clock::now();
+  t0 = std::chrono::steady_clock::now();
   const RunResult v = ctl(dir, sock, {"version"});
   const double version_ms = millisSince(t0);
   EXPECT_EQ(v.status, 0) << v.describe() << "\n" << d.log();
-  EXPECT_LT(version_ms, 1000.0) << "sluicectl version waited behind clients that do not read";
-
-  // The big answer itself reaches a client that reads it.
-  const RunResult list = ctl(dir, sock, {"--json", "list"});
-  ASSERT_EQ(list.status, 0) << list.describe();
-  EXPECT_EQ(json::parse(list.out).at("services").size(), 3000u);
+  EXPECT_LT(version_ms, 1000.0 + 3 * list_ms)
+      << "sluicectl version waited behind clients that do not read (one list took " << list_ms
+      << " ms)";
 
   t0 = std::chrono::steady_clock::now();
   ::kill(d.pid(), SIGTERM);

@@ -197,17 +197,16 @@ bool waitFor(int fd, short events, int ms) {
 class Backend {
  public:
   Backend(const std::string& ns, std::string& error) {
-    std::atomic<bool> ready{false};
-    thread_ = std::thread([this, ns, &error, &ready] {
+    thread_ = std::thread([this, ns, &error] {
       // On CPU 0, as the client: generic XDP on a veth runs on the sending CPU, and one CPU
       // keeps each flow on one per-CPU flow table, as RSS would.
       error = testsupport::enterNamespace(ns);
       if (error.empty()) {
-        serve(ready);
+        serve(ready_);
       }
-      ready = true;
+      ready_ = true;
     });
-    for (int i = 0; i < 200 && !ready; ++i) {
+    for (int i = 0; i < 200 && !ready_; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
@@ -289,6 +288,9 @@ class Backend {
     }
   }
 
+  // A member, not a local of the constructor: the thread sets it again when serve() returns,
+  // long after the constructor has (ASan: stack-use-after-scope).
+  std::atomic<bool> ready_{false};
   std::thread thread_;
   std::atomic<bool> stop_{false};
 };

@@ -269,6 +269,22 @@ service = [
   EXPECT_EQ(c.services[0].backends[0].address, ip("10.0.0.1"));
 }
 
+// An error is one line of the log and of sluicectl's answer, whatever the input quoted in it
+// holds (found by tests/fuzz/config_fuzz: toml++ quotes the rest of the line, newline included).
+TEST(ConfigTest, ErrorsAreOneLineWhateverTheyQuote) {
+  const std::string syntax = errorOf("a = fals\n");
+  EXPECT_EQ(syntax.find('\n'), std::string::npos) << syntax;
+  EXPECT_TRUE(syntax.starts_with("t.toml:1: ")) << syntax;
+
+  const std::string key = errorOf("[\"web\\nfront\"]\n");
+  EXPECT_EQ(key, "t.toml:1: unknown table [web\\nfront] (expected [dataplane], [timeouts], "
+                 "[flood] or [[service]])");
+
+  const std::string control = errorOf("\"a\\u0007\" = 1\n");
+  EXPECT_EQ(control.find('\x07'), std::string::npos) << control;
+  EXPECT_NE(control.find("\\x07"), std::string::npos) << control;
+}
+
 TEST(ConfigTest, NamesOfEnums) {
   EXPECT_STREQ(forwardingName(Forwarding::kDr), "dr");
   EXPECT_STREQ(forwardingName(Forwarding::kNat), "nat");

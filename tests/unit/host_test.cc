@@ -163,7 +163,8 @@ const IpAddress kClient4 = ip("203.0.113.7");
 // backends whose MACs are resolved, not configured; DR web6 on [2001:db8::10]:80.
 Config hostConfig() {
   Config c;
-  c.dataplane.addresses = {*IpPrefix::parse("198.51.100.2/24"), *IpPrefix::parse("2001:db8:b::2/64")};
+  c.dataplane.addresses = {*IpPrefix::parse("198.51.100.2/24"),
+                           *IpPrefix::parse("2001:db8:b::2/64")};
   ServiceConfig web;
   web.name = "web";
   web.vip = kVip4;
@@ -278,7 +279,8 @@ TEST(HostTest, SolicitationsItDoesNotAnswerGoToTheKernel) {
 
 TEST(HostTest, VipAnswersEchoHostsEchoGoesToTheKernel) {
   Host h(hostConfig());
-  for (const auto& [client, vip] : {std::pair{kClient4, kVip4}, std::pair{ip("2001:db8:c::7"), kVip6}}) {
+  for (const auto& [client, vip] :
+       {std::pair{kClient4, kVip4}, std::pair{ip("2001:db8:c::7"), kVip6}}) {
     Bytes f = echoRequest(client, vip);
     const Bytes before = f;
     const PacketRef r = h.run(f);
@@ -380,7 +382,9 @@ TEST(HostTest, DownBackendsFlowsFollowTheServicesPolicy) {
     const MacAddress first = dstMac(syn);
     const IpAddress first_ip =
         first == mac("02:00:00:00:01:11") ? ip("198.51.100.11") : ip("198.51.100.12");
-    h.runtime.health[backendRef(c.services[0], c.services[0].backends[first_ip == ip("198.51.100.11") ? 0 : 1])]
+    h.runtime
+        .health[backendRef(c.services[0],
+                           c.services[0].backends[first_ip == ip("198.51.100.11") ? 0 : 1])]
         .up = false;
     h.rebuild();
     Bytes ack = tcp(kPortMac, kClient4, kVip4, 5555, 80, LB_TCP_ACK);
@@ -447,6 +451,7 @@ namespace {
 // (bpf/lib/lb.h): its skb stays CHECKSUM_PARTIAL, where DPDK's packet socket transmission is
 // taken as complete.
 TEST(HostTest, NatOfAPartialChecksumGivesTheBackendAValidFullChecksum) {
+  const MacAddress kNatBackendMac = mac("02:00:00:00:02:21");
   Config c = hostConfig();
   c.services.clear();
   struct Nat {
@@ -466,7 +471,7 @@ TEST(HostTest, NatOfAPartialChecksumGivesTheBackendAValidFullChecksum) {
     BackendConfig b;
     b.address = ip(n.backend);
     b.port = 8080;
-    b.mac = mac("02:00:00:00:02:21");
+    b.mac = kNatBackendMac;
     s.backends.push_back(b);
     c.services.push_back(s);
   }
@@ -493,6 +498,8 @@ TEST(HostTest, NatOfAPartialChecksumGivesTheBackendAValidFullChecksum) {
       // The backend's reply, partial too: back to the VIP, with a full checksum.
       Bytes reply = tcp(kPortMac, backend, ip(n.client), 8080, sport, LB_TCP_SYN | LB_TCP_ACK,
                         true, payload);
+      // From the backend's MAC, its next hop: a NAT reply is taken from nowhere else.
+      std::copy(kNatBackendMac.bytes.begin(), kNatBackendMac.bytes.end(), reply.begin() + 6);
       ASSERT_FALSE(tcpChecksumValid(reply));
       ASSERT_TRUE(h.run(reply).transmit);
       ++completed;

@@ -13,6 +13,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -43,10 +44,18 @@ const MacAddress kRouterMac = mac("02:00:00:00:00:ac");
 const MacAddress kGatewayMac = mac("02:00:00:00:00:fe");
 
 // The DR web service's three backends (DR: backend port = service port).
-BackendConfig webA(uint32_t w = 1) { return testsupport::makeBackend("10.0.0.11", 80, "02:00:00:00:01:11", w); }
-BackendConfig webB(uint32_t w = 1) { return testsupport::makeBackend("10.0.0.12", 80, "02:00:00:00:01:12", w); }
-BackendConfig webC(uint32_t w = 1) { return testsupport::makeBackend("10.0.0.13", 80, "02:00:00:00:01:13", w); }
-BackendConfig webD(uint32_t w = 1) { return testsupport::makeBackend("10.0.0.14", 80, "02:00:00:00:01:14", w); }
+BackendConfig webA(uint32_t w = 1) {
+  return testsupport::makeBackend("10.0.0.11", 80, "02:00:00:00:01:11", w);
+}
+BackendConfig webB(uint32_t w = 1) {
+  return testsupport::makeBackend("10.0.0.12", 80, "02:00:00:00:01:12", w);
+}
+BackendConfig webC(uint32_t w = 1) {
+  return testsupport::makeBackend("10.0.0.13", 80, "02:00:00:00:01:13", w);
+}
+BackendConfig webD(uint32_t w = 1) {
+  return testsupport::makeBackend("10.0.0.14", 80, "02:00:00:00:01:14", w);
+}
 
 // A configuration with DR and NAT services of both families and protocols: the fixture's three
 // (web DR/TCP/IPv4 with the given backends, dns NAT/UDP/IPv4, web6 NAT/TCP/IPv6 on port 443),
@@ -64,16 +73,20 @@ Config baseConfig(std::vector<BackendConfig> web = {webA(), webB(), webC()},
   c.timeouts.tcp_fin_s = 10;
   c.timeouts.udp_s = 300;
   testsupport::service(c, "web").backends = std::move(web);
-  c.services.push_back(testsupport::makeService("api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
-                               {testsupport::makeBackend("10.0.2.1", 8443, "02:00:00:00:03:01"),
-                                testsupport::makeBackend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
-  c.services.push_back(testsupport::makeService("dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
-                               {testsupport::makeBackend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
-                                testsupport::makeBackend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
-  c.services.push_back(testsupport::makeService("web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
-                               {testsupport::makeBackend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
-                                testsupport::makeBackend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
-  c.services.push_back(testsupport::makeService("drained", "192.0.2.30", 80, Protocol::kTcp, Forwarding::kDr,
+  c.services.push_back(testsupport::makeService(
+      "api", "192.0.2.20", 443, Protocol::kTcp, Forwarding::kNat,
+      {testsupport::makeBackend("10.0.2.1", 8443, "02:00:00:00:03:01"),
+       testsupport::makeBackend("10.0.2.2", 8443, "02:00:00:00:03:02", 3)}));
+  c.services.push_back(testsupport::makeService(
+      "dns6", "2001:db8::53", 53, Protocol::kUdp, Forwarding::kNat,
+      {testsupport::makeBackend("2001:db8:2::1", 53, "02:00:00:00:05:01"),
+       testsupport::makeBackend("2001:db8:2::2", 5300, "02:00:00:00:05:02")}));
+  c.services.push_back(testsupport::makeService(
+      "web6dr", "2001:db8::10", 80, Protocol::kTcp, Forwarding::kDr,
+      {testsupport::makeBackend("2001:db8:3::1", 80, "02:00:00:00:06:01"),
+       testsupport::makeBackend("2001:db8:3::2", 80, "02:00:00:00:06:02")}));
+  c.services.push_back(
+      testsupport::makeService("drained", "192.0.2.30", 80, Protocol::kTcp, Forwarding::kDr,
                                {testsupport::makeBackend("10.0.3.1", 80, "02:00:00:00:07:01", 0),
                                 testsupport::makeBackend("10.0.3.2", 80, "02:00:00:00:07:02", 0)}));
   c.services.push_back(
@@ -86,6 +99,11 @@ Config baseConfig(std::vector<BackendConfig> web = {webA(), webB(), webC()},
 struct Lb {
   explicit Lb(const Config& c, uint32_t flow_capacity = 1u << 16)
       : snap(buildSnapshot(c, ids, 1)), pipe(flow_capacity, kMaxBackendIds) {
+    std::copy(kPortMac.bytes.begin(), kPortMac.bytes.end(), port.mac);
+  }
+  /** With the neighbours (MACs) the daemon would have resolved. */
+  Lb(const Config& c, const RuntimeState& rt)
+      : snap(buildSnapshot(c, ids, 1, nullptr, &rt)), pipe(1u << 12, kMaxBackendIds) {
     std::copy(kPortMac.bytes.begin(), kPortMac.bytes.end(), port.mac);
   }
   void reload(const Config& c) { snap = buildSnapshot(c, ids, snap->generation + 1); }
@@ -383,9 +401,10 @@ TEST_P(PipelineNatTest, ForwardAndReplyOnAnotherCore) {
     expected.src_mac = kPortMac;
     ASSERT_EQ(f, pktgen::build(expected)) << "flow " << i;
 
-    // The backend answers; the reply is handled by the other core.
+    // The backend answers, from the MAC Sluice sent its request to (a reply from anywhere else
+    // is dropped: NatReplySource below); the reply is handled by the other core.
     PacketSpec reply;
-    reply.src_mac = mac("02:00:00:00:99:99");
+    reply.src_mac = expected.dst_mac;
     reply.dst_mac = kPortMac;
     reply.src = be.address;
     reply.sport = be.port;
@@ -565,6 +584,223 @@ TEST(PipelineNat, ReplyFromUnknownPortIsNoService) {
   r = pktgen::build(reply);
   EXPECT_FALSE(runOne(lb, r, kT0));
   EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NO_SERVICE], 2u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where NAT replies may come from. The reply rewrite is stateless, so without a check any frame
+// with a NAT backend's address and port as its source would leave from the VIP, to any
+// destination: a reflection for whoever can spoof a backend's address. A reply (or an ICMP error
+// from behind NAT) is taken only from the backend's next hop, the MAC Sluice sends the backend's
+// requests to; anything else is dropped as nat_reply_mac, untouched.
+
+MacAddress macOf(const BackendEntry& b) {
+  MacAddress m;
+  std::copy(b.mac, b.mac + 6, m.bytes.begin());
+  return m;
+}
+
+// A reply of backend:port to the client 198.51.0.1:20007 (or 2001:db8:ff::1), sent from `from`.
+PacketSpec natReplyFrom(const IpAddress& backend, uint16_t port, uint8_t proto,
+                        const MacAddress& from) {
+  PacketSpec r;
+  r.src_mac = from;
+  r.dst_mac = kPortMac;
+  r.src = backend;
+  r.sport = port;
+  r.dst = backend.isV4() ? ip("198.51.0.1") : ip("2001:db8:ff::1");
+  r.dport = 20007;
+  r.proto = proto;
+  r.tcp_flags = 0x12;
+  r.payload.assign(21, 0x7e);
+  return r;
+}
+
+TEST(NatReplySource, OnlyTheBackendsNextHopMayReply) {
+  struct Case {
+    const char* vip;
+    uint16_t vport;
+    const char* backend;
+    uint16_t port;
+    uint8_t proto;
+  };
+  const Case cases[] = {{"192.0.2.53", 53, "10.0.1.21", 5353, LB_PROTO_UDP},
+                        {"192.0.2.20", 443, "10.0.2.1", 8443, LB_PROTO_TCP},
+                        {"2001:db8::10", 443, "2001:db8:1::11", 8443, LB_PROTO_TCP},
+                        {"2001:db8::53", 53, "2001:db8:2::2", 5300, LB_PROTO_UDP}};
+  // accept_any_mac (replay, a promiscuous port) concerns the destination MAC only: the source
+  // is checked all the same.
+  for (const bool any_mac : {false, true}) {
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(c.backend) + ":" + std::to_string(c.port) +
+                   (any_mac ? ", any MAC accepted" : ""));
+      Lb lb(baseConfig());
+      lb.port.accept_any_mac = any_mac;
+      const uint32_t bid = backendId(*lb.snap, ip(c.backend), c.port);
+      ASSERT_NE(bid, 0u);
+      const BackendEntry& b = lb.snap->backends[bid];
+      uint32_t other = 0;  // the service's other backend
+      for (uint32_t id : lb.snap->services[b.service_id].backend_ids) {
+        other = id != bid ? id : other;
+      }
+      ASSERT_NE(other, 0u);
+      // From the clients' router (where a spoofer's frames arrive), the gateway, the service's
+      // other backend, a host nobody knows: none is where this backend's replies come from.
+      const MacAddress spoofers[] = {kRouterMac, kGatewayMac, macOf(lb.snap->backends[other]),
+                                     mac("02:00:00:00:99:99")};
+      for (const MacAddress& from : spoofers) {
+        Bytes r = pktgen::build(natReplyFrom(b.address, c.port, c.proto, from));
+        const Bytes in = r;
+        EXPECT_FALSE(runOne(lb, r, kT0)) << "from " << from.str();
+        EXPECT_EQ(r, in) << "from " << from.str() << ": not rewritten";
+      }
+      EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NAT_REPLY_MAC], 4u);
+      EXPECT_EQ(totalDrops(lb.pipe.counters()), 4u);
+      EXPECT_EQ(lb.pipe.counters().passed, 0u) << "nor handed to the kernel";
+      EXPECT_EQ(lb.pipe.backendCounters()[bid].reply_packets, 0u);
+
+      // From the backend's next hop: rewritten to come from the VIP, as ever.
+      const PacketSpec real = natReplyFrom(b.address, c.port, c.proto, macOf(b));
+      Bytes r = pktgen::build(real);
+      ASSERT_TRUE(runOne(lb, r, kT0));
+      PacketSpec want = real;
+      want.src = ip(c.vip);
+      want.sport = c.vport;
+      want.src_mac = kPortMac;
+      want.dst_mac = kGatewayMac;
+      EXPECT_EQ(r, pktgen::build(want));
+      EXPECT_EQ(lb.pipe.backendCounters()[bid].reply_packets, 1u);
+      EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NAT_REPLY_MAC], 4u);
+    }
+  }
+}
+
+// A routed backend's requests go to its gateway, so its replies come from the gateway: accepted
+// from there (whatever the backend's own MAC is), and from nowhere else. The request and the
+// check take the one MAC of the snapshot, so they cannot disagree. (That gateway is also where
+// the clients are: a spoofed reply from it cannot be told apart; docs/architecture.md.)
+TEST(NatReplySource, ARoutedBackendsRepliesComeFromItsGateway) {
+  Config c = baseConfig({webA(), webB(), webC()}, /*gateway=*/false);
+  c.dataplane.addresses = {*IpPrefix::parse("198.51.100.2/24")};
+  c.dataplane.gateways = {ip("198.51.100.1")};
+  for (BackendConfig& b : testsupport::service(c, "api").backends) {
+    b.mac.reset();  // 10.0.2.0/24 is off-link: through the gateway
+  }
+  validateConfig(c, "test");
+  RuntimeState rt;
+  rt.neighbours[ip("198.51.100.1")] = kRouterMac;
+  Lb lb(c, rt);
+  Bytes req = pktgen::build(clientSpec(1, "192.0.2.20", 443, LB_PROTO_TCP, 0x02));
+  ASSERT_TRUE(runOne(lb, req, kT0));
+  EXPECT_EQ(macStr(req.data()), kRouterMac.str()) << "the request went to the gateway";
+  const auto d = pktgen::decode(req);
+  ASSERT_TRUE(d.has_value());
+  const uint32_t bid = backendId(*lb.snap, d->dst, d->dport);
+  ASSERT_NE(bid, 0u);
+
+  const PacketSpec real = natReplyFrom(d->dst, d->dport, LB_PROTO_TCP, kRouterMac);
+  Bytes r = pktgen::build(real);
+  ASSERT_TRUE(runOne(lb, r, kT0));
+  PacketSpec want = real;
+  want.src = ip("192.0.2.20");
+  want.sport = 443;
+  want.src_mac = kPortMac;
+  want.dst_mac = kRouterMac;
+  EXPECT_EQ(r, pktgen::build(want));
+  EXPECT_EQ(lb.pipe.backendCounters()[bid].reply_packets, 1u);
+
+  for (const MacAddress& from : {mac("02:00:00:00:03:01"), mac("02:00:00:00:03:02"), kClientMac}) {
+    r = pktgen::build(natReplyFrom(d->dst, d->dport, LB_PROTO_TCP, from));
+    const Bytes in = r;
+    EXPECT_FALSE(runOne(lb, r, kT0)) << from.str();
+    EXPECT_EQ(r, in);
+  }
+  EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NAT_REPLY_MAC], 3u);
+  EXPECT_EQ(lb.pipe.backendCounters()[bid].reply_packets, 1u);
+}
+
+// A backend whose next hop is not resolved (no configured MAC, nothing from ARP/ND yet) gets no
+// requests: nothing can say where its replies would come from, so none is taken, not even from
+// the all-zero MAC the snapshot holds for it. Once resolved, replies come from the resolved MAC.
+TEST(NatReplySource, AnUnresolvedBackendsRepliesAreDropped) {
+  Config c = baseConfig();
+  c.dataplane.addresses = {*IpPrefix::parse("10.0.1.2/24")};  // the dns backends are on-link
+  testsupport::service(c, "dns").backends[0].mac.reset();     // 10.0.1.21
+  validateConfig(c, "test");
+  Lb unresolved(c, RuntimeState{});
+  const uint32_t bid = backendId(*unresolved.snap, ip("10.0.1.21"), 5353);
+  ASSERT_NE(bid, 0u);
+  ASSERT_EQ(unresolved.snap->backends[bid].state, BackendState::kUnresolved);
+  for (const MacAddress& from : {MacAddress{}, mac("02:00:00:00:02:21"), kGatewayMac}) {
+    Bytes r = pktgen::build(natReplyFrom(ip("10.0.1.21"), 5353, LB_PROTO_UDP, from));
+    const Bytes in = r;
+    EXPECT_FALSE(runOne(unresolved, r, kT0)) << from.str();
+    EXPECT_EQ(r, in);
+  }
+  EXPECT_EQ(unresolved.pipe.counters().drops[LB_DROP_NAT_REPLY_MAC], 3u);
+  EXPECT_EQ(totalDrops(unresolved.pipe.counters()), 3u);
+
+  RuntimeState rt;
+  rt.neighbours[ip("10.0.1.21")] = mac("02:00:00:00:02:99");
+  Lb resolved(c, rt);
+  Bytes r =
+      pktgen::build(natReplyFrom(ip("10.0.1.21"), 5353, LB_PROTO_UDP, mac("02:00:00:00:02:99")));
+  EXPECT_TRUE(runOne(resolved, r, kT0));
+  r = pktgen::build(natReplyFrom(ip("10.0.1.21"), 5353, LB_PROTO_UDP, mac("02:00:00:00:02:21")));
+  EXPECT_FALSE(runOne(resolved, r, kT0));
+  EXPECT_EQ(resolved.pipe.counters().drops[LB_DROP_NAT_REPLY_MAC], 1u);
+}
+
+// An ICMP error from behind NAT is sent to the client from the VIP as a reply is, so it is taken
+// from the same place only: the backend's next hop (the backend itself, or a router on its side
+// of that hop). From elsewhere it would reflect as a reply would: dropped, untouched.
+TEST(NatReplySource, AnErrorFromBehindNatFromAnotherMacIsDropped) {
+  Lb lb(baseConfig());
+  uint64_t dropped = 0;
+  uint64_t forwarded = 0;
+  for (const auto& [vip, backend, port] :
+       std::vector<std::tuple<const char*, const char*, uint16_t>>{
+           {"192.0.2.53", "10.0.1.22", 5353}, {"2001:db8::53", "2001:db8:2::1", 53}}) {
+    SCOPED_TRACE(backend);
+    const uint32_t bid = backendId(*lb.snap, ip(backend), port);
+    ASSERT_NE(bid, 0u);
+    const BackendEntry& b = lb.snap->backends[bid];
+    const bool v4 = b.address.isV4();
+    PacketSpec sent = clientSpec(9, vip, 53, LB_PROTO_UDP);  // as Sluice sent it on
+    sent.dst = b.address;
+    sent.dport = b.port;
+    PacketSpec o;
+    o.dst_mac = kPortMac;
+    o.src = b.address;
+    o.dst = sent.src;
+    auto error = [&] {
+      return v4 ? pktgen::buildIcmpError(o, 3, 3, 0, sent, 548)
+                : pktgen::buildIcmpError(o, 1, 4, 0, sent, 1232);
+    };
+    for (const MacAddress& from : {kRouterMac, kGatewayMac, mac("02:00:00:00:99:99")}) {
+      o.src_mac = from;
+      Bytes f = error();
+      const Bytes in = f;
+      EXPECT_FALSE(runOne(lb, f, kT0)) << from.str();
+      EXPECT_EQ(f, in) << from.str() << ": not rewritten";
+      ++dropped;
+    }
+    EXPECT_EQ(lb.pipe.counters().drops[LB_DROP_NAT_REPLY_MAC], dropped);
+    EXPECT_EQ(lb.pipe.counters().icmp_forwarded, forwarded);
+    EXPECT_EQ(lb.pipe.counters().passed, 0u);
+    EXPECT_EQ(lb.pipe.backendCounters()[bid].reply_packets, 0u);
+
+    o.src_mac = macOf(b);
+    Bytes f = error();
+    ASSERT_TRUE(runOne(lb, f, kT0));
+    ++forwarded;
+    const auto icmp = pktgen::decodeIcmp(f);
+    ASSERT_TRUE(icmp.has_value());
+    EXPECT_EQ(icmp->src, ip(vip));
+    EXPECT_EQ(icmp->dst_mac, kGatewayMac);
+    EXPECT_EQ(lb.pipe.counters().icmp_forwarded, forwarded);
+    EXPECT_EQ(lb.pipe.backendCounters()[bid].reply_packets, 1u);
+  }
+  EXPECT_EQ(totalDrops(lb.pipe.counters()), dropped);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1201,12 +1437,14 @@ TEST(PipelineDeterminism, PickIsTheMaglevSlotOfTheFlowHash) {
   for (uint32_t table_size : {7u, 13u, 4099u, 65537u}) {
     for (const char* vip : {"192.0.2.10", "2001:db8::10"}) {
       Config c;
-      c.services.push_back(testsupport::makeService("svc", vip, 80, Protocol::kTcp, Forwarding::kDr, {}));
+      c.services.push_back(
+          testsupport::makeService("svc", vip, 80, Protocol::kTcp, Forwarding::kDr, {}));
       for (int b = 0; b < 5; ++b) {
         const std::string addr = ip(vip).isV4() ? "10.9.0." + std::to_string(b + 1)
                                                 : "2001:db8:9::" + std::to_string(b + 1);
         const std::string m = "02:00:00:00:09:0" + std::to_string(b + 1);
-        c.services[0].backends.push_back(testsupport::makeBackend(addr.c_str(), 80, m.c_str(), 1 + b % 3));
+        c.services[0].backends.push_back(
+            testsupport::makeBackend(addr.c_str(), 80, m.c_str(), 1 + b % 3));
       }
       c.services[0].table_size = table_size;
       validateConfig(c, "test");
@@ -1412,6 +1650,7 @@ TEST(PipelineIcmpError, AQuoteFromBehindNatBeyondTheFirstSegmentGoesOnAsBefore) 
   sent.dst = ip("10.0.1.21");
   sent.dport = 5353;
   PacketSpec o;
+  o.src_mac = mac("02:00:00:00:02:21");  // the backend's: errors from elsewhere are not taken
   o.dst_mac = kPortMac;
   o.src = sent.dst;
   o.dst = sent.src;
@@ -1446,12 +1685,14 @@ TEST(PipelineFuzz, MutatedFramesAreHandledAndAccountedFor) {
     seeds.push_back(pktgen::build(clientSpec(1, vip, port, proto)));
   }
   {
-    PacketSpec reply;  // NAT replies
+    PacketSpec reply;  // NAT replies, from their backends' MACs
+    reply.src_mac = mac("02:00:00:00:03:01");
     reply.src = ip("10.0.2.1");
     reply.sport = 8443;
     reply.dst = ip("198.51.0.1");
     reply.dport = 20007;
     seeds.push_back(pktgen::build(reply));
+    reply.src_mac = mac("02:00:00:00:05:02");
     reply.src = ip("2001:db8:2::2");
     reply.sport = 5300;
     reply.dst = ip("2001:db8:ff::1");

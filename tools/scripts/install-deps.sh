@@ -14,6 +14,7 @@ packages=(
   libevent-dev                                  # the daemon's event loop, health-check probes (HTTP client)
   libnl-route-3-dev                             # rtnetlink: neighbours (ARP/ND), addresses, links
   clang llvm libbpf-dev bpftool                 # the XDP data path (bpf/)
+  libclang-rt-14-dev                            # fuzzing: libFuzzer and clang's sanitizer runtimes
   libgtest-dev                                  # tests
   iproute2                                      # tests: network namespaces and veth pairs
   nginx-light curl ethtool                      # the lab and its end-to-end tests: real HTTP servers

@@ -284,6 +284,24 @@ std::string statsText(const json& r) {
     row(std::to_string(u(w, "worker")), w);
   }
   row("total", r.at("total"));
+
+  // The flow table's churn: what a SYN flood does shows here first (SynExpired and SynEvicted are
+  // the unestablished part of Expired and Evicted; Unpinned counts new flows the rate guard or a
+  // full table forwarded without an entry).
+  out += fmt::format("\n{:<8} {:>11} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}\n",
+                     "Worker", "FlowsActive", "Created", "Expired", "SynExpired", "Evicted",
+                     "SynEvicted", "Unpinned", "Rescheduled");
+  auto flows = [&](const std::string& name, const json& w) {
+    out += fmt::format("{:<8} {:>11} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}\n", name,
+                       u(w, "flows_active"), u(w, "flows_created"), u(w, "flows_expired"),
+                       u(w, "flows_syn_expired"), u(w, "flows_evicted"),
+                       u(w, "flows_syn_evicted"), u(w, "new_flows_unpinned"),
+                       u(w, "flows_rescheduled"));
+  };
+  for (const json& w : r.at("workers")) {
+    flows(std::to_string(u(w, "worker")), w);
+  }
+  flows("total", r.at("total"));
   return out;
 }
 

@@ -1,0 +1,48 @@
+// The maps a loaded BPF program uses, opened from its fd (tests that read or clear a map the
+// XdpDataplane does not expose: xdp_diff_test's counters, xdp_diff_fuzz's flow tables).
+#pragma once
+
+#include <bpf/bpf.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace testsupport {
+
+struct ProgramMap {
+  int fd = -1;  // the caller's to close
+  bpf_map_info info{};
+};
+
+/** Every map of the program, opened; empty when the kernel does not say (no CAP_BPF). */
+inline std::vector<ProgramMap> openProgramMaps(int prog_fd) {
+  std::vector<ProgramMap> out;
+  bpf_prog_info info{};
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) {
+    return out;
+  }
+  // Asked twice: the first answer says how many ids there are to make room for.
+  std::vector<uint32_t> ids(info.nr_map_ids);
+  info = bpf_prog_info{};
+  info.nr_map_ids = static_cast<uint32_t>(ids.size());
+  info.map_ids = reinterpret_cast<uint64_t>(ids.data());
+  len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) {
+    return out;
+  }
+  for (const uint32_t id : ids) {
+    ProgramMap m;
+    m.fd = bpf_map_get_fd_by_id(id);
+    uint32_t mlen = sizeof(m.info);
+    if (m.fd >= 0 && bpf_obj_get_info_by_fd(m.fd, &m.info, &mlen) == 0) {
+      out.push_back(m);
+    } else if (m.fd >= 0) {
+      close(m.fd);
+    }
+  }
+  return out;
+}
+
+}  // namespace testsupport
