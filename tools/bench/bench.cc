@@ -148,6 +148,12 @@ int main(int argc, char** argv) {
   app.add_flag("--xdp", xdp,
                "Instead: ns per packet of the XDP program (BPF_PROG_TEST_RUN) for a new flow, an "
                "established flow and a packet for no service, against a bare XDP_TX program");
+  std::string katran;
+  app.add_option("--katran", katran,
+                 "With --xdp: also time Katran's balancer, this balancer.bpf.o (built by "
+                 "tools/bench/build-katran.sh from a Katran tree), in the same passes on the same "
+                 "frames, and compare")
+      ->check(CLI::ExistingFile);
   bool flood = false;
   FloodBenchOptions fo;
   app.add_flag("--flood", flood,
@@ -165,6 +171,10 @@ int main(int argc, char** argv) {
                  "The flood's packet clock in the guarded case: SYNs per second (--flood)")
       ->check(CLI::Range(1, 1000000000));
   CLI11_PARSE(app, argc, argv);
+  if (!katran.empty() && !xdp) {
+    std::fprintf(stderr, "sluice-bench: --katran goes with --xdp\n");
+    return 2;
+  }
   if (flood) {
     fo.table = app.count("--flow-table") != 0 ? flow_table : 65536;
     fo.runs = app.count("--runs") != 0 ? runs : 3;
@@ -172,7 +182,7 @@ int main(int argc, char** argv) {
   }
   if (xdp) {
 #ifdef SLUICE_HAS_XDP
-    return runXdpBench(std::min<uint32_t>(flows, 20000), runs);
+    return runXdpBench(std::min<uint32_t>(flows, 20000), runs, katran);
 #else
     std::fprintf(stderr, "sluice-bench: built without the XDP data path\n");
     return 1;

@@ -2,10 +2,17 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace sluice {
 
-/** @return exit status */
-int runXdpBench(uint32_t flows, uint32_t runs);
+/**
+ * @param flows distinct frames per pass
+ * @param runs passes
+ * @param katran_object empty, or Katran's balancer.bpf.o (tools/bench/build-katran.sh) to time
+ *        in the same passes on the same frames
+ * @return exit status
+ */
+int runXdpBench(uint32_t flows, uint32_t runs, const std::string& katran_object = {});
 
 }  // namespace sluice
