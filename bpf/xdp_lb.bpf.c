@@ -38,6 +38,7 @@ int xdp_lb(struct xdp_md *ctx)
 	const struct lb_service *svc;
 	struct lb_endpoint_key ek = {};
 	struct lb_parsed p;
+	int ours;		/* the destination may be a VIP or Sluice's own (addr_filter) */
 	int ret;
 
 	if (!cc)
@@ -59,10 +60,13 @@ int xdp_lb(struct xdp_md *ctx)
 	if (p.fragment)
 		return lb_fragment(&p, cc);		/* 4. */
 
-	lb_dst_endpoint(&p.key, &ek);			/* 5. */
-	svc = bpf_map_lookup_elem(&services, &ek);
-	if (svc)
-		return lb_forward_to_backend(ctx, &p, svc, cc);
+	ours = lb_may_be_ours(p.key.dst);
+	if (ours) {
+		lb_dst_endpoint(&p.key, &ek);		/* 5. */
+		svc = bpf_map_lookup_elem(&services, &ek);
+		if (svc)
+			return lb_forward_to_backend(ctx, &p, svc, cc);
+	}
 
 	if (p.key.proto == LB_IPPROTO_ICMPV6) {		/* 6. */
 		ret = lb_solicit(ctx, &p, cc);
@@ -71,7 +75,7 @@ int xdp_lb(struct xdp_md *ctx)
 	}
 
 	lb_address_key(p.key.dst, p.key.family, &ek);	/* 7. the host's own */
-	if (bpf_map_lookup_elem(&local_addrs, &ek))
+	if (ours && bpf_map_lookup_elem(&local_addrs, &ek))
 		return lb_pass(cc);
 
 	if (p.key.proto == LB_IPPROTO_ICMP || p.key.proto == LB_IPPROTO_ICMPV6) {	/* 8. */
@@ -89,10 +93,12 @@ int xdp_lb(struct xdp_md *ctx)
 	if (ret >= 0)
 		return ret;
 
-	lb_src_endpoint(&p.key, &ek);			/* 10. */
-	reply = bpf_map_lookup_elem(&nat_replies, &ek);
-	if (reply)
-		return lb_forward_nat_reply(ctx, &p, reply, cc);
+	if (lb_may_be_nat_reply(p.key.sport)) {		/* 10. */
+		lb_src_endpoint(&p.key, &ek);
+		reply = bpf_map_lookup_elem(&nat_replies, &ek);
+		if (reply)
+			return lb_forward_nat_reply(ctx, &p, reply, cc);
+	}
 
 	return lb_drop(cc, LB_DROP_NO_SERVICE);		/* 11. */
 }

@@ -267,12 +267,42 @@ static __always_inline int lb_fragment(const struct lb_parsed *p, struct lb_cpu_
 }
 
 /*
+ * This CPU's table in outer (flows or syn_flows): its own map, or on a virtual interface the one
+ * all slots hold. NULL only if the loader left a slot empty (it fills every possible CPU's).
+ */
+static __always_inline void *lb_flow_table(void *outer)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+
+	return bpf_map_lookup_elem(outer, &cpu);
+}
+
+/* Whether addr may be a VIP address or one of Sluice's own (addr_filter): else neither. */
+static __always_inline int lb_may_be_ours(const __u32 *addr)
+{
+	__u32 bit = lb_addr_filter_bit(addr);
+	__u32 word = bit >> 6;
+	__u64 *bits = bpf_map_lookup_elem(&addr_filter, &word);
+
+	return bits && (*bits >> (bit & 63)) & 1;
+}
+
+/* Whether a NAT backend has source port port_be (nat_reply_ports): else no reply lookup. */
+static __always_inline int lb_may_be_nat_reply(__u16 port_be)
+{
+	__u32 word = port_be >> 6;
+	__u64 *bits = bpf_map_lookup_elem(&nat_reply_ports, &word);
+
+	return bits && (*bits >> (port_be & 63)) & 1;
+}
+
+/*
  * This CPU's live flow of key in map (flows: which LB_FLOWS_ESTABLISHED, or syn_flows), or NULL.
  * *slot is set to this CPU's value of the key, live or not (NULL: the key is not in the map),
  * where a new flow of the key is written in place. A value found expired is reclaimed as
  * FlowTable::lookup() reclaims an entry: counted as expired and emptied (backend_id 0: no flow).
- * It is not deleted: a delete would also drop the key's values of the other CPUs (flow tables
- * that are separate in the DPDK path).
+ * It is not deleted: the emptied value is where the key's next flow is written in place,
+ * without the LRU's insert (and its eviction) a delete and re-insert would cost.
  */
 static __always_inline struct lb_flow *lb_flow_get(void *map, const int which,
 						   const struct lb_flow_key *key, __u64 now,
@@ -361,9 +391,14 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 	__u64 timeout;
 	int pick;
 
-	e = lb_flow_get(&flows, LB_FLOWS_ESTABLISHED, &p->key, now, cc, &e_slot);
+	void *est_map = lb_flow_table(&flows);
+	void *syn_map = lb_flow_table(&syn_flows);
+
+	if (!est_map || !syn_map)
+		return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached: every slot is filled */
+	e = lb_flow_get(est_map, LB_FLOWS_ESTABLISHED, &p->key, now, cc, &e_slot);
 	if (!e && tcp) {
-		e = lb_flow_get(&syn_flows, LB_FLOWS_UNESTABLISHED, &p->key, now, cc, &s_slot);
+		e = lb_flow_get(syn_map, LB_FLOWS_UNESTABLISHED, &p->key, now, cc, &s_slot);
 		in_syn = e != NULL;
 	}
 	pick = !e;
@@ -431,7 +466,7 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 		f.expires_ns = now + timeout;
 		if (in_syn && established_now) {
 			/* Established: from syn_flows to flows, this CPU's value emptied there. */
-			lb_flow_put(&flows, e_slot, &p->key, &f);
+			lb_flow_put(est_map, e_slot, &p->key, &f);
 			cc->flow_values_in[LB_FLOWS_ESTABLISHED]++;
 			if (s_slot)
 				s_slot->backend_id = LB_BACKEND_NONE;
@@ -441,10 +476,10 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 		} else if (syn) {
 			/* A new flow opened by a SYN: with the unestablished ones. (s_slot is set
 			 * only for TCP, which syn implies.) */
-			lb_flow_put(&syn_flows, s_slot, &p->key, &f);
+			lb_flow_put(syn_map, s_slot, &p->key, &f);
 			cc->flow_values_in[LB_FLOWS_UNESTABLISHED]++;
 		} else {
-			lb_flow_put(&flows, e_slot, &p->key, &f);
+			lb_flow_put(est_map, e_slot, &p->key, &f);
 			cc->flow_values_in[LB_FLOWS_ESTABLISHED]++;
 		}
 	}
@@ -626,9 +661,14 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 	void *data;
 	__u64 now = lb_now();
 
-	f = lb_flow_get(&flows, LB_FLOWS_ESTABLISHED, &e->key, now, cc, &slot);
+	void *est_map = lb_flow_table(&flows);
+	void *syn_map = lb_flow_table(&syn_flows);
+
+	if (!est_map || !syn_map)
+		return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached: every slot is filled */
+	f = lb_flow_get(est_map, LB_FLOWS_ESTABLISHED, &e->key, now, cc, &slot);
 	if (!f && e->key.proto == LB_PROTO_TCP)
-		f = lb_flow_get(&syn_flows, LB_FLOWS_UNESTABLISHED, &e->key, now, cc, &slot);
+		f = lb_flow_get(syn_map, LB_FLOWS_UNESTABLISHED, &e->key, now, cc, &slot);
 	if (f) {
 		b = lb_backend_get(f->backend_id);
 		if (lb_pinned_backend_valid(f, svc, b))

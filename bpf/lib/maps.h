@@ -59,6 +59,34 @@ struct {
 	__type(value, struct lb_nat_reply);
 } nat_replies SEC(".maps");
 
+/*
+ * The source ports a NAT reply can have, one bit per port (network order, as the keys of
+ * nat_replies hold it): bit p % 64 of word p / 64. Traffic for no service is looked up in
+ * nat_replies by its source, a random bucket of a table sized for every backend, and so a cache
+ * miss on almost every such packet; this 8 KiB bitmap stays in cache and lets a packet from a port
+ * no NAT backend uses skip that lookup. The loader sets a port's bit before any reply key with
+ * that port is written and clears it after the last is removed: always a superset.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_NAT_PORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} nat_reply_ports SEC(".maps");
+
+/*
+ * The destination addresses a packet may be for, one bit per lb_addr_filter_bit() of each VIP
+ * address and each of Sluice's own: a packet whose bit is clear is for neither, so it skips the
+ * services and local_addrs lookups (a hash and a bucket each) on its way to the kernel. Like
+ * nat_reply_ports, written before the keys it covers and cleared after them: a superset.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_ADDR_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} addr_filter SEC(".maps");
+
 /* Backend id -> backend; epoch 0: no backend has the id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -80,14 +108,33 @@ struct {
 	});
 } maglev SEC(".maps");
 
-/* The flow tables: one per CPU, as one per DPDK worker, when the NIC keeps a flow on one CPU
- * (RSS); one for all CPUs on a virtual interface (the loader makes it BPF_MAP_TYPE_LRU_HASH:
- * FlowTableScope in src/xdp/xdp_dataplane.h says why). */
+/*
+ * The flow tables, as Katran keeps them (its lru_mapping): an array indexed by CPU of plain LRU
+ * hashes, so that a lookup reads its value in the element it finds and an insert writes one value.
+ * (A BPF_MAP_TYPE_LRU_PERCPU_HASH, the first design, made every lookup one more dependent read,
+ * the per-CPU value, and every insert zero each CPU's value; its keys and their eviction were
+ * shared by all CPUs anyway.) When the NIC keeps a flow on one CPU (RSS), each CPU's slot holds a
+ * map of its own, as each DPDK worker has its own table; on a virtual interface every slot holds
+ * the same map, one table for all CPUs (FlowTableScope in src/xdp/xdp_dataplane.h says why). The
+ * loader creates the inner maps, sized to flow_table_size, and sets max_entries here to the
+ * number of possible CPUs.
+ */
+/* (Written out in each outer map, and sized rather than typed: a struct reached only through
+ * __array's pointer gets to BTF as a forward declaration, which libbpf cannot size.) */
+#define LB_FLOW_MAP_DEF                                                 \
+	struct {                                                        \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);                    \
+		__uint(max_entries, LB_FLOWS_DEFAULT_ENTRIES);          \
+		__uint(key_size, sizeof(struct lb_flow_key));           \
+		__uint(value_size, sizeof(struct lb_flow));             \
+	}
+
+/* Established flows, and flows not yet known to be SYN-only. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
-	__uint(max_entries, LB_FLOWS_DEFAULT_ENTRIES);
-	__type(key, struct lb_flow_key);
-	__type(value, struct lb_flow);
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, LB_FLOW_MAP_DEF);
 } flows SEC(".maps");
 
 /*
@@ -97,14 +144,14 @@ struct {
  * 3,000 in a 4,096-entry map then moved to a backend added after the flood). Here a flood
  * churns this map only; the first packet without SYN or RST moves its flow to `flows`.
  * The DPDK table gets the same effect by evicting unestablished entries first (flow_table.h).
- * Same type, scope and size as `flows` (the loader sets all three alike), so that as many
- * handshakes may be in flight as the DPDK table holds.
+ * Same scope and size as `flows` (the loader makes both alike), so that as many handshakes may
+ * be in flight as the DPDK table holds.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
-	__uint(max_entries, LB_FLOWS_DEFAULT_ENTRIES);
-	__type(key, struct lb_flow_key);
-	__type(value, struct lb_flow);
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, LB_FLOW_MAP_DEF);
 } syn_flows SEC(".maps");
 
 /* The new-flow rate guard's one-second window, per CPU (Pipeline::overNewFlowRate). */

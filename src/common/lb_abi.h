@@ -245,6 +245,19 @@ static inline lb_u32 lb_flow_hash(const struct lb_flow_key *k)
 #define LB_MAX_SERVICES 4096
 #define LB_MAX_BACKENDS 65536      /* backend ids 1..65535, as kMaxBackendIds */
 #define LB_MAX_MAGLEV 65537        /* largest Maglev table the XDP path holds per service */
+#define LB_NAT_PORT_WORDS 1024     /* nat_reply_ports: 65,536 bits, one per port */
+#define LB_ADDR_FILTER_WORDS 1024  /* addr_filter: 65,536 bits */
+
+/*
+ * The bit of addr_filter (bpf/lib/maps.h) an address (4 words as on the wire; an IPv4 address
+ * in the first) sets: the words folded, then Fibonacci hashing (Knuth, TAOCP vol. 3, 6.4) to 16
+ * bits. The family is left out: a filter that also lets the other family's twin through is still
+ * a superset.
+ */
+static inline lb_u32 lb_addr_filter_bit(const lb_u32 *addr)
+{
+	return ((addr[0] ^ addr[1] ^ addr[2] ^ addr[3]) * 0x9e3779b1u) >> 16;
+}
 #define LB_FWD_DR 0
 #define LB_FWD_NAT 1
 

@@ -204,14 +204,10 @@ int runXdp(spdlog::logger& log, const RunOptions& opts, const Config& config, in
     FlowTableMemory flow_memory;
     const uint32_t entries = config.dataplane.flow_table_size;
     for (const std::string& ifname : config.dataplane.interfaces) {
-      const bool per_cpu = XdpDataplane::flowTableScopeFor(ifname) == FlowTableScope::kPerCpu;
-      const uint64_t copies = per_cpu ? static_cast<uint64_t>(::sysconf(_SC_NPROCESSORS_CONF)) : 1;
-      // An LRU element: the kernel's header (about 48 B), the key, and the value once per copy;
-      // two maps (established flows and those still in their handshake).
-      const uint64_t element = 48 + sizeof(lb_flow_key) + sizeof(lb_flow) * copies;
-      flow_memory.bytes += 2 * uint64_t{entries} * element;
-      flow_memory.how += fmt::format("{}{}: 2 maps x {} entries x {} B", flow_memory.how.empty() ? "" : ", ",
-                                     ifname, entries, element);
+      std::string how;
+      flow_memory.bytes += XdpDataplane::flowTableBytes(
+          entries, XdpDataplane::flowTableScopeFor(ifname), how);
+      flow_memory.how += fmt::format("{}{}: {}", flow_memory.how.empty() ? "" : ", ", ifname, how);
     }
     checkMemoryBudget(config, flow_memory, 0, true);
 

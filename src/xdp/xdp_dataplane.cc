@@ -276,6 +276,36 @@ void pruneHash(MapTxn& txn, int fd, const KeySet& keep, const char* what) {
   }
 }
 
+/**
+ * A bitmap the program reads as a filter in front of a lookup (nat_reply_ports before
+ * nat_replies, addr_filter before services and local_addrs; bpf/lib/maps.h). It must cover the
+ * keys behind it at every moment, so a publish sets the next snapshot's bits beside the ones
+ * programmed before any key is written (widen), and leaves the next snapshot's alone after the
+ * keys are pruned (narrow). Only changed words are written.
+ */
+struct BitmapUpdate {
+  int fd;
+  const char* what;
+  const std::vector<uint64_t>& programmed;
+  std::vector<uint64_t> next;
+
+  void set(uint32_t bit) { next[bit >> 6] |= uint64_t{1} << (bit & 63); }
+  void widen(MapTxn& txn) const {
+    for (uint32_t w = 0; w < next.size(); ++w) {
+      if ((programmed[w] | next[w]) != programmed[w]) {
+        txn.put(fd, w, programmed[w] | next[w], what);
+      }
+    }
+  }
+  void narrow(MapTxn& txn) const {
+    for (uint32_t w = 0; w < next.size(); ++w) {
+      if ((programmed[w] | next[w]) != next[w]) {
+        txn.put(fd, w, next[w], what);
+      }
+    }
+  }
+};
+
 /** Whether the maps can hold snap at all: checked before any write. @throws XdpError */
 void checkFits(const Snapshot& snap, uint32_t max_local_addresses) {
   if (snap.backends.size() > LB_MAX_BACKENDS) {
@@ -302,36 +332,86 @@ void checkFits(const Snapshot& snap, uint32_t max_local_addresses) {
 
 }  // namespace
 
+namespace {
+
+/** Possible CPUs (the per-CPU maps' and bpf_get_smp_processor_id()'s range), at least 1. */
+int possibleCpus() { return std::max(1, libbpf_num_possible_cpus()); }
+
+}  // namespace
+
+uint64_t XdpDataplane::flowTableBytes(uint32_t flow_capacity, FlowTableScope scope,
+                                      std::string& how) {
+  const uint64_t copies = scope == FlowTableScope::kPerCpu ? static_cast<uint64_t>(possibleCpus()) : 1;
+  // An LRU hash element: the kernel's header (hash node, LRU node, hash: about 48 B), the key and
+  // the value; and a 16-byte bucket head per entry, the bucket array being a power of two at least
+  // as large as the map.
+  const uint64_t element = 48 + sizeof(lb_flow_key) + sizeof(lb_flow) + 16;
+  how = fmt::format("2 maps x {} cop{} x {} entries x {} B", copies, copies == 1 ? "y" : "ies",
+                    flow_capacity, element);
+  return 2 * copies * uint64_t{flow_capacity} * element;
+}
+
 XdpDataplane::XdpDataplane(uint32_t flow_capacity, FlowTableScope scope) : scope_(scope) {
   skel_ = xdp_lb__open();
   if (skel_ == nullptr) {
     throw XdpError(fmt::format("cannot open the XDP program: {}", why(errno)));
   }
-  // Unestablished flows get as much room as established ones: the DPDK table lets them take
-  // any free entry, and as many handshakes may be in flight on both paths.
-  bpf_map__set_max_entries(skel_->maps.flows, flow_capacity);
-  bpf_map__set_max_entries(skel_->maps.syn_flows, flow_capacity);
-  if (scope == FlowTableScope::kShared) {
-    // The program's code is the same for both: a lookup gives this CPU's value or the one value.
-    bpf_map__set_type(skel_->maps.flows, BPF_MAP_TYPE_LRU_HASH);
-    bpf_map__set_type(skel_->maps.syn_flows, BPF_MAP_TYPE_LRU_HASH);
-  }
+  ncpus_ = possibleCpus();
+  // A slot per possible CPU in both outer maps; the inner maps are made after load. Unestablished
+  // flows get as much room as established ones: the DPDK table lets them take any free entry,
+  // and as many handshakes may be in flight on both paths.
+  bpf_map__set_max_entries(skel_->maps.flows, static_cast<uint32_t>(ncpus_));
+  bpf_map__set_max_entries(skel_->maps.syn_flows, static_cast<uint32_t>(ncpus_));
   if (int rc = xdp_lb__load(skel_); rc != 0) {
     xdp_lb__destroy(skel_);
     skel_ = nullptr;
     throw XdpError(fmt::format(
         "cannot load the XDP program: {} (it needs root or CAP_BPF and CAP_NET_ADMIN)", why(rc)));
   }
-  ncpus_ = libbpf_num_possible_cpus();
-  if (ncpus_ < 1) {
-    ncpus_ = 1;
+  const int copies = scope == FlowTableScope::kShared ? 1 : ncpus_;
+  for (const int which : {LB_FLOWS_ESTABLISHED, LB_FLOWS_UNESTABLISHED}) {
+    const int outer = bpf_map__fd(which == LB_FLOWS_ESTABLISHED ? skel_->maps.flows
+                                                                : skel_->maps.syn_flows);
+    for (int c = 0; c < copies; ++c) {
+      const int fd = bpf_map_create(BPF_MAP_TYPE_LRU_HASH,
+                                    which == LB_FLOWS_ESTABLISHED ? "flows" : "syn_flows",
+                                    sizeof(lb_flow_key), sizeof(lb_flow), flow_capacity, nullptr);
+      if (fd < 0) {
+        const int err = errno;
+        release();
+        throw XdpError(fmt::format("cannot create a flow table of {} entries: {}", flow_capacity,
+                                   why(err)));
+      }
+      flow_map_fds_[which].push_back(fd);
+    }
+    for (uint32_t cpu = 0; cpu < static_cast<uint32_t>(ncpus_); ++cpu) {
+      int fd = flow_map_fds_[which][copies == 1 ? 0 : cpu];
+      if (bpf_map_update_elem(outer, &cpu, &fd, BPF_ANY) != 0) {
+        const int err = errno;
+        release();
+        throw XdpError(fmt::format("cannot install the flow table of CPU {}: {}", cpu, why(err)));
+      }
+    }
   }
+  programmed_nat_ports_.assign(LB_NAT_PORT_WORDS, 0);
+  programmed_addr_filter_.assign(LB_ADDR_FILTER_WORDS, 0);
 }
 
 XdpDataplane::~XdpDataplane() {
   detach();
+  release();
+}
+
+void XdpDataplane::release() {
+  for (std::vector<int>& fds : flow_map_fds_) {
+    for (int fd : fds) {
+      close(fd);
+    }
+    fds.clear();
+  }
   if (skel_ != nullptr) {
     xdp_lb__destroy(skel_);
+    skel_ = nullptr;
   }
 }
 
@@ -485,6 +565,10 @@ void XdpDataplane::apply(const Snapshot& snap) {
     std::memcpy(bss->gateway_mac6, globals.gateway_mac6, 6);
   };
 
+  BitmapUpdate ports{bpf_map__fd(skel_->maps.nat_reply_ports), "nat_reply_ports",
+                     programmed_nat_ports_, std::vector<uint64_t>(LB_NAT_PORT_WORDS, 0)};
+  BitmapUpdate addresses{bpf_map__fd(skel_->maps.addr_filter), "addr_filter",
+                         programmed_addr_filter_, std::vector<uint64_t>(LB_ADDR_FILTER_WORDS, 0)};
   try {
     bss->tcp_timeout_ns = snap.tcp_timeout_ns;
     bss->tcp_fin_timeout_ns = snap.tcp_fin_timeout_ns;
@@ -513,6 +597,25 @@ void XdpDataplane::apply(const Snapshot& snap) {
       txn.put(backends_fd, id, v, "backends");
       backends_next.push_back(id);
     }
+
+    // The filters in front of lookups (BitmapUpdate): widened now, narrowed in step 4.
+    for (const ServiceEntry& s : snap.services) {
+      if (!s.present) {
+        continue;
+      }
+      addresses.set(lb_addr_filter_bit(s.key.addr));
+      if (s.forwarding == Forwarding::kNat) {
+        for (uint32_t bid : s.backend_ids) {
+          const BackendEntry& b = snap.backends[bid];
+          ports.set(makeEndpointKey(b.address, b.port, static_cast<uint8_t>(s.protocol)).port);
+        }
+      }
+    }
+    snap.local_addresses.forEach([&](const EndpointKey& lk, const EndpointMap::Value&) {
+      addresses.set(lb_addr_filter_bit(lk.addr));
+    });
+    ports.widen(txn);
+    addresses.widen(txn);
 
     // 2. Maglev tables: a fresh inner array per changed service, swapped in with one update.
     std::set<uint32_t> live_services;
@@ -583,6 +686,8 @@ void XdpDataplane::apply(const Snapshot& snap) {
     pruneHash<uint32_t>(txn, vips_fd, vip_keys, "vip_addrs");
     pruneHash<lb_nat_reply>(txn, replies_fd, reply_keys, "nat_replies");
     pruneHash<uint32_t>(txn, locals_fd, local_keys, "local_addrs");
+    ports.narrow(txn);
+    addresses.narrow(txn);
     for (uint32_t sid = 0; sid < services_next.size(); ++sid) {
       if (services_next[sid] != 0 && !live_services.contains(sid)) {
         const lb_service none{};
@@ -616,6 +721,8 @@ void XdpDataplane::apply(const Snapshot& snap) {
   programmed_services_ = std::move(services_next);
   programmed_tables_ = std::move(tables_next);
   programmed_backends_ = std::move(backends_next);
+  programmed_nat_ports_ = std::move(ports.next);
+  programmed_addr_filter_ = std::move(addresses.next);
 }
 
 int XdpDataplane::run(std::span<const uint8_t> in, std::vector<uint8_t>& out) {
@@ -637,25 +744,21 @@ int XdpDataplane::run(std::span<const uint8_t> in, std::vector<uint8_t>& out) {
 
 template <class F>
 void XdpDataplane::forEachFlowValue(F&& visit) const {
-  const int copies = scope_ == FlowTableScope::kShared ? 1 : ncpus_;
-  std::vector<lb_flow> per_cpu(static_cast<size_t>(copies));
   for (const int which : {LB_FLOWS_ESTABLISHED, LB_FLOWS_UNESTABLISHED}) {
-    const int fd = bpf_map__fd(which == LB_FLOWS_ESTABLISHED ? skel_->maps.flows
-                                                             : skel_->maps.syn_flows);
-    lb_flow_key key{};
-    lb_flow_key next{};
-    const lb_flow_key* prev = nullptr;
-    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-      if (bpf_map_lookup_elem(fd, &next, per_cpu.data()) == 0) {
-        for (int cpu = 0; cpu < copies; ++cpu) {
-          const lb_flow& f = per_cpu[static_cast<size_t>(cpu)];
-          if (f.backend_id != LB_BACKEND_NONE) {  // else no flow: never written, or emptied
-            visit(next, f, static_cast<uint32_t>(cpu), which);
-          }
+    for (size_t cpu = 0; cpu < flow_map_fds_[which].size(); ++cpu) {
+      const int fd = flow_map_fds_[which][cpu];
+      lb_flow_key key{};
+      lb_flow_key next{};
+      const lb_flow_key* prev = nullptr;
+      lb_flow f{};
+      while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        // backend_id 0: no flow (emptied when found expired, its key kept for the next one)
+        if (bpf_map_lookup_elem(fd, &next, &f) == 0 && f.backend_id != LB_BACKEND_NONE) {
+          visit(next, f, static_cast<uint32_t>(cpu), which);
         }
+        key = next;
+        prev = &key;
       }
-      key = next;
-      prev = &key;
     }
   }
 }

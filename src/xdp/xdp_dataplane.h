@@ -45,11 +45,18 @@ class XdpDataplane {
  public:
   /**
    * Open and load the program (the verifier runs here).
-   * @param flow_capacity entries of the LRU flow table (of each CPU's, when per CPU)
-   * @param scope per CPU (BPF_MAP_TYPE_LRU_PERCPU_HASH) or shared (BPF_MAP_TYPE_LRU_HASH)
+   * @param flow_capacity entries of each LRU flow table (each CPU's, when per CPU)
+   * @param scope one BPF_MAP_TYPE_LRU_HASH per possible CPU, or one for all
    * @throws XdpError (e.g. no CAP_BPF)
    */
   explicit XdpDataplane(uint32_t flow_capacity, FlowTableScope scope = FlowTableScope::kPerCpu);
+
+  /**
+   * What the flow tables of one program take in kernel memory, allocated whole at load: two maps
+   * (established flows, handshakes) per copy, one copy per possible CPU when per CPU.
+   * @param how set to the arithmetic, for messages
+   */
+  static uint64_t flowTableBytes(uint32_t flow_capacity, FlowTableScope scope, std::string& how);
 
   /** The scope an interface needs: shared on a virtual one (no /sys/class/net/IF/device). */
   static FlowTableScope flowTableScopeFor(const std::string& ifname);
@@ -136,6 +143,13 @@ class XdpDataplane {
   xdp_lb* skel_ = nullptr;
   int ncpus_ = 1;
   FlowTableScope scope_ = FlowTableScope::kPerCpu;
+  // The inner maps of `flows` and `syn_flows` (LB_FLOWS_*): one per possible CPU, or when shared
+  // one, which every slot of the outer map holds.
+  std::array<std::vector<int>, 2> flow_map_fds_;
+  // nat_reply_ports and addr_filter as programmed: the words a publish compares with the next
+  // snapshot's (BitmapUpdate in xdp_dataplane.cc).
+  std::vector<uint64_t> programmed_nat_ports_;
+  std::vector<uint64_t> programmed_addr_filter_;
   std::vector<uint32_t> programmed_services_;  // service ids with a table in `maglev`
   // Backend ids with a non-zero epoch in `backends`, ascending: the ones a publish must clear
   // when the snapshot no longer has them (any id below LB_MAX_BACKENDS, not only the low ones).
@@ -150,6 +164,9 @@ class XdpDataplane {
   // The evictions totals() last reported, per CPU (one for a shared table) and flow map: the
   // figure is derived from counters and a walk of the maps, and never goes down.
   mutable std::vector<std::array<uint64_t, 2>> evicted_reported_;
+
+  /** Close the flow tables and the program (the destructor's, and a failed constructor's). */
+  void release();
 
   /** visit(key, value, cpu, LB_FLOWS_*) for every flow value held in flows and syn_flows. */
   template <class F>

@@ -283,9 +283,11 @@ MapImage readMap(int fd) {
 /** The per-CPU backend counters: 65,536 entries (the kernel keeps 15 characters of a name). */
 bool bigPacketMap(const std::string& name) { return name.rfind("backend_counte", 0) == 0; }
 
-/** The maps the program itself writes for packets (flow tables, counters, learned gateway). */
+/** The maps the program itself writes for packets (flow tables, counters, learned gateway). The
+ * flow tables are maps of maps whose values are the ids of each program's own inner maps. */
 bool packetsWrite(const std::string& name) {
-  return name == "flows" || name == "cpu_counters" || name == "learned_gw" || bigPacketMap(name);
+  return name == "flows" || name == "syn_flows" || name == "cpu_counters" ||
+         name == "learned_gw" || bigPacketMap(name);
 }
 
 /** The maps of a loaded program, held open. */

@@ -71,14 +71,26 @@ Counts countsOf(const Pipeline& p) {
   return c;
 }
 
+bool isFlowMap(const testsupport::ProgramMap& m) {
+  return m.info.type == BPF_MAP_TYPE_LRU_HASH || m.info.type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+}
+
 /**
  * The flow tables of a loaded program: its LRU hash maps (flows, and whatever other per-flow
- * tables the program keeps, e.g. for connections not yet established), opened.
+ * tables the program keeps, e.g. for connections not yet established), whether the program uses
+ * them directly or through a map of maps (one per CPU), opened.
  */
 std::vector<int> flowMapsOfProgram(int prog_fd) {
   std::vector<int> out;
   for (const testsupport::ProgramMap& m : testsupport::openProgramMaps(prog_fd)) {
-    if (m.info.type == BPF_MAP_TYPE_LRU_HASH || m.info.type == BPF_MAP_TYPE_LRU_PERCPU_HASH) {
+    for (const testsupport::ProgramMap& inner : testsupport::openInnerMaps(m)) {
+      if (isFlowMap(inner)) {
+        out.push_back(inner.fd);
+      } else {
+        close(inner.fd);
+      }
+    }
+    if (isFlowMap(m)) {
       out.push_back(m.fd);
     } else {
       close(m.fd);

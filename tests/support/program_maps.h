@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <set>
 #include <vector>
 
 namespace testsupport {
@@ -33,6 +34,33 @@ inline std::vector<ProgramMap> openProgramMaps(int prog_fd) {
     return out;
   }
   for (const uint32_t id : ids) {
+    ProgramMap m;
+    m.fd = bpf_map_get_fd_by_id(id);
+    uint32_t mlen = sizeof(m.info);
+    if (m.fd >= 0 && bpf_obj_get_info_by_fd(m.fd, &m.info, &mlen) == 0) {
+      out.push_back(m);
+    } else if (m.fd >= 0) {
+      close(m.fd);
+    }
+  }
+  return out;
+}
+
+/**
+ * The distinct maps held by a map of maps (an ARRAY_OF_MAPS: the flow tables, one per CPU or one
+ * in every slot; the Maglev tables), opened; the caller closes them.
+ */
+inline std::vector<ProgramMap> openInnerMaps(const ProgramMap& outer) {
+  std::vector<ProgramMap> out;
+  if (outer.info.type != BPF_MAP_TYPE_ARRAY_OF_MAPS) {
+    return out;
+  }
+  std::set<uint32_t> seen;
+  for (uint32_t slot = 0; slot < outer.info.max_entries; ++slot) {
+    uint32_t id = 0;  // from userspace, a map of maps' value is the inner map's id
+    if (bpf_map_lookup_elem(outer.fd, &slot, &id) != 0 || !seen.insert(id).second) {
+      continue;
+    }
     ProgramMap m;
     m.fd = bpf_map_get_fd_by_id(id);
     uint32_t mlen = sizeof(m.info);
