@@ -280,8 +280,8 @@ void pruneHash(MapTxn& txn, int fd, const KeySet& keep, const char* what) {
  * A bitmap the program reads as a filter in front of a lookup (nat_reply_ports before
  * nat_replies, addr_filter before services and local_addrs; bpf/lib/maps.h). It must cover the
  * keys behind it at every moment, so a publish sets the next snapshot's bits beside the ones
- * programmed before any key is written (widen), and leaves the next snapshot's alone after the
- * keys are pruned (narrow). Only changed words are written.
+ * programmed before any key is written (widen), and keeps only the next snapshot's once the keys
+ * are pruned (narrow). Only changed words are written.
  */
 struct BitmapUpdate {
   int fd;
@@ -329,10 +329,6 @@ void checkFits(const Snapshot& snap, uint32_t max_local_addresses) {
     }
   }
 }
-
-}  // namespace
-
-namespace {
 
 /** Possible CPUs (the per-CPU maps' and bpf_get_smp_processor_id()'s range), at least 1. */
 int possibleCpus() { return std::max(1, libbpf_num_possible_cpus()); }
