@@ -16,6 +16,18 @@ struct ProgramMap {
   bpf_map_info info{};
 };
 
+/** Map id, opened and described, appended to out (nothing when the kernel refuses). */
+inline void openMapById(uint32_t id, std::vector<ProgramMap>& out) {
+  ProgramMap m;
+  m.fd = bpf_map_get_fd_by_id(id);
+  uint32_t mlen = sizeof(m.info);
+  if (m.fd >= 0 && bpf_obj_get_info_by_fd(m.fd, &m.info, &mlen) == 0) {
+    out.push_back(m);
+  } else if (m.fd >= 0) {
+    close(m.fd);
+  }
+}
+
 /** Every map of the program, opened; empty when the kernel does not say (no CAP_BPF). */
 inline std::vector<ProgramMap> openProgramMaps(int prog_fd) {
   std::vector<ProgramMap> out;
@@ -34,14 +46,7 @@ inline std::vector<ProgramMap> openProgramMaps(int prog_fd) {
     return out;
   }
   for (const uint32_t id : ids) {
-    ProgramMap m;
-    m.fd = bpf_map_get_fd_by_id(id);
-    uint32_t mlen = sizeof(m.info);
-    if (m.fd >= 0 && bpf_obj_get_info_by_fd(m.fd, &m.info, &mlen) == 0) {
-      out.push_back(m);
-    } else if (m.fd >= 0) {
-      close(m.fd);
-    }
+    openMapById(id, out);
   }
   return out;
 }
@@ -61,14 +66,7 @@ inline std::vector<ProgramMap> openInnerMaps(const ProgramMap& outer) {
     if (bpf_map_lookup_elem(outer.fd, &slot, &id) != 0 || !seen.insert(id).second) {
       continue;
     }
-    ProgramMap m;
-    m.fd = bpf_map_get_fd_by_id(id);
-    uint32_t mlen = sizeof(m.info);
-    if (m.fd >= 0 && bpf_obj_get_info_by_fd(m.fd, &m.info, &mlen) == 0) {
-      out.push_back(m);
-    } else if (m.fd >= 0) {
-      close(m.fd);
-    }
+    openMapById(id, out);
   }
   return out;
 }

@@ -29,6 +29,7 @@
 #include "control/config.h"
 #include "sluice_config.h"
 #ifdef SLUICE_HAS_XDP
+#include "tools/bench/report.h"
 #include "tools/bench/xdp_bench.h"
 #endif
 #include "control/control_plane.h"
@@ -170,7 +171,13 @@ int main(int argc, char** argv) {
   app.add_option("--flood-pps", fo.flood_pps,
                  "The flood's packet clock in the guarded case: SYNs per second (--flood)")
       ->check(CLI::Range(1, 1000000000));
+  bool json = false;
+  app.add_flag("--json", json,
+               "Print one JSON object per case and line on stdout (the tables go to stderr)");
   CLI11_PARSE(app, argc, argv);
+  if (json) {
+    bench::startJson(xdp ? "xdp" : flood ? "flood" : publish ? "publish" : "dpdk");
+  }
   if (!katran.empty() && !xdp) {
     std::fprintf(stderr, "sluice-bench: --katran goes with --xdp\n");
     return 2;
@@ -295,6 +302,8 @@ int main(int argc, char** argv) {
         rte_eal_wait_lcore(worker_lcore);
         std::printf("%-10u %10.0f / %8.0f / %8.0f %10.0f / %8.0f / %8.0f\n", n, us.min(),
                     us.median(), us.max(), build.min(), build.median(), build.max());
+        bench::jsonCase("publish", "us", us.mpps, "", 0, {{"backends", n}, {"table_size", 65537}});
+        bench::jsonCase("build", "us", build.mpps, "", 0, {{"backends", n}, {"table_size", 65537}});
       }
       stopPort(port);
       return 0;
@@ -326,13 +335,17 @@ int main(int argc, char** argv) {
       drops += d;
     }
     std::printf("\n%-22s %28s %12s\n", "case", "Mpps min / median / max", "ratio");
-    auto row = [&](const char* name, const Figures& f) {
+    auto row = [&](const char* name, const char* key, const Figures& f) {
       std::printf("%-22s %8.2f / %8.2f / %8.2f %12.2f\n", name, f.min(), f.median(), f.max(),
                   f.median() / f_floor.median());
+      bench::jsonCase(key, "Mpps", f.mpps, &f == &f_floor ? "" : "io-floor",
+                      f.median() / f_floor.median(),
+                      {{"flows", flows}, {"frame", frame}, {"family", ipv6 ? "ipv6" : "ipv4"},
+                       {"backends", backends}, {"seconds", seconds}});
     };
-    row("io-floor (mac rewrite)", f_floor);
-    row("dr  (full pipeline)", f_dr);
-    row("nat (full pipeline)", f_nat);
+    row("io-floor (mac rewrite)", "io-floor", f_floor);
+    row("dr  (full pipeline)", "dr", f_dr);
+    row("nat (full pipeline)", "nat", f_nat);
     std::printf("\npipeline: %llu packets in, %llu out, %llu dropped, %llu flows created, "
                 "%llu evicted\n",
                 static_cast<unsigned long long>(c.rx_packets),

@@ -40,6 +40,7 @@
 #include "control/snapshot_builder.h"
 #include "dataplane/pipeline.h"
 #include "sluice_config.h"
+#include "tools/bench/report.h"
 #include "tools/pktgen/packet_builder.h"
 #if SLUICE_HAS_XDP
 #include <bpf/bpf.h>
@@ -166,6 +167,16 @@ void printPath(const char* title, const PathFigures& f, const FloodBenchOptions&
   auto row = [&](const std::string& name, const Figures& x) {
     std::printf("%-48s %8.1f / %8.1f / %8.1f %14.2f", name.c_str(), x.min(), x.median(), x.max(),
                 x.median() / base);
+    nlohmann::json extra = {{"path", with_floor ? "xdp" : "dpdk"}, {"flow_table", o.table},
+                            {"established", o.established}};
+    if (with_floor) {
+      extra["ratio_to_floor"] = x.median() / f.floor.median();
+    }
+    if (&x == &f.flood || &x == &f.guarded) {
+      extra["kept"] = &x == &f.flood ? f.kept : f.kept_guarded;
+    }
+    bench::jsonCase(name, "ns/pkt", x.v, &x == &f.new_flow ? "" : "new flow", x.median() / base,
+                    extra);
     if (with_floor) {
       std::printf(" %11.2f", x.median() / f.floor.median());
     }

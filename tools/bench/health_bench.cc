@@ -31,6 +31,7 @@
 #include "common/net.h"
 #include "control/config.h"
 #include "control/health_check.h"
+#include "tools/bench/report.h"
 
 namespace {
 
@@ -48,25 +49,6 @@ double tvSeconds(const timeval& tv) {
 }
 
 double cpuSeconds(const rusage& r) { return tvSeconds(r.ru_utime) + tvSeconds(r.ru_stime); }
-
-std::string cpuModel() {
-  std::string model = "unknown";
-  if (FILE* p = popen("lscpu 2>/dev/null", "r")) {
-    char line[512];
-    while (fgets(line, sizeof(line), p) != nullptr) {
-      std::string s(line);
-      if (s.rfind("Model name:", 0) == 0) {
-        s = s.substr(std::strlen("Model name:"));
-        s.erase(0, s.find_first_not_of(" \t"));
-        s.erase(s.find_last_not_of(" \t\r\n") + 1);
-        model = s;
-        break;
-      }
-    }
-    pclose(p);
-  }
-  return model;
-}
 
 Listener listenOn(const IpAddress& address) {
   Listener l;
@@ -250,7 +232,7 @@ int main(int argc, char** argv) {
     const double checker_cpu = cpuSeconds(self_after) - cpuSeconds(self_before);
     const double server_cpu = cpuSeconds(server);
     const double expected = static_cast<double>(backends) * seconds * 1000.0 / interval_ms;
-    fmt::print("cpu             {} ({} online), kernel {}\n", cpuModel(),
+    fmt::print("cpu             {} ({} online), kernel {}\n", bench::cpuModel(),
                sysconf(_SC_NPROCESSORS_ONLN), un.release);
     fmt::print("config          {} backends, {} probes, interval {} ms, timeout {} ms, {:.1f} s, "
                "{} listeners ({} addresses x {} ports), {} timer\n",

@@ -34,6 +34,7 @@
 #include "control/config.h"
 #include "control/snapshot_builder.h"
 #include "tools/bench/katran_bench.h"
+#include "tools/bench/report.h"
 #include "tools/pktgen/traffic.h"
 #include "xdp/xdp_dataplane.h"
 
@@ -82,20 +83,6 @@ double pass(int prog_fd, const std::vector<pktgen::PcapRecord>& frames, const Ex
     total += opts.duration;
   }
   return static_cast<double>(total) / static_cast<double>(frames.size());
-}
-
-/** The CPU's model as lscpu gives it on x86 ("Model name", from /proc/cpuinfo "model name"). */
-std::string cpuModel() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    const size_t colon = line.find(':');
-    if (line.rfind("model name", 0) == 0 && colon != std::string::npos) {
-      const size_t start = line.find_first_not_of(" \t", colon + 1);
-      return start == std::string::npos ? "unknown" : line.substr(start);
-    }
-  }
-  return "unknown";
 }
 
 }  // namespace
@@ -231,7 +218,7 @@ int runXdpBench(uint32_t flows, uint32_t runs, const std::string& katran_object)
                 "(opts.duration), median of the passes",
                 flows, runs);
     if (katran) {
-      std::printf("; CPU %s; Katran: %s", cpuModel().c_str(), katran_object.c_str());
+      std::printf("; CPU %s; Katran: %s", bench::cpuModel().c_str(), katran_object.c_str());
     }
     std::printf("\n\n%-24s %10s %12s %10s\n", "case", "ns/pkt", "minus floor", "ratio");
     std::vector<const Case*> rows = {&c_floor, &c_new, &c_est, &c_none};
@@ -241,6 +228,8 @@ int runXdpBench(uint32_t flows, uint32_t runs, const std::string& katran_object)
     for (const Case* c : rows) {
       const double m = median(c->ns);
       std::printf("%-24s %10.1f %12.1f %10.2f\n", c->name, m, m - f, m / f);
+      bench::jsonCase(c->name, "ns/pkt", c->ns, c == &c_floor ? "" : "xdp_tx floor", m / f,
+                      {{"flows", flows}, {"frame", 60}, {"minus_floor", m - f}});
     }
     if (!katran) {
       return 0;
@@ -268,6 +257,9 @@ int runXdpBench(uint32_t flows, uint32_t runs, const std::string& katran_object)
       std::printf("%-24s %6.1f / %6.1f / %6.1f   %6.1f / %6.1f / %6.1f   %16.2f\n", names[i],
                   minOf(k), median(k), maxOf(k), minOf(s), median(s), maxOf(s),
                   median(s) / median(k));
+      bench::jsonCase(fmt::format("{} over the floor", names[i]), "ns/pkt", s,
+                      "katran over the floor", median(s) / median(k),
+                      {{"flows", flows}, {"frame", 60}, {"katran_samples", k}});
     }
     // An established flow the LRU evicted (both tables hold flow_entries per CPU, and each pass
     // adds `flows` new ones) is a new flow again in the established pass: these say how many.
