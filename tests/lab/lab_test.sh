@@ -257,16 +257,17 @@ sys.exit(0 if len(rtts) == count else 1)
 # (1:1:1 instead of 1:1:2) gives chi-square about 110 at 1,000 requests, p about 1e-24. A fixed
 # +-35 % band would pass 1:1:1 for be1 and be2 (+33 %) and only catch it on be3.
 readonly SPREAD_PY='
-import math, sys
+import math, os, sys
 check, label, p_limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
 names = [a.split("=")[0] for a in sys.argv[4:]]
 weights = [int(a.split("=")[1]) for a in sys.argv[4:]]
 got = dict.fromkeys(names, 0)
-failed, why, total, reused = 0, {}, 0, 0
+failed, why, total, reused, rows = 0, {}, 0, 0, []
 for line in sys.stdin:
     f = line.split()
     if not f:
         continue
+    rows.append(f)
     total += 1
     if len(f) >= 4 and f[0] == "0" and f[1] == "200" and f[3] in got:
         got[f[3]] += 1
@@ -300,6 +301,24 @@ if failed:
 if reused:
     detail += "; %d not on a new connection" % reused
 ok = failed == 0 and reused == 0 and total > 0 and p >= p_limit
+# Whether the connections came from client ports that earlier requests of this combination used
+# (SPREAD_EARLIER: lines "port backend"), and how many went where those earlier ones had gone: a
+# flow entry still pinned from before would send such a connection the old way, and skew the
+# spread. Said whenever there were earlier requests.
+earlier_path = os.environ.get("SPREAD_EARLIER", "")
+before = {}
+if earlier_path and os.path.exists(earlier_path):
+    for line in open(earlier_path):
+        f = line.split()
+        if len(f) == 2:
+            before[f[0]] = f[1]
+if before:
+    same = again = 0
+    for f in rows:
+        if len(f) >= 5 and f[4] in before:
+            again += 1
+            same += f[3] == before[f[4]]
+    detail += "; %d from a client port used before (%d answered by the same backend as then)" % (again, same)
 print("%s %s %s: %s" % ("PASS" if ok else "FAIL", check, label, detail))
 '
 
@@ -540,8 +559,17 @@ checkSpread() { # CHECK N WEIGHT...
   for fam in 4 6; do
     label=IPv$fam
     url=$(vipUrl "$fam" /)
+    # The earlier requests of this combination for the family, as "client-port backend": what a
+    # failed spread is compared with. Before 1-spread there are none (the files left are the
+    # previous combination's); after it, 1-spread's and the prober's.
+    local earlier=$RUN_DIR/earlier-ports.$label
+    : >"$earlier"
+    if [[ $check != 1-spread ]]; then
+      awk -v l="$label" '$3 == l { print $6, $5 }' "$RUN_DIR/probe.txt" >>"$earlier" 2>/dev/null
+      awk 'NF >= 5 { print $5, $4 }' "$RUN_DIR/1-spread.$label" >>"$earlier" 2>/dev/null
+    fi
     collect < <(requests "$url" "$n" | tee "$RUN_DIR/$check.$label" |
-      "$PY" -c "$SPREAD_PY" "$check" "$label" "$P_LIMIT" "${backends[@]}")
+      SPREAD_EARLIER=$earlier "$PY" -c "$SPREAD_PY" "$check" "$label" "$P_LIMIT" "${backends[@]}")
   done
 }
 
