@@ -276,7 +276,9 @@ static __always_inline int lb_is_echo_request(void *data, void *data_end,
 {
 	__u8 *icmp;
 
-	if (p->fragment)
+	/* The 8-byte header within the IP packet too (isEchoRequest()): a frame's padding past
+	 * the IP length is no ICMP message. */
+	if (p->fragment || p->l4_off + 8 > p->l3_end)
 		return 0;
 	icmp = data + (p->l4_off & LB_HDR_OFF_MASK);
 	if ((void *)(icmp + 8) > data_end)
