@@ -12,6 +12,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/lb_abi.h"
@@ -357,6 +358,79 @@ TEST(MaglevTest, IsPrime) {
   for (const uint32_t c : {0u, 1u, 4u, 9u, 15u, 25u, 65535u, 65536u, 16383u, 4294967295u,
                            4292870399u /* 65521 * 65519 */}) {
     EXPECT_FALSE(isPrime(c)) << c;
+  }
+}
+
+// The build against a plain reading of the algorithm it implements: Envoy's round-by-round scan
+// of the weighted turns and the paper's Pseudocode 1 walk with a modulo per step. The build
+// takes shortcuts (a heap of turns for very uneven weights, a four-wide walk, the endgame over
+// the last free slots); they must not change a single slot.
+std::vector<uint32_t> referenceTable(std::vector<MaglevBackend> backends, uint32_t m) {
+  std::erase_if(backends, [](const MaglevBackend& b) { return b.weight == 0; });
+  std::sort(backends.begin(), backends.end(), [](const MaglevBackend& a, const MaglevBackend& b) {
+    return std::tie(a.key, a.id, a.weight) < std::tie(b.key, b.id, b.weight);
+  });
+  auto hash = [](const std::string& key, uint64_t seed) {
+    uint64_t h = 0xcbf29ce484222325ull ^ seed;
+    for (const char c : key) {
+      h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 33);
+  };
+  uint32_t max_weight = 0;
+  for (const MaglevBackend& b : backends) {
+    max_weight = std::max(max_weight, b.weight);
+  }
+  std::vector<uint64_t> offset, skip, next, target(backends.size(), 0);
+  for (const MaglevBackend& b : backends) {
+    offset.push_back(hash(b.key, 0) % m);
+    skip.push_back(hash(b.key, 0x9e3779b97f4a7c15ull) % (m - 1) + 1);
+    next.push_back(0);
+  }
+  std::vector<uint32_t> table(m, LB_BACKEND_NONE);
+  uint32_t filled = 0;
+  for (uint64_t round = 0; filled < m; ++round) {
+    for (size_t i = 0; i < backends.size() && filled < m; ++i) {
+      if (round * backends[i].weight < target[i]) {
+        continue;
+      }
+      uint64_t slot = (offset[i] + next[i] * skip[i]) % m;
+      while (table[slot] != LB_BACKEND_NONE) {
+        ++next[i];
+        slot = (offset[i] + next[i] * skip[i]) % m;
+      }
+      table[slot] = backends[i].id;
+      ++filled;
+      target[i] += max_weight;
+    }
+  }
+  return table;
+}
+
+TEST(MaglevTest, EqualsAPlainReadingOfTheAlgorithm) {
+  std::mt19937 rng(20261202);
+  for (const uint32_t m : {13u, 251u, 4099u, kBigTable}) {
+    for (int trial = 0; trial < 4; ++trial) {
+      const uint32_t n = std::min<uint32_t>(m, std::uniform_int_distribution<uint32_t>(1, 300)(rng));
+      std::vector<MaglevBackend> backends = makeBackends(n);
+      for (MaglevBackend& b : backends) {
+        switch (trial) {
+          case 0: b.weight = 1; break;                                                     // equal
+          case 1: b.weight = std::uniform_int_distribution<uint32_t>(0, 100)(rng); break;  // uneven
+          case 2: b.weight = b.id == 1 ? 100000 : 1; break;  // one dwarfs the rest: the heap
+          default: b.weight = std::uniform_int_distribution<uint32_t>(1, 3)(rng); break;
+        }
+      }
+      if (std::none_of(backends.begin(), backends.end(), [](auto& b) { return b.weight > 0; })) {
+        continue;
+      }
+      EXPECT_EQ(buildMaglevTable(backends, m), referenceTable(backends, m))
+          << "M = " << m << ", " << n << " backends, trial " << trial;
+    }
   }
 }
 

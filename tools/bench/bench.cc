@@ -38,6 +38,7 @@
 #include "dataplane/eal.h"
 #include "dataplane/worker.h"
 #include "tools/bench/flood_bench.h"
+#include "tools/bench/maglev_bench.h"
 #include "tools/pktgen/traffic.h"
 
 namespace {
@@ -171,12 +172,27 @@ int main(int argc, char** argv) {
   app.add_option("--flood-pps", fo.flood_pps,
                  "The flood's packet clock in the guarded case: SYNs per second (--flood)")
       ->check(CLI::Range(1, 1000000000));
+  bool maglev = false;
+  MaglevBenchOptions mo;
+  app.add_flag("--maglev", maglev,
+               "Instead: time Maglev table builds (N = 10, 100, 1000 backends, M = 65537) against "
+               "a one-permutation floor, and the start-up of --services services of 10 backends");
+  app.add_option("--services", mo.services, "Services of the start-up case (--maglev)")
+      ->check(CLI::Range(1, 10000));
   bool json = false;
   app.add_flag("--json", json,
                "Print one JSON object per case and line on stdout (the tables go to stderr)");
   CLI11_PARSE(app, argc, argv);
   if (json) {
-    bench::startJson(xdp ? "xdp" : flood ? "flood" : publish ? "publish" : "dpdk");
+    bench::startJson(xdp       ? "xdp"
+                     : flood   ? "flood"
+                     : publish ? "publish"
+                     : maglev  ? "maglev"
+                               : "dpdk");
+  }
+  if (maglev) {
+    mo.runs = app.count("--runs") != 0 ? runs : mo.runs;
+    return runMaglevBench(mo);
   }
   if (!katran.empty() && !xdp) {
     std::fprintf(stderr, "sluice-bench: --katran goes with --xdp\n");

@@ -16,6 +16,15 @@ std::string json_bench;
 
 }  // namespace
 
+Spread spreadOf(const std::vector<double>& samples) {
+  if (samples.empty()) {
+    return {};
+  }
+  std::vector<double> sorted = samples;
+  std::sort(sorted.begin(), sorted.end());
+  return {sorted.front(), sorted[sorted.size() / 2], sorted.back()};
+}
+
 std::string cpuModel() {
   std::ifstream cpuinfo("/proc/cpuinfo");
   std::string line;
@@ -49,8 +58,7 @@ void jsonCase(const std::string& name, const std::string& unit, const std::vecto
   if (json_out == nullptr || samples.empty()) {
     return;
   }
-  std::vector<double> sorted = samples;
-  std::sort(sorted.begin(), sorted.end());
+  const Spread spread = spreadOf(samples);
   char when[32];
   const std::time_t now = std::time(nullptr);
   std::tm utc{};
@@ -60,9 +68,9 @@ void jsonCase(const std::string& name, const std::string& unit, const std::vecto
                          {"case", name},
                          {"unit", unit},
                          {"runs", samples.size()},
-                         {"min", sorted.front()},
-                         {"median", sorted[sorted.size() / 2]},
-                         {"max", sorted.back()},
+                         {"min", spread.min},
+                         {"median", spread.median},
+                         {"max", spread.max},
                          {"samples", samples},
                          {"cpu", cpuModel()},
                          {"time", when}};

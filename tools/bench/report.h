@@ -10,6 +10,14 @@
 
 namespace sluice::bench {
 
+/** Min, median (the middle of the sorted runs) and max of one case's runs. */
+struct Spread {
+  double min = 0;
+  double median = 0;
+  double max = 0;
+};
+Spread spreadOf(const std::vector<double>& samples);
+
 /** The CPU's model as lscpu prints it ("Model name"; /proc/cpuinfo "model name"). */
 std::string cpuModel();
 
