@@ -416,7 +416,10 @@ class HealthChecker::Impl {
       return;
     }
     // Both timers can be due in one pass of the loop; end the old probe before judging overlap.
-    if (t.running && now >= t.deadline) {
+    // The same early tolerance as onDeadline's: a slot that fires a few microseconds early by
+    // the coarse clock finds the probe it ends (deadline == due) still running otherwise, and
+    // gave up a slot it should have probed.
+    if (t.running && now + kEarlyTolerance >= t.deadline) {
       expire(t);
     }
     // The next slot is always on the grid: slot n runs at epoch + offset + n * interval however
