@@ -88,8 +88,8 @@ struct BuildEntry {
 // Scanning every backend each round costs rounds * N = M * max_weight / mean_weight visits: M
 // when the weights are equal or close, but M * N when one weight dwarfs the rest. In that case
 // each backend sits in a min-heap keyed by (round of its next turn, sorted index) instead;
-// popping it yields exactly the order of the scan, in O(M log N), but a heap operation costs
-// about as much as the scan visits it saves only when max_weight / mean_weight is large.
+// popping it yields exactly the order of the scan, in O(M log N). A heap operation costs tens of
+// scan visits, so the heap pays only when max_weight / mean_weight is large.
 using Turn = std::pair<uint64_t, uint32_t>;
 constexpr uint64_t kScanWhileWeightRatioBelow = 64;
 

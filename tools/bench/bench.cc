@@ -28,8 +28,8 @@
 
 #include "control/config.h"
 #include "sluice_config.h"
-#ifdef SLUICE_HAS_XDP
 #include "tools/bench/report.h"
+#ifdef SLUICE_HAS_XDP
 #include "tools/bench/xdp_bench.h"
 #endif
 #include "control/control_plane.h"
@@ -96,13 +96,9 @@ std::string configText(const char* forwarding, uint32_t backends, const std::str
 
 struct Figures {
   std::vector<double> mpps;
-  double median() const {
-    std::vector<double> v = mpps;
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  }
-  double min() const { return *std::min_element(mpps.begin(), mpps.end()); }
-  double max() const { return *std::max_element(mpps.begin(), mpps.end()); }
+  double median() const { return bench::spreadOf(mpps).median; }
+  double min() const { return bench::spreadOf(mpps).min; }
+  double max() const { return bench::spreadOf(mpps).max; }
 };
 
 /** Run fn on the worker lcore for `seconds`; return packets/s in millions. */

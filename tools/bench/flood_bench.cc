@@ -134,13 +134,9 @@ std::vector<Client> flood(uint32_t n, uint32_t seed) {
 
 struct Figures {
   std::vector<double> v;
-  double median() const {
-    std::vector<double> s = v;
-    std::sort(s.begin(), s.end());
-    return s.empty() ? 0 : s[s.size() / 2];
-  }
-  double min() const { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
-  double max() const { return v.empty() ? 0 : *std::max_element(v.begin(), v.end()); }
+  double median() const { return bench::spreadOf(v).median; }
+  double min() const { return bench::spreadOf(v).min; }
+  double max() const { return bench::spreadOf(v).max; }
 };
 
 /** The results of one path over all runs. */

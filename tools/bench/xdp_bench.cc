@@ -45,13 +45,9 @@ struct Case {
   std::vector<double> ns;  // one average per pass
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double minOf(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
-double maxOf(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
+double median(const std::vector<double>& v) { return bench::spreadOf(v).median; }
+double minOf(const std::vector<double>& v) { return bench::spreadOf(v).min; }
+double maxOf(const std::vector<double>& v) { return bench::spreadOf(v).max; }
 
 /** What every call of a pass must give back: its action and, when checked, its output frame. */
 struct Expect {
