@@ -35,7 +35,6 @@ int xdp_lb(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct lb_cpu_counters *cc = lb_cpu_stats();
 	const struct lb_nat_reply *reply;
-	const struct lb_service *svc;
 	struct lb_endpoint_key ek = {};
 	struct lb_parsed p;
 	int ours;		/* the destination may be a VIP or Sluice's own (addr_filter) */
@@ -62,10 +61,9 @@ int xdp_lb(struct xdp_md *ctx)
 
 	ours = lb_may_be_ours(p.key.dst);
 	if (ours) {
-		lb_dst_endpoint(&p.key, &ek);		/* 5. */
-		svc = bpf_map_lookup_elem(&services, &ek);
-		if (svc)
-			return lb_forward_to_backend(ctx, &p, svc, cc);
+		ret = lb_to_service(ctx, &p, cc);	/* 5. */
+		if (ret >= 0)
+			return ret;
 	}
 
 	if (p.key.proto == LB_IPPROTO_ICMPV6) {		/* 6. */

@@ -33,7 +33,7 @@
 /* Entries of local_addrs: Sluice's own addresses (the loader refuses a snapshot with more). */
 #define LB_MAX_LOCAL_ADDRS	1024
 
-/* Default size of the flow map; the loader resizes it (flow_table_size) before load. */
-#define LB_FLOWS_DEFAULT_ENTRIES	65536
+/* Buckets of the flow map as declared; the loader sizes it (flow_table_size) before load. */
+#define LB_FLOW_DEFAULT_BUCKETS	8192
 
 #endif /* SLUICE_BPF_CONSTS_H */

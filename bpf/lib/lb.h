@@ -16,6 +16,7 @@
 #include "parse.h"
 #include "csum.h"
 #include "stats.h"
+#include "flow_table.h"
 
 /* The flow clock: the replay's capture time when set, else the monotonic clock. */
 static __always_inline __u64 lb_now(void)
@@ -127,7 +128,7 @@ static __always_inline __u32 lb_maglev_pick(const struct lb_service *svc, __u32 
  * same service, the same backend (its id not handed to another), and not down in a service that
  * reschedules its flows.
  */
-static __always_inline int lb_pinned_backend_valid(const struct lb_flow *f,
+static __always_inline int lb_pinned_backend_valid(const struct lb_flow_entry *f,
 						   const struct lb_service *svc,
 						   const struct lb_backend *b)
 {
@@ -267,14 +268,14 @@ static __always_inline int lb_fragment(const struct lb_parsed *p, struct lb_cpu_
 }
 
 /*
- * This CPU's table in outer (flows or syn_flows): its own map, or on a virtual interface the one
- * all slots hold. NULL only if the loader left a slot empty (it fills every possible CPU's).
+ * This CPU's flow table: its own, or on a virtual interface the one all slots of `flows` hold.
+ * NULL only if the loader left a slot empty (it fills every possible CPU's).
  */
-static __always_inline void *lb_flow_table(void *outer)
+static __always_inline void *lb_flow_table(void)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 
-	return bpf_map_lookup_elem(outer, &cpu);
+	return bpf_map_lookup_elem(&flows, &cpu);
 }
 
 /* Whether addr may be a VIP address or one of Sluice's own (addr_filter): else neither. */
@@ -294,34 +295,6 @@ static __always_inline int lb_may_be_nat_reply(__u16 port_be)
 	__u64 *bits = bpf_map_lookup_elem(&nat_reply_ports, &word);
 
 	return bits && (*bits >> (port_be & 63)) & 1;
-}
-
-/*
- * This CPU's live flow of key in map (flows: which LB_FLOWS_ESTABLISHED, or syn_flows), or NULL.
- * *slot is set to this CPU's value of the key, live or not (NULL: the key is not in the map),
- * where a new flow of the key is written in place. A value found expired is reclaimed as
- * FlowTable::lookup() reclaims an entry: counted as expired and emptied (backend_id 0: no flow).
- * It is not deleted: the emptied value is where the key's next flow is written in place,
- * without the LRU's insert (and its eviction) a delete and re-insert would cost.
- */
-static __always_inline struct lb_flow *lb_flow_get(void *map, const int which,
-						   const struct lb_flow_key *key, __u64 now,
-						   struct lb_cpu_counters *cc,
-						   struct lb_flow **slot)
-{
-	struct lb_flow *v = bpf_map_lookup_elem(map, key);
-
-	*slot = v;
-	if (!v || v->backend_id == LB_BACKEND_NONE)
-		return NULL;
-	if (v->expires_ns > now)
-		return v;
-	cc->flows_expired++;
-	if (which == LB_FLOWS_UNESTABLISHED)
-		cc->flows_syn_expired++;
-	cc->flow_values_out[which & 1]++;
-	v->backend_id = LB_BACKEND_NONE;
-	return NULL;
 }
 
 /*
@@ -350,97 +323,70 @@ static __always_inline int lb_over_new_flow_rate(__u64 now)
 	return 0;
 }
 
-/* Write this CPU's flow f of key into map: in place at slot when the key is there, else a new
- * key (which may make the LRU evict another). */
-static __always_inline void lb_flow_put(void *map, struct lb_flow *slot,
-					const struct lb_flow_key *key, const struct lb_flow *f)
-{
-	if (slot)
-		*slot = *f;
-	else
-		bpf_map_update_elem(map, key, f, BPF_ANY);
-}
-
 /*
- * toBackend(): a client packet for service svc. Keep the flow's backend while it is valid,
- * else pick one with Maglev; update the flow's state and expiry; rewrite; transmit.
- *
- * A flow created by a SYN lives in syn_flows, in state SYN_RECV with the tcp_syn timeout, until
- * a packet without SYN or RST (the client's ACK) moves it to flows: a SYN flood churns
- * syn_flows only (maps.h says why), as the DPDK table evicts its unestablished entries first.
+ * toBackend(): a client packet for service svc, whose flow's live entry (lb_flow_lookup() in
+ * table, the flow hash hash, the clock now) is e or none. Keep the flow's backend while it is valid,
+ * else pick one with Maglev; update the flow's entry (in place) and its expiry; rewrite; transmit.
+ * A SYN's entry is unestablished, second-class in the table (flow_table.h), with the tcp_syn
+ * timeout, until a packet without SYN or RST (the client's ACK) is seen on it: a SYN flood churns
+ * its own entries only, as on the DPDK path, whose table this one is.
  */
 static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struct lb_parsed *p,
 						 const struct lb_service *svc,
-						 struct lb_cpu_counters *cc)
+						 struct lb_cpu_counters *cc, void *table,
+						 __u32 hash, __u64 now, struct lb_flow_entry *e)
 {
 	const int tcp = p->key.proto == LB_PROTO_TCP;
 	const __u8 flags = p->tcp_flags;
 	const int syn = tcp && (flags & LB_TCP_SYN);
 	const struct lb_backend *b = NULL;
 	struct lb_backend_counters *bc;
-	struct lb_flow *e_slot = NULL;
-	struct lb_flow *s_slot = NULL;
-	struct lb_flow f = {};
-	struct lb_flow *e;
 	void *data_end;
 	void *data;
-	__u64 now = lb_now();
-	int established_now = 0;
-	int in_syn = 0;		/* the flow's live value is in syn_flows */
-	int pinned;		/* the flow has a value, or gets one */
+	__u32 bid = LB_BACKEND_NONE;
 	__u64 timeout;
-	int pick;
+	int pick = !e;
 
-	void *est_map = lb_flow_table(&flows);
-	void *syn_map = lb_flow_table(&syn_flows);
-
-	if (!est_map || !syn_map)
+	if (!table)
 		return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached: every slot is filled */
-	e = lb_flow_get(est_map, LB_FLOWS_ESTABLISHED, &p->key, now, cc, &e_slot);
-	if (!e && tcp) {
-		e = lb_flow_get(syn_map, LB_FLOWS_UNESTABLISHED, &p->key, now, cc, &s_slot);
-		in_syn = e != NULL;
-	}
-	pick = !e;
 	if (e) {
-		f = *e;
-		b = lb_backend_get(f.backend_id);
-		if (!lb_pinned_backend_valid(&f, svc, b)) {
+		bid = e->backend_id;
+		b = lb_backend_get(bid);
+		if (!lb_pinned_backend_valid(e, svc, b)) {
 			/* its backend is gone, or down in a service that reschedules */
 			cc->flows_rescheduled++;
 			pick = 1;
 		} else if (tcp && (flags & (LB_TCP_SYN | LB_TCP_ACK)) == LB_TCP_SYN &&
-			   (f.state == LB_FLOW_CLOSING || (b->flags & LB_BACKEND_F_NO_NEW))) {
+			   (e->state == LB_FLOW_CLOSING || (b->flags & LB_BACKEND_F_NO_NEW))) {
 			/* a new connection on the ports of one that closed, or pinned to a
 			 * backend that cannot serve it (down, maintenance, unresolved) */
 			pick = 1;
 		}
 	}
-	pinned = e != NULL;
 	if (pick) {
-		__u32 bid = lb_maglev_pick(svc, lb_flow_hash(&p->key));
-
+		bid = lb_maglev_pick(svc, hash);
 		if (bid == LB_BACKEND_NONE)
 			return lb_drop(cc, LB_DROP_NO_BACKEND);
 		b = lb_backend_get(bid);
 		if (!b || b->epoch == 0)	/* a slot ahead of its backend (map update) */
 			return lb_drop(cc, LB_DROP_NO_BACKEND);
 		if (!e) {
-			/* Above the rate: forwarded by the Maglev pick alone, which a later packet
-			 * of the flow gets again unless the table changes (Katran's LRU bypass). */
-			if (lb_over_new_flow_rate(now)) {
-				cc->new_flows_unpinned++;
-			} else {
-				pinned = 1;
+			/* Above the rate, or a SYN with no room but an established flow's: forwarded
+			 * by the Maglev pick alone, which a later packet of the flow gets again
+			 * unless the table changes (Katran's LRU bypass). */
+			if (!lb_over_new_flow_rate(now))
+				e = lb_flow_place(table, &p->key, hash, now, syn, cc);
+			if (e)
 				cc->flows_created++;
-			}
+			else
+				cc->new_flows_unpinned++;
 		}
-		f.service_id = svc->id;
-		f.backend_id = bid;
-		f.backend_epoch = b->epoch;
-		f.state = syn ? LB_FLOW_SYN_RECV : LB_FLOW_ACTIVE;
-		if (pinned) {
-			bc = lb_backend_stats(bid, f.backend_epoch);
+		if (e) {
+			e->service_id = svc->id;
+			e->backend_id = bid;
+			e->backend_epoch = b->epoch;
+			e->state = syn ? LB_FLOW_SYN_RECV : LB_FLOW_ACTIVE;
+			bc = lb_backend_stats(bid, b->epoch);
 			if (bc)
 				bc->flows++;
 		}
@@ -448,40 +394,22 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 	if (!b)
 		return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached */
 
-	if (pinned) {
+	if (e) {
 		timeout = udp_timeout_ns;
 		if (tcp) {
 			if (!(flags & (LB_TCP_SYN | LB_TCP_RST))) {
 				/* the handshake completed (the client's ACK, or data) */
-				established_now = 1;
-				if (f.state == LB_FLOW_SYN_RECV)
-					f.state = LB_FLOW_ACTIVE;
+				e->unestablished = 0;
+				if (e->state == LB_FLOW_SYN_RECV)
+					e->state = LB_FLOW_ACTIVE;
 			}
 			if (flags & (LB_TCP_FIN | LB_TCP_RST))
-				f.state = LB_FLOW_CLOSING;
-			timeout = f.state == LB_FLOW_CLOSING	  ? tcp_fin_timeout_ns
-				  : f.state == LB_FLOW_SYN_RECV ? tcp_syn_timeout_ns
-								  : tcp_timeout_ns;
+				e->state = LB_FLOW_CLOSING;
+			timeout = e->state == LB_FLOW_CLOSING	   ? tcp_fin_timeout_ns
+				  : e->state == LB_FLOW_SYN_RECV ? tcp_syn_timeout_ns
+								   : tcp_timeout_ns;
 		}
-		f.expires_ns = now + timeout;
-		if (in_syn && established_now) {
-			/* Established: from syn_flows to flows, this CPU's value emptied there. */
-			lb_flow_put(est_map, e_slot, &p->key, &f);
-			cc->flow_values_in[LB_FLOWS_ESTABLISHED]++;
-			if (s_slot)
-				s_slot->backend_id = LB_BACKEND_NONE;
-			cc->flow_values_out[LB_FLOWS_UNESTABLISHED]++;
-		} else if (e) {
-			*e = f;		/* this CPU's value, in place */
-		} else if (syn) {
-			/* A new flow opened by a SYN: with the unestablished ones. (s_slot is set
-			 * only for TCP, which syn implies.) */
-			lb_flow_put(syn_map, s_slot, &p->key, &f);
-			cc->flow_values_in[LB_FLOWS_UNESTABLISHED]++;
-		} else {
-			lb_flow_put(est_map, e_slot, &p->key, &f);
-			cc->flow_values_in[LB_FLOWS_ESTABLISHED]++;
-		}
+		e->expires_ns = now + timeout;
 	}
 
 	data = (void *)(long)ctx->data;
@@ -495,12 +423,63 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 	}
 	if (lb_rewrite_macs(data, data_end, lb_backend_next_hop(b), port_mac))
 		return lb_drop(cc, LB_DROP_TRUNCATED);
-	bc = lb_backend_stats(f.backend_id, b->epoch);
+	bc = lb_backend_stats(bid, b->epoch);
 	if (bc) {
 		bc->packets++;
 		bc->bytes += p->pkt_len;
 	}
 	return lb_transmit(cc);
+}
+
+/* Whether svc (of service_by_id) is the service of key's destination address, port and protocol. */
+static __always_inline int lb_service_is_for(const struct lb_service *svc,
+					     const struct lb_flow_key *key)
+{
+	return svc->table_size != 0 && svc->port == key->dport && svc->proto == key->proto &&
+	       svc->family == key->family &&
+	       ((svc->addr[0] ^ key->dst[0]) | (svc->addr[1] ^ key->dst[1]) |
+		(svc->addr[2] ^ key->dst[2]) | (svc->addr[3] ^ key->dst[3])) == 0;
+}
+
+/*
+ * Step 5 of Pipeline::forward(): a packet for a service goes to its backend; returns the XDP
+ * action, or -1 when it is for no service. The DPDK path looks the service up, then the flow.
+ * Here a flow with a live entry comes first, its service taken from the entry's id and checked
+ * against the packet's destination (the same service the lookup would find: one id per service
+ * key), which spares an established flow the services hash lookup; anything else (no entry, an
+ * expired one, a service gone or changed) takes the DPDK path's order. The first look changes
+ * nothing (lb_flow_peek), so both orders count and reclaim alike.
+ */
+static __always_inline int lb_to_service(struct xdp_md *ctx, const struct lb_parsed *p,
+					 struct lb_cpu_counters *cc)
+{
+	struct lb_endpoint_key ek = {};
+	const struct lb_service *svc = NULL;
+	struct lb_flow_entry *e = NULL;
+	__u64 now = lb_now();
+	__u32 hash = lb_flow_hash(&p->key);
+	void *table = lb_flow_table();
+	__u32 sid;
+
+	if (table) {
+		e = lb_flow_peek(table, &p->key, hash);
+		if (e && e->expires_ns > now) {
+			sid = e->service_id;
+			svc = bpf_map_lookup_elem(&service_by_id, &sid);
+			if (svc && !lb_service_is_for(svc, &p->key))
+				svc = NULL;
+		}
+	}
+	if (!svc) {
+		lb_dst_endpoint(&p->key, &ek);
+		svc = bpf_map_lookup_elem(&services, &ek);
+		if (!svc)
+			return -1;
+		if (!table)
+			return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached: every slot is filled */
+		e = lb_flow_lookup(table, &p->key, hash, now, cc);
+	}
+	return lb_forward_to_backend(ctx, p, svc, cc, table, hash, now, e);
 }
 
 /*
@@ -654,21 +633,17 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 {
 	const struct lb_backend *b = NULL;
 	struct lb_backend_counters *bc;
-	struct lb_flow *slot;
-	struct lb_flow *f;
+	struct lb_flow_entry *f;
 	__u32 bid = LB_BACKEND_NONE;
 	void *data_end;
 	void *data;
 	__u64 now = lb_now();
+	__u32 hash = lb_flow_hash(&e->key);
+	void *table = lb_flow_table();
 
-	void *est_map = lb_flow_table(&flows);
-	void *syn_map = lb_flow_table(&syn_flows);
-
-	if (!est_map || !syn_map)
+	if (!table)
 		return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached: every slot is filled */
-	f = lb_flow_get(est_map, LB_FLOWS_ESTABLISHED, &e->key, now, cc, &slot);
-	if (!f && e->key.proto == LB_PROTO_TCP)
-		f = lb_flow_get(syn_map, LB_FLOWS_UNESTABLISHED, &e->key, now, cc, &slot);
+	f = lb_flow_lookup(table, &e->key, hash, now, cc);
 	if (f) {
 		b = lb_backend_get(f->backend_id);
 		if (lb_pinned_backend_valid(f, svc, b))
@@ -677,7 +652,7 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 			b = NULL;
 	}
 	if (!b) {
-		bid = lb_maglev_pick(svc, lb_flow_hash(&e->key));
+		bid = lb_maglev_pick(svc, hash);
 		if (bid == LB_BACKEND_NONE)
 			return lb_drop(cc, LB_DROP_NO_BACKEND);
 		b = lb_backend_get(bid);

@@ -109,50 +109,34 @@ struct {
 } maglev SEC(".maps");
 
 /*
- * The flow tables, as Katran keeps them (its lru_mapping): an array indexed by CPU of plain LRU
- * hashes, so that a lookup reads its value in the element it finds and an insert writes one value.
- * (A BPF_MAP_TYPE_LRU_PERCPU_HASH, the first design, made every lookup one more dependent read,
- * the per-CPU value, and every insert zero each CPU's value; its keys and their eviction were
- * shared by all CPUs anyway.) When the NIC keeps a flow on one CPU (RSS), each CPU's slot holds a
- * map of its own, as each DPDK worker has its own table; on a virtual interface every slot holds
- * the same map, one table for all CPUs (FlowTableScope in src/xdp/xdp_dataplane.h says why). The
- * loader creates the inner maps, sized to flow_table_size, and sets max_entries here to the
- * number of possible CPUs.
+ * The flow table: the DPDK workers' FlowTable (src/dataplane/flow_table.h) in an array map, the
+ * same buckets, signatures, two-choice placement and eviction order, so that both paths keep and
+ * evict the same flows (bpf/lib/flow_table.h). An array of struct lb_flow_bucket: a lookup reads
+ * the bucket's signature line and, on a match, the entry's line, where an LRU hash read a bucket
+ * head and an element's two lines and hashed the key once more (jhash), and an insert took the
+ * LRU's free-list lock. Indexed by CPU, as Katran keeps its LRUs (lru_mapping): when the NIC keeps
+ * a flow on one CPU (RSS), each CPU's slot holds a table of its own, as each DPDK worker has its
+ * own; on a virtual interface every slot holds the same table, one for all CPUs (FlowTableScope
+ * in src/xdp/xdp_dataplane.h says why). The loader creates the inner maps, flow_bucket_mask + 1
+ * buckets each, and sets max_entries here to the number of possible CPUs.
+ * BPF_F_MMAPABLE: the values of such an array start on a page, so every entry is on a cache line
+ * of its own (a plain array's values start 16 bytes into one), and the loader reads the table
+ * through a read-only mapping.
  */
-/* (Written out in each outer map, and sized rather than typed: a struct reached only through
- * __array's pointer gets to BTF as a forward declaration, which libbpf cannot size.) */
-#define LB_FLOW_MAP_DEF                                                 \
-	struct {                                                        \
-		__uint(type, BPF_MAP_TYPE_LRU_HASH);                    \
-		__uint(max_entries, LB_FLOWS_DEFAULT_ENTRIES);          \
-		__uint(key_size, sizeof(struct lb_flow_key));           \
-		__uint(value_size, sizeof(struct lb_flow));             \
-	}
-
-/* Established flows, and flows not yet known to be SYN-only. */
+/* (Sized rather than typed: a struct reached only through __array's pointer gets to BTF as a
+ * forward declaration, which libbpf cannot size.) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__array(values, LB_FLOW_MAP_DEF);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_ARRAY);
+		__uint(max_entries, LB_FLOW_DEFAULT_BUCKETS);
+		__uint(map_flags, BPF_F_MMAPABLE);
+		__uint(key_size, sizeof(__u32));
+		__uint(value_size, sizeof(struct lb_flow_bucket));
+	});
 } flows SEC(".maps");
-
-/*
- * Flows created by a SYN whose handshake has not completed, apart from the established ones in
- * `flows`: an LRU evicts whatever was used least recently, so with one map a SYN flood pushes
- * out the established flows that were not hit lately (in tests/bpf/xdp_flood_test.cc, 271 of
- * 3,000 in a 4,096-entry map then moved to a backend added after the flood). Here a flood
- * churns this map only; the first packet without SYN or RST moves its flow to `flows`.
- * The DPDK table gets the same effect by evicting unestablished entries first (flow_table.h).
- * Same scope and size as `flows` (the loader makes both alike), so that as many handshakes may
- * be in flight as the DPDK table holds.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__array(values, LB_FLOW_MAP_DEF);
-} syn_flows SEC(".maps");
 
 /* The new-flow rate guard's one-second window, per CPU (Pipeline::overNewFlowRate). */
 struct lb_rate_window {
@@ -204,6 +188,7 @@ __u8 port_mac[6];		/* source MAC of everything sent; the frames taken are for it
 __u8 gateway_mac[6];		/* IPv4 NAT replies' next hop, if has_gateway */
 __u8 gateway_mac6[6];		/* IPv6 NAT replies' next hop, if has_gateway6 */
 __u32 has_gateway;		/* else the learned router MAC (learned_gw) */
+__u32 flow_bucket_mask;		/* buckets of each flow table - 1 (a power of two - 1) */
 __u32 has_gateway6;
 __u32 accept_any_mac;		/* non-zero: take frames for any destination MAC (replay) */
 __u64 clock_override_ns;	/* non-zero: the flow clock (replay) */

@@ -275,7 +275,10 @@ struct lb_service {
 	lb_u32 table_size;  /* Maglev M: slots used in the service's table */
 	lb_u32 addr[4];     /* the VIP, for the NAT reply rewrite */
 	lb_u16 port;        /* network order */
-	lb_u16 pad;
+	/* With addr and port, the service's key (lb_endpoint_key): what a flow entry's service id
+	 * is checked against when the XDP path finds the flow before the service. */
+	lb_u8 proto;
+	lb_u8 family;
 };
 
 /* lb_backend.flags */
@@ -301,18 +304,36 @@ struct lb_nat_reply {
 #define LB_FLOW_CLOSING 1
 #define LB_FLOW_SYN_RECV 2  /* a SYN seen, no packet without SYN yet (IPVS's SYN_RECV) */
 
-struct lb_flow {
+/*
+ * One flow of the XDP path's flow table (bpf/lib/flow_table.h): the DPDK table's FlowEntry
+ * (src/dataplane/flow_table.h) field for field, one cache line.
+ */
+struct lb_flow_entry {
+	struct lb_flow_key key;
 	lb_u64 expires_ns;
 	lb_u32 service_id;
 	lb_u32 backend_id;
 	lb_u32 backend_epoch;
-	lb_u32 state;       /* LB_FLOW_ACTIVE, LB_FLOW_CLOSING or LB_FLOW_SYN_RECV */
+	lb_u8 state;         /* LB_FLOW_ACTIVE, LB_FLOW_CLOSING or LB_FLOW_SYN_RECV */
+	/* Created by a SYN, no packet without SYN or RST seen since: evicted first, and never
+	 * evicts an established entry. */
+	lb_u8 unestablished;
+	lb_u8 pad[2];
 };
 
-/* The XDP path's two flow maps (bpf/lib/maps.h): established flows, and flows created by a SYN
- * whose handshake has not completed (index of lb_cpu_counters.flow_values_in/out). */
-#define LB_FLOWS_ESTABLISHED 0
-#define LB_FLOWS_UNESTABLISHED 1
+/*
+ * A bucket of the XDP flow table: the DPDK table's eight signatures (the flow hash with its low
+ * bit set; 0 marks a free slot) and the eight entries they stand for. The signatures fill the
+ * first cache line, so that a lookup reads that line and, on a match, the entry's: the value of
+ * an array map that is mmapable (values page-aligned), each entry on a line of its own.
+ */
+#define LB_FLOW_BUCKET_ENTRIES 8
+
+struct lb_flow_bucket {
+	lb_u32 sig[LB_FLOW_BUCKET_ENTRIES];
+	lb_u8 pad[32];
+	struct lb_flow_entry entry[LB_FLOW_BUCKET_ENTRIES];
+};
 
 /* Per-CPU counters of the XDP path, the same meaning as the DPDK workers' counters. */
 struct lb_cpu_counters {
@@ -325,16 +346,12 @@ struct lb_cpu_counters {
 	lb_u64 icmp_forwarded; /* ICMP errors about a flow sent on to its backend or client */
 	lb_u64 drops[LB_DROP__COUNT];
 	lb_u64 flows_expired;      /* this CPU's entries found expired and reclaimed */
-	lb_u64 flows_syn_expired;  /* of which unestablished (in syn_flows) */
+	lb_u64 flows_syn_expired;  /* of which unestablished */
 	lb_u64 new_flows_unpinned; /* new flows forwarded without an entry: the rate guard */
-	/*
-	 * This CPU's values put into and taken out of flows [LB_FLOWS_ESTABLISHED] and syn_flows
-	 * [LB_FLOWS_UNESTABLISHED] by the program (taken out: expired, or moved to flows on
-	 * establishment). The LRU evicts silently: what went in and did not come out and is no
-	 * longer held was evicted, which the loader computes (XdpDataplane::totals).
-	 */
-	lb_u64 flow_values_in[2];
-	lb_u64 flow_values_out[2];
+	/* Flows this CPU's inserts evicted from a full pair of buckets before they expired (the
+	 * DPDK table's evicted), and of those the unestablished ones (syn_evicted). */
+	lb_u64 flows_evicted;
+	lb_u64 flows_syn_evicted;
 };
 
 struct lb_backend_counters {

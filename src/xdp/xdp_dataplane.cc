@@ -5,6 +5,7 @@
 #include <linux/bpf.h>
 #include <linux/if_link.h>
 #include <net/if.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -335,16 +337,19 @@ int possibleCpus() { return std::max(1, libbpf_num_possible_cpus()); }
 
 }  // namespace
 
+uint32_t XdpDataplane::flowBuckets(uint32_t flow_capacity) {
+  // As the DPDK table rounds: whole buckets, a power of two of them (the mask).
+  return std::bit_ceil(std::max<uint32_t>(
+      1, (flow_capacity + LB_FLOW_BUCKET_ENTRIES - 1) / LB_FLOW_BUCKET_ENTRIES));
+}
+
 uint64_t XdpDataplane::flowTableBytes(uint32_t flow_capacity, FlowTableScope scope,
                                       std::string& how) {
   const uint64_t copies = scope == FlowTableScope::kPerCpu ? static_cast<uint64_t>(possibleCpus()) : 1;
-  // An LRU hash element: the kernel's header (hash node, LRU node, hash: about 48 B), the key and
-  // the value; and a 16-byte bucket head per entry, the bucket array being a power of two at least
-  // as large as the map.
-  const uint64_t element = 48 + sizeof(lb_flow_key) + sizeof(lb_flow) + 16;
-  how = fmt::format("2 maps x {} cop{} x {} entries x {} B", copies, copies == 1 ? "y" : "ies",
-                    flow_capacity, element);
-  return 2 * copies * uint64_t{flow_capacity} * element;
+  const uint64_t buckets = flowBuckets(flow_capacity);
+  how = fmt::format("{} cop{} x {} buckets x {} B (8 entries each)", copies,
+                    copies == 1 ? "y" : "ies", buckets, sizeof(lb_flow_bucket));
+  return copies * buckets * sizeof(lb_flow_bucket);
 }
 
 XdpDataplane::XdpDataplane(uint32_t flow_capacity, FlowTableScope scope) : scope_(scope) {
@@ -353,40 +358,52 @@ XdpDataplane::XdpDataplane(uint32_t flow_capacity, FlowTableScope scope) : scope
     throw XdpError(fmt::format("cannot open the XDP program: {}", why(errno)));
   }
   ncpus_ = possibleCpus();
-  // A slot per possible CPU in both outer maps; the inner maps are made after load. Unestablished
-  // flows get as much room as established ones: the DPDK table lets them take any free entry,
-  // and as many handshakes may be in flight on both paths.
+  // A slot per possible CPU in the outer map. The verifier checks the program's lookups against
+  // the outer map's inner template, which must be as large as the tables it will hold: the first
+  // table is made before load and given as that template (libbpf 1.1 cannot resize the one
+  // declared in the program: bpf_map__set_max_entries() of an inner map crashes).
+  const uint32_t buckets = flowBuckets(flow_capacity);
+  const int copies = scope == FlowTableScope::kShared ? 1 : ncpus_;
+  flow_table_bytes_ = size_t{buckets} * sizeof(lb_flow_bucket);
+  flow_buckets_ = buckets;
+  LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = BPF_F_MMAPABLE);
+  for (int c = 0; c < copies; ++c) {
+    const int fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "flows", sizeof(uint32_t),
+                                  sizeof(lb_flow_bucket), buckets, &opts);
+    if (fd < 0) {
+      const int err = errno;
+      release();
+      throw XdpError(fmt::format("cannot create a flow table of {} entries ({} buckets): {}",
+                                 flow_capacity, buckets, why(err)));
+    }
+    flow_map_fds_.push_back(fd);
+    // Read-only: the loader lists and counts flows; only the program writes them.
+    void* view = mmap(nullptr, flow_table_bytes_, PROT_READ, MAP_SHARED, fd, 0);
+    if (view == MAP_FAILED) {
+      const int err = errno;
+      release();
+      throw XdpError(fmt::format("cannot map the flow table: {}", why(err)));
+    }
+    flow_views_.push_back(static_cast<const lb_flow_bucket*>(view));
+  }
   bpf_map__set_max_entries(skel_->maps.flows, static_cast<uint32_t>(ncpus_));
-  bpf_map__set_max_entries(skel_->maps.syn_flows, static_cast<uint32_t>(ncpus_));
+  if (int rc = bpf_map__set_inner_map_fd(skel_->maps.flows, flow_map_fds_[0]); rc != 0) {
+    release();
+    throw XdpError(fmt::format("cannot give the flow table's template: {}", why(rc)));
+  }
+  skel_->bss->flow_bucket_mask = buckets - 1;
   if (int rc = xdp_lb__load(skel_); rc != 0) {
-    xdp_lb__destroy(skel_);
-    skel_ = nullptr;
+    release();
     throw XdpError(fmt::format(
         "cannot load the XDP program: {} (it needs root or CAP_BPF and CAP_NET_ADMIN)", why(rc)));
   }
-  const int copies = scope == FlowTableScope::kShared ? 1 : ncpus_;
-  for (const int which : {LB_FLOWS_ESTABLISHED, LB_FLOWS_UNESTABLISHED}) {
-    const int outer = bpf_map__fd(which == LB_FLOWS_ESTABLISHED ? skel_->maps.flows
-                                                                : skel_->maps.syn_flows);
-    for (int c = 0; c < copies; ++c) {
-      const int fd = bpf_map_create(BPF_MAP_TYPE_LRU_HASH,
-                                    which == LB_FLOWS_ESTABLISHED ? "flows" : "syn_flows",
-                                    sizeof(lb_flow_key), sizeof(lb_flow), flow_capacity, nullptr);
-      if (fd < 0) {
-        const int err = errno;
-        release();
-        throw XdpError(fmt::format("cannot create a flow table of {} entries: {}", flow_capacity,
-                                   why(err)));
-      }
-      flow_map_fds_[which].push_back(fd);
-    }
-    for (uint32_t cpu = 0; cpu < static_cast<uint32_t>(ncpus_); ++cpu) {
-      int fd = flow_map_fds_[which][copies == 1 ? 0 : cpu];
-      if (bpf_map_update_elem(outer, &cpu, &fd, BPF_ANY) != 0) {
-        const int err = errno;
-        release();
-        throw XdpError(fmt::format("cannot install the flow table of CPU {}: {}", cpu, why(err)));
-      }
+  const int outer = bpf_map__fd(skel_->maps.flows);
+  for (uint32_t cpu = 0; cpu < static_cast<uint32_t>(ncpus_); ++cpu) {
+    int fd = flow_map_fds_[copies == 1 ? 0 : cpu];
+    if (bpf_map_update_elem(outer, &cpu, &fd, BPF_ANY) != 0) {
+      const int err = errno;
+      release();
+      throw XdpError(fmt::format("cannot install the flow table of CPU {}: {}", cpu, why(err)));
     }
   }
   programmed_nat_ports_.assign(LB_NAT_PORT_WORDS, 0);
@@ -399,12 +416,14 @@ XdpDataplane::~XdpDataplane() {
 }
 
 void XdpDataplane::release() {
-  for (std::vector<int>& fds : flow_map_fds_) {
-    for (int fd : fds) {
-      close(fd);
-    }
-    fds.clear();
+  for (const lb_flow_bucket* view : flow_views_) {
+    munmap(const_cast<lb_flow_bucket*>(view), flow_table_bytes_);
   }
+  flow_views_.clear();
+  for (int fd : flow_map_fds_) {
+    close(fd);
+  }
+  flow_map_fds_.clear();
   if (skel_ != nullptr) {
     xdp_lb__destroy(skel_);
     skel_ = nullptr;
@@ -650,6 +669,8 @@ void XdpDataplane::apply(const Snapshot& snap) {
       sv.table_size = static_cast<uint32_t>(s.maglev.size());
       std::memcpy(sv.addr, s.key.addr, sizeof(sv.addr));
       sv.port = s.key.port;
+      sv.proto = s.key.proto;
+      sv.family = s.key.family;
       txn.put(by_id_fd, sid, sv, "service_by_id");
       txn.put(services_fd, sk, sv, "services");
       service_keys.insert(sk);
@@ -739,21 +760,14 @@ int XdpDataplane::run(std::span<const uint8_t> in, std::vector<uint8_t>& out) {
 }
 
 template <class F>
-void XdpDataplane::forEachFlowValue(F&& visit) const {
-  for (const int which : {LB_FLOWS_ESTABLISHED, LB_FLOWS_UNESTABLISHED}) {
-    for (size_t cpu = 0; cpu < flow_map_fds_[which].size(); ++cpu) {
-      const int fd = flow_map_fds_[which][cpu];
-      lb_flow_key key{};
-      lb_flow_key next{};
-      const lb_flow_key* prev = nullptr;
-      lb_flow f{};
-      while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-        // backend_id 0: no flow (emptied when found expired, its key kept for the next one)
-        if (bpf_map_lookup_elem(fd, &next, &f) == 0 && f.backend_id != LB_BACKEND_NONE) {
-          visit(next, f, static_cast<uint32_t>(cpu), which);
+void XdpDataplane::forEachFlowEntry(F&& visit) const {
+  for (size_t copy = 0; copy < flow_views_.size(); ++copy) {
+    const lb_flow_bucket* buckets = flow_views_[copy];
+    for (uint32_t b = 0; b < flow_buckets_; ++b) {
+      for (uint32_t i = 0; i < LB_FLOW_BUCKET_ENTRIES; ++i) {
+        if (buckets[b].sig[i] != 0) {
+          visit(buckets[b].entry[i], static_cast<uint32_t>(copy));
         }
-        key = next;
-        prev = &key;
       }
     }
   }
@@ -767,8 +781,8 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
   if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.cpu_counters), &zero, cpus.data()) != 0) {
     throw XdpError(fmt::format("cannot read the counters: {}", why(errno)));
   }
-  // Attached, live entries only: the LRU keeps expired ones until it needs their room, where
-  // the DPDK workers sweep theirs. A replay counts every entry, as the DPDK replay's table
+  // Attached, live entries only: the table keeps an expired entry until a lookup or an insert
+  // meets it, where the DPDK workers also sweep theirs. A replay counts every entry, as the DPDK replay's table
   // holds every flow the capture made until the sweep reaches it.
   uint64_t live_at = 0;
   if (ifindex_ != 0) {
@@ -777,45 +791,20 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
     live_at =
         static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
   }
-  // Evictions. The LRU evicts without telling, but the program counts every value it puts into
-  // each flow map and takes out (expired, or moved on establishment): what went in, did not come
-  // out and is no longer held was evicted. Counters are read again after the walk, and `in` from
-  // before it against `out` from after it: a write racing with the walk can then only make the
-  // figure too small for a moment (the maximum so far is reported, so it never goes down).
-  std::array<std::vector<uint64_t>, 2> held;
-  held[0].assign(static_cast<size_t>(ncpus_), 0);
-  held[1].assign(static_cast<size_t>(ncpus_), 0);
   std::vector<FlowRow> rows;
-  forEachFlowValue([&](const lb_flow_key& key, const lb_flow& f, uint32_t cpu, int which) {
-    ++held[which][cpu];
-    if (f.expires_ns > live_at) {
-      rows.push_back({key, f.service_id, f.backend_id, cpu});
+  forEachFlowEntry([&](const lb_flow_entry& e, uint32_t cpu) {
+    if (e.expires_ns > live_at) {
+      rows.push_back({e.key, e.service_id, e.backend_id, cpu});
     }
   });
-  std::vector<lb_cpu_counters> after(static_cast<size_t>(ncpus_));
-  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.cpu_counters), &zero, after.data()) != 0) {
-    throw XdpError(fmt::format("cannot read the counters: {}", why(errno)));
-  }
-  // Per CPU, or for a shared table the sums (its values are no CPU's: one CPU's insert may be
-  // another's reclaim), reported on the first CPU listed as its active flows are.
-  const size_t copies = scope_ == FlowTableScope::kShared ? 1 : static_cast<size_t>(ncpus_);
-  std::vector<std::array<uint64_t, 2>> evicted(copies, {0, 0});
-  if (evicted_reported_.size() != copies) {
-    evicted_reported_.assign(copies, {0, 0});
-  }
-  for (int which = 0; which < 2; ++which) {
-    std::vector<int64_t> net(copies, 0);
-    for (size_t cpu = 0; cpu < static_cast<size_t>(ncpus_); ++cpu) {
-      const size_t into = copies == 1 ? 0 : cpu;
-      net[into] += static_cast<int64_t>(cpus[cpu].flow_values_in[which]) -
-                   static_cast<int64_t>(after[cpu].flow_values_out[which]) -
-                   static_cast<int64_t>(held[which][cpu]);
-    }
-    for (size_t i = 0; i < copies; ++i) {
-      uint64_t& reported = evicted_reported_[i][which];
-      reported = std::max<uint64_t>(reported, net[i] > 0 ? static_cast<uint64_t>(net[i]) : 0);
-      evicted[i][which] = reported;
-    }
+  // A shared table is no CPU's: its evictions are summed (one CPU's insert may evict another's
+  // flow) and reported on the first CPU listed, as its active flows are.
+  const bool shared = scope_ == FlowTableScope::kShared;
+  uint64_t shared_evicted = 0;
+  uint64_t shared_syn_evicted = 0;
+  for (const lb_cpu_counters& c : cpus) {
+    shared_evicted += c.flows_evicted;
+    shared_syn_evicted += c.flows_syn_evicted;
   }
   bool first_worker = true;
   for (int cpu = 0; cpu < ncpus_; ++cpu) {
@@ -835,10 +824,12 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
     w.flows_expired = c.flows_expired;
     w.flows_syn_expired = c.flows_syn_expired;
     w.new_flows_unpinned = c.new_flows_unpinned;
-    if (copies == 1 ? first_worker : true) {
-      const std::array<uint64_t, 2>& ev = evicted[copies == 1 ? 0 : static_cast<size_t>(cpu)];
-      w.flows_evicted = ev[LB_FLOWS_ESTABLISHED] + ev[LB_FLOWS_UNESTABLISHED];
-      w.flows_syn_evicted = ev[LB_FLOWS_UNESTABLISHED];
+    if (!shared) {
+      w.flows_evicted = c.flows_evicted;
+      w.flows_syn_evicted = c.flows_syn_evicted;
+    } else if (first_worker) {
+      w.flows_evicted = shared_evicted;
+      w.flows_syn_evicted = shared_syn_evicted;
     }
     w.flows_rescheduled = c.flows_rescheduled;
     w.passed = c.passed;
@@ -846,8 +837,7 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
     w.icmp_forwarded = c.icmp_forwarded;
     for (const FlowRow& f : rows) {
       // A shared table is no CPU's: its flows are counted once, on the first CPU listed.
-      const bool mine = scope_ == FlowTableScope::kShared ? first_worker
-                                                           : f.worker == static_cast<uint32_t>(cpu);
+      const bool mine = shared ? first_worker : f.worker == static_cast<uint32_t>(cpu);
       w.flows_active += mine ? 1 : 0;
     }
     first_worker = false;
@@ -899,9 +889,9 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
 
 std::vector<FlowRow> XdpDataplane::flows(uint64_t live_at) const {
   std::vector<FlowRow> rows;
-  forEachFlowValue([&](const lb_flow_key& key, const lb_flow& f, uint32_t cpu, int) {
-    if (f.expires_ns > live_at) {
-      rows.push_back({key, f.service_id, f.backend_id, cpu});
+  forEachFlowEntry([&](const lb_flow_entry& e, uint32_t cpu) {
+    if (e.expires_ns > live_at) {
+      rows.push_back({e.key, e.service_id, e.backend_id, cpu});
     }
   });
   return rows;

@@ -45,18 +45,22 @@ class XdpDataplane {
  public:
   /**
    * Open and load the program (the verifier runs here).
-   * @param flow_capacity entries of each LRU flow table (each CPU's, when per CPU)
-   * @param scope one BPF_MAP_TYPE_LRU_HASH per possible CPU, or one for all
+   * @param flow_capacity entries of each flow table (each CPU's, when per CPU), rounded up as
+   *        the DPDK table rounds (flowBuckets)
+   * @param scope one flow table (bpf/lib/flow_table.h) per possible CPU, or one for all
    * @throws XdpError (e.g. no CAP_BPF)
    */
   explicit XdpDataplane(uint32_t flow_capacity, FlowTableScope scope = FlowTableScope::kPerCpu);
 
   /**
-   * What the flow tables of one program take in kernel memory, allocated whole at load: two maps
-   * (established flows, handshakes) per copy, one copy per possible CPU when per CPU.
+   * What the flow tables of one program take in kernel memory, allocated whole at load: one array
+   * of buckets per copy, one copy per possible CPU when per CPU.
    * @param how set to the arithmetic, for messages
    */
   static uint64_t flowTableBytes(uint32_t flow_capacity, FlowTableScope scope, std::string& how);
+
+  /** Buckets of a table of flow_capacity entries: a power of two, as the DPDK table's. */
+  static uint32_t flowBuckets(uint32_t flow_capacity);
 
   /** The scope an interface needs: shared on a virtual one (no /sys/class/net/IF/device). */
   static FlowTableScope flowTableScopeFor(const std::string& ifname);
@@ -122,7 +126,7 @@ class XdpDataplane {
   /**
    * Every flow in the flow table(s), one row per CPU's copy (worker = the CPU; 0 in a shared
    * table), whose expiry is after live_at (the program's clock: CLOCK_MONOTONIC, or setClock()'s);
-   * 0 lists every entry the LRU still holds, expired or not.
+   * 0 lists every entry the table still holds, expired or not.
    */
   std::vector<FlowRow> flows(uint64_t live_at = 0) const;
 
@@ -143,9 +147,12 @@ class XdpDataplane {
   xdp_lb* skel_ = nullptr;
   int ncpus_ = 1;
   FlowTableScope scope_ = FlowTableScope::kPerCpu;
-  // The inner maps of `flows` and `syn_flows` (LB_FLOWS_*): one per possible CPU, or when shared
-  // one, which every slot of the outer map holds.
-  std::array<std::vector<int>, 2> flow_map_fds_;
+  // The inner maps of `flows`: one per possible CPU, or when shared one, which every slot of the
+  // outer map holds; and each one's read-only mapping, flow_buckets_ buckets of flow_table_bytes_.
+  std::vector<int> flow_map_fds_;
+  std::vector<const lb_flow_bucket*> flow_views_;
+  uint32_t flow_buckets_ = 0;
+  size_t flow_table_bytes_ = 0;
   // nat_reply_ports and addr_filter as programmed: the words a publish compares with the next
   // snapshot's (BitmapUpdate in xdp_dataplane.cc).
   std::vector<uint64_t> programmed_nat_ports_;
@@ -161,16 +168,12 @@ class XdpDataplane {
   // as a NIC drops runts); replay counts them here as the DPDK path does: truncated.
   uint64_t runts_ = 0;
   int fail_after_writes_ = -1;  // failAfterWrites(): armed for the next apply() when >= 0
-  // The evictions totals() last reported, per CPU (one for a shared table) and flow map: the
-  // figure is derived from counters and a walk of the maps, and never goes down.
-  mutable std::vector<std::array<uint64_t, 2>> evicted_reported_;
-
   /** Close the flow tables and the program (the destructor's, and a failed constructor's). */
   void release();
 
-  /** visit(key, value, cpu, LB_FLOWS_*) for every flow value held in flows and syn_flows. */
+  /** visit(entry, copy) for every entry held (a signature set) in each copy of the table. */
   template <class F>
-  void forEachFlowValue(F&& visit) const;
+  void forEachFlowEntry(F&& visit) const;
 };
 
 /** The XDP path behind the control plane: one loaded program per interface, all fed the same
