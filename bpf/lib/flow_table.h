@@ -68,87 +68,87 @@ static __always_inline int lb_flow_key_equal(const struct lb_flow_key *a,
 	return diff == 0;
 }
 
-/* FlowTable::expire(): the entry in slot i of bk has expired; its slot is free again. */
-static __always_inline void lb_flow_expire(struct lb_flow_bucket *bk, __u32 i,
-					   struct lb_cpu_counters *cc)
+/* This CPU's flow table: its own, or on a virtual interface the one every CPU's slot holds. */
+struct lb_flow_table {
+	void *sigs;	/* inner map of flow_sigs: struct lb_flow_sigs per bucket */
+	void *entries;	/* inner map of flows: struct lb_flow_bucket per bucket */
+};
+
+/* Bucket b of the table: its signatures and its entries (NULL: never, b is masked to the size). */
+static __always_inline struct lb_flow_sigs *lb_flow_sigs_at(const struct lb_flow_table *t, __u32 b)
+{
+	return bpf_map_lookup_elem(t->sigs, &b);
+}
+
+static __always_inline struct lb_flow_bucket *lb_flow_entries_at(const struct lb_flow_table *t,
+								 __u32 b)
+{
+	return bpf_map_lookup_elem(t->entries, &b);
+}
+
+/* FlowTable::expire(): entry i of a bucket has expired; its slot is free again. */
+static __always_inline void lb_flow_expire(struct lb_flow_sigs *sg, struct lb_flow_bucket *bk,
+					   __u32 i, struct lb_cpu_counters *cc)
 {
 	i &= LB_FLOW_BUCKET_ENTRIES - 1;
-	bk->sig[i] = 0;
+	sg->sig[i] = 0;
 	cc->flows_expired++;
 	if (bk->entry[i].unestablished)
 		cc->flows_syn_expired++;
 }
 
 /*
- * The entry of key in bucket bk (NULL: none). An entry found expired is reclaimed and reported as
- * none, after which the DPDK table looks no further either. *stop is set when the search ends
- * here, found or expired.
+ * The slot of key in bucket b (its entry found through its signature, live or expired), or -1.
+ * *bk is set to the bucket's entries when a signature matched.
  */
-static __always_inline struct lb_flow_entry *lb_flow_find(struct lb_flow_bucket *bk,
-							  const struct lb_flow_key *key, __u32 sig,
-							  __u64 now, struct lb_cpu_counters *cc,
-							  int *stop)
+static __always_inline int lb_flow_find(const struct lb_flow_table *t, __u32 b,
+					const struct lb_flow_key *key, __u32 sig,
+					struct lb_flow_sigs **sgp, struct lb_flow_bucket **bkp)
 {
-	struct lb_flow_entry *e;
+	struct lb_flow_sigs *sg = lb_flow_sigs_at(t, b);
+	struct lb_flow_bucket *bk = NULL;
 	__u32 i;
 
+	*sgp = sg;
+	if (!sg)
+		return -1;
 	for (i = 0; i < LB_FLOW_BUCKET_ENTRIES; i++) {
-		if (bk->sig[i] != sig)
+		if (sg->sig[i] != sig)
 			continue;
-		e = &bk->entry[i];
-		if (!lb_flow_key_equal(&e->key, key))
-			continue;
-		*stop = 1;
-		if (e->expires_ns <= now) {
-			lb_flow_expire(bk, i, cc);
-			return NULL;
+		if (!bk) {
+			bk = lb_flow_entries_at(t, b);
+			if (!bk)
+				return -1;
 		}
-		return e;
+		if (lb_flow_key_equal(&bk->entry[i].key, key)) {
+			*bkp = bk;
+			return (int)i;
+		}
 	}
-	return NULL;
+	return -1;
 }
 
-/* The entry of key in bucket bk, live or expired, or NULL; nothing is changed. */
-static __always_inline struct lb_flow_entry *lb_flow_peek_in(struct lb_flow_bucket *bk,
-							     const struct lb_flow_key *key,
-							     __u32 sig)
-{
-	__u32 i;
-
-	for (i = 0; i < LB_FLOW_BUCKET_ENTRIES; i++) {
-		if (bk->sig[i] == sig && lb_flow_key_equal(&bk->entry[i].key, key))
-			return &bk->entry[i];
-	}
-	return NULL;
-}
-
-/* The bucket with index b of table, or NULL (never: b is masked to the table's size). */
-static __always_inline struct lb_flow_bucket *lb_flow_bucket_at(void *table, __u32 b)
-{
-	return bpf_map_lookup_elem(table, &b);
-}
-
-/* FlowTable::lookup(): the live entry of key (whose flow hash is hash), or NULL. */
-static __always_inline struct lb_flow_entry *lb_flow_lookup(void *table,
+/*
+ * The entry of key that FlowTable::lookup() looks at (the first whose signature and key match, in
+ * the first bucket, then the second), live or expired, or NULL; *sgp, *bkp and *slot say where.
+ */
+static __always_inline struct lb_flow_entry *lb_flow_locate(const struct lb_flow_table *t,
 							    const struct lb_flow_key *key,
-							    __u32 hash, __u64 now,
-							    struct lb_cpu_counters *cc)
+							    __u32 hash, struct lb_flow_sigs **sgp,
+							    struct lb_flow_bucket **bkp, __u32 *slot)
 {
 	__u32 sig = lb_flow_signature(hash);
-	struct lb_flow_bucket *bk;
-	struct lb_flow_entry *e;
-	int stop = 0;
+	struct lb_flow_bucket *bk = NULL;
+	int i;
 
-	bk = lb_flow_bucket_at(table, lb_flow_primary(hash));
-	if (!bk)
+	i = lb_flow_find(t, lb_flow_primary(hash), key, sig, sgp, &bk);
+	if (i < 0)
+		i = lb_flow_find(t, lb_flow_secondary(hash), key, sig, sgp, &bk);
+	if (i < 0 || !bk || !*sgp)
 		return NULL;
-	e = lb_flow_find(bk, key, sig, now, cc, &stop);
-	if (stop)
-		return e;
-	bk = lb_flow_bucket_at(table, lb_flow_secondary(hash));
-	if (!bk)
-		return NULL;
-	return lb_flow_find(bk, key, sig, now, cc, &stop);
+	*bkp = bk;
+	*slot = (__u32)i & (LB_FLOW_BUCKET_ENTRIES - 1);
+	return &bk->entry[*slot];
 }
 
 /*
@@ -156,28 +156,42 @@ static __always_inline struct lb_flow_entry *lb_flow_lookup(void *table,
  * unlike lb_flow_lookup() it reclaims nothing, so that looking before the service is known
  * changes nothing the DPDK path, which looks after, would not change.
  */
-static __always_inline struct lb_flow_entry *lb_flow_peek(void *table,
+static __always_inline struct lb_flow_entry *lb_flow_peek(const struct lb_flow_table *t,
 							  const struct lb_flow_key *key,
 							  __u32 hash)
 {
-	__u32 sig = lb_flow_signature(hash);
-	struct lb_flow_bucket *bk;
-	struct lb_flow_entry *e;
+	struct lb_flow_sigs *sg = NULL;
+	struct lb_flow_bucket *bk = NULL;
+	__u32 slot = 0;
 
-	bk = lb_flow_bucket_at(table, lb_flow_primary(hash));
-	if (!bk)
+	return lb_flow_locate(t, key, hash, &sg, &bk, &slot);
+}
+
+/* FlowTable::lookup(): the live entry of key (whose flow hash is hash), or NULL. An entry found
+ * expired is reclaimed and reported as none. */
+static __always_inline struct lb_flow_entry *lb_flow_lookup(const struct lb_flow_table *t,
+							    const struct lb_flow_key *key,
+							    __u32 hash, __u64 now,
+							    struct lb_cpu_counters *cc)
+{
+	struct lb_flow_sigs *sg = NULL;
+	struct lb_flow_bucket *bk = NULL;
+	struct lb_flow_entry *e;
+	__u32 slot = 0;
+
+	e = lb_flow_locate(t, key, hash, &sg, &bk, &slot);
+	if (!e || !sg || !bk)
 		return NULL;
-	e = lb_flow_peek_in(bk, key, sig);
-	if (e)
-		return e;
-	bk = lb_flow_bucket_at(table, lb_flow_secondary(hash));
-	if (!bk)
+	if (e->expires_ns <= now) {
+		lb_flow_expire(sg, bk, slot, cc);
 		return NULL;
-	return lb_flow_peek_in(bk, key, sig);
+	}
+	return e;
 }
 
 /* What FlowTable::place() learns of the two buckets; a slot is 8 * bucket + index. */
 struct lb_flow_scan {
+	__u64 now;		/* (here: a BPF function takes five arguments at most) */
 	__u32 free_slot[2];	/* the first free (or reclaimed) slot of each bucket; ~0: none */
 	__u32 used[2];
 	__u32 victim;		/* the established entry that expires first; ~0: none */
@@ -191,21 +205,21 @@ struct lb_flow_scan {
  * A global function, so that the verifier checks it once on its own: inlined twice, the ranking's
  * branches multiply the states it walks past its limit of a million instructions.
  */
-__attribute__((noinline)) int lb_flow_scan_bucket(struct lb_flow_bucket *bk, __u32 which,
-						  __u64 now, struct lb_cpu_counters *cc,
-						  struct lb_flow_scan *s)
+__attribute__((noinline)) int lb_flow_scan_bucket(struct lb_flow_sigs *sg,
+						  struct lb_flow_bucket *bk, __u32 which,
+						  struct lb_cpu_counters *cc, struct lb_flow_scan *s)
 {
 	struct lb_flow_entry *e;
 	__u32 i;
 
-	if (!bk || !cc || !s)
+	if (!sg || !bk || !cc || !s)
 		return -1;
 	which &= 1;
 	for (i = 0; i < LB_FLOW_BUCKET_ENTRIES; i++) {
 		e = &bk->entry[i];
-		if (bk->sig[i] != 0 && e->expires_ns <= now)
-			lb_flow_expire(bk, i, cc);	/* expired: reclaim it now */
-		if (bk->sig[i] == 0) {
+		if (sg->sig[i] != 0 && e->expires_ns <= s->now)
+			lb_flow_expire(sg, bk, i, cc);	/* expired: reclaim it now */
+		if (sg->sig[i] == 0) {
 			if (s->free_slot[which] == ~0u)
 				s->free_slot[which] = which * LB_FLOW_BUCKET_ENTRIES + i;
 			continue;
@@ -231,30 +245,36 @@ __attribute__((noinline)) int lb_flow_scan_bucket(struct lb_flow_bucket *bk, __u
  * for an established flow the established one that does (evictions counted). NULL when a SYN finds
  * sixteen established entries: it does not push one out (the caller forwards it without an entry).
  */
-static __always_inline struct lb_flow_entry *lb_flow_place(void *table,
+static __always_inline struct lb_flow_entry *lb_flow_place(const struct lb_flow_table *t,
 							   const struct lb_flow_key *key,
 							   __u32 hash, __u64 now,
 							   const int unestablished,
 							   struct lb_cpu_counters *cc)
 {
 	struct lb_flow_scan s = {
+		.now = now,
 		.free_slot = {~0u, ~0u},
 		.victim = ~0u,
 		.victim_expiry = ~0ull,
 		.syn_victim = ~0u,
 		.syn_victim_expiry = ~0ull,
 	};
-	struct lb_flow_bucket *b0 = lb_flow_bucket_at(table, lb_flow_primary(hash));
-	struct lb_flow_bucket *b1 = lb_flow_bucket_at(table, lb_flow_secondary(hash));
+	__u32 b0 = lb_flow_primary(hash);
+	__u32 b1 = lb_flow_secondary(hash);
+	struct lb_flow_sigs *sg0 = lb_flow_sigs_at(t, b0);
+	struct lb_flow_sigs *sg1 = lb_flow_sigs_at(t, b1);
+	struct lb_flow_bucket *bk0 = lb_flow_entries_at(t, b0);
+	struct lb_flow_bucket *bk1 = lb_flow_entries_at(t, b1);
+	struct lb_flow_sigs *sg;
 	struct lb_flow_bucket *bk;
 	struct lb_flow_entry *e;
 	__u32 slot;
 	__u32 i;
 
-	if (!b0 || !b1)
+	if (!sg0 || !sg1 || !bk0 || !bk1)
 		return NULL;
-	lb_flow_scan_bucket(b0, 0, now, cc, &s);
-	lb_flow_scan_bucket(b1, 1, now, cc, &s);
+	lb_flow_scan_bucket(sg0, bk0, 0, cc, &s);
+	lb_flow_scan_bucket(sg1, bk1, 1, cc, &s);
 	if (s.free_slot[0] != ~0u && (s.free_slot[1] == ~0u || s.used[0] <= s.used[1])) {
 		slot = s.free_slot[0];
 	} else if (s.free_slot[1] != ~0u) {
@@ -269,9 +289,10 @@ static __always_inline struct lb_flow_entry *lb_flow_place(void *table,
 	} else {
 		return NULL;	/* sixteen established flows: a SYN does not push one out */
 	}
-	bk = slot < LB_FLOW_BUCKET_ENTRIES ? b0 : b1;
+	sg = slot < LB_FLOW_BUCKET_ENTRIES ? sg0 : sg1;
+	bk = slot < LB_FLOW_BUCKET_ENTRIES ? bk0 : bk1;
 	i = slot & (LB_FLOW_BUCKET_ENTRIES - 1);
-	bk->sig[i] = lb_flow_signature(hash);
+	sg->sig[i] = lb_flow_signature(hash);
 	e = &bk->entry[i];
 	e->key = *key;
 	e->unestablished = unestablished;

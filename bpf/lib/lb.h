@@ -268,14 +268,16 @@ static __always_inline int lb_fragment(const struct lb_parsed *p, struct lb_cpu_
 }
 
 /*
- * This CPU's flow table: its own, or on a virtual interface the one all slots of `flows` hold.
- * NULL only if the loader left a slot empty (it fills every possible CPU's).
+ * This CPU's flow table (flow_sigs and flows): its own, or on a virtual interface the one all
+ * slots hold. 0 when found; -1 only if the loader left a slot empty (it fills every possible CPU's).
  */
-static __always_inline void *lb_flow_table(void)
+static __always_inline int lb_flow_table(struct lb_flow_table *t)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 
-	return bpf_map_lookup_elem(&flows, &cpu);
+	t->sigs = bpf_map_lookup_elem(&flow_sigs, &cpu);
+	t->entries = bpf_map_lookup_elem(&flows, &cpu);
+	return t->sigs && t->entries ? 0 : -1;
 }
 
 /* Whether addr may be a VIP address or one of Sluice's own (addr_filter): else neither. */
@@ -333,8 +335,9 @@ static __always_inline int lb_over_new_flow_rate(__u64 now)
  */
 static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struct lb_parsed *p,
 						 const struct lb_service *svc,
-						 struct lb_cpu_counters *cc, void *table,
-						 __u32 hash, __u64 now, struct lb_flow_entry *e)
+						 struct lb_cpu_counters *cc,
+						 const struct lb_flow_table *table, __u32 hash,
+						 __u64 now, struct lb_flow_entry *e)
 {
 	const int tcp = p->key.proto == LB_PROTO_TCP;
 	const __u8 flags = p->tcp_flags;
@@ -347,8 +350,6 @@ static __always_inline int lb_forward_to_backend(struct xdp_md *ctx, const struc
 	__u64 timeout;
 	int pick = !e;
 
-	if (!table)
-		return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached: every slot is filled */
 	if (e) {
 		bid = e->backend_id;
 		b = lb_backend_get(bid);
@@ -458,11 +459,12 @@ static __always_inline int lb_to_service(struct xdp_md *ctx, const struct lb_par
 	struct lb_flow_entry *e = NULL;
 	__u64 now = lb_now();
 	__u32 hash = lb_flow_hash(&p->key);
-	void *table = lb_flow_table();
+	struct lb_flow_table table;
+	int have_table = lb_flow_table(&table) == 0;
 	__u32 sid;
 
-	if (table) {
-		e = lb_flow_peek(table, &p->key, hash);
+	if (have_table) {
+		e = lb_flow_peek(&table, &p->key, hash);
 		if (e && e->expires_ns > now) {
 			sid = e->service_id;
 			svc = bpf_map_lookup_elem(&service_by_id, &sid);
@@ -475,11 +477,11 @@ static __always_inline int lb_to_service(struct xdp_md *ctx, const struct lb_par
 		svc = bpf_map_lookup_elem(&services, &ek);
 		if (!svc)
 			return -1;
-		if (!table)
+		if (!have_table)
 			return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached: every slot is filled */
-		e = lb_flow_lookup(table, &p->key, hash, now, cc);
+		e = lb_flow_lookup(&table, &p->key, hash, now, cc);
 	}
-	return lb_forward_to_backend(ctx, p, svc, cc, table, hash, now, e);
+	return lb_forward_to_backend(ctx, p, svc, cc, &table, hash, now, e);
 }
 
 /*
@@ -639,11 +641,11 @@ static __always_inline int lb_forward_icmp_error(struct xdp_md *ctx, const struc
 	void *data;
 	__u64 now = lb_now();
 	__u32 hash = lb_flow_hash(&e->key);
-	void *table = lb_flow_table();
+	struct lb_flow_table table;
 
-	if (!table)
+	if (lb_flow_table(&table) != 0)
 		return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached: every slot is filled */
-	f = lb_flow_lookup(table, &e->key, hash, now, cc);
+	f = lb_flow_lookup(&table, &e->key, hash, now, cc);
 	if (f) {
 		b = lb_backend_get(f->backend_id);
 		if (lb_pinned_backend_valid(f, svc, b))

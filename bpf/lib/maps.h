@@ -109,33 +109,45 @@ struct {
 } maglev SEC(".maps");
 
 /*
- * The flow table: the DPDK workers' FlowTable (src/dataplane/flow_table.h) in an array map, the
+ * The flow table: the DPDK workers' FlowTable (src/dataplane/flow_table.h) in two array maps, the
  * same buckets, signatures, two-choice placement and eviction order, so that both paths keep and
- * evict the same flows (bpf/lib/flow_table.h). An array of struct lb_flow_bucket: a lookup reads
- * the bucket's signature line and, on a match, the entry's line, where an LRU hash read a bucket
- * head and an element's two lines and hashed the key once more (jhash), and an insert took the
- * LRU's free-list lock. Indexed by CPU, as Katran keeps its LRUs (lru_mapping): when the NIC keeps
- * a flow on one CPU (RSS), each CPU's slot holds a table of its own, as each DPDK worker has its
- * own; on a virtual interface every slot holds the same table, one for all CPUs (FlowTableScope
- * in src/xdp/xdp_dataplane.h says why). The loader creates the inner maps, flow_bucket_mask + 1
- * buckets each, and sets max_entries here to the number of possible CPUs.
+ * evict the same flows (bpf/lib/flow_table.h): flow_sigs, each bucket's eight signatures (struct
+ * lb_flow_sigs), a dense array that stays in cache, and flows, its eight entries (struct
+ * lb_flow_bucket). A lookup reads the bucket's signatures and, on a match, the entry's line, where
+ * an LRU hash read a bucket head and an element's two lines and hashed the key once more (jhash),
+ * and an insert took the LRU's free-list lock. Indexed by CPU, as Katran keeps its LRUs
+ * (lru_mapping): when the NIC keeps a flow on one CPU (RSS), each CPU's slot holds a table of its
+ * own, as each DPDK worker has its own; on a virtual interface every slot holds the same table,
+ * one for all CPUs (FlowTableScope in src/xdp/xdp_dataplane.h says why). The loader creates the
+ * inner maps, flow_bucket_mask + 1 buckets each, and sets max_entries here to the number of
+ * possible CPUs.
  * BPF_F_MMAPABLE: the values of such an array start on a page, so every entry is on a cache line
  * of its own (a plain array's values start 16 bytes into one), and the loader reads the table
  * through a read-only mapping.
  */
 /* (Sized rather than typed: a struct reached only through __array's pointer gets to BTF as a
  * forward declaration, which libbpf cannot size.) */
+#define LB_FLOW_ARRAY_DEF(value)                                        \
+	struct {                                                        \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                       \
+		__uint(max_entries, LB_FLOW_DEFAULT_BUCKETS);           \
+		__uint(map_flags, BPF_F_MMAPABLE);                      \
+		__uint(key_size, sizeof(__u32));                        \
+		__uint(value_size, sizeof(value));                      \
+	}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__array(values, struct {
-		__uint(type, BPF_MAP_TYPE_ARRAY);
-		__uint(max_entries, LB_FLOW_DEFAULT_BUCKETS);
-		__uint(map_flags, BPF_F_MMAPABLE);
-		__uint(key_size, sizeof(__u32));
-		__uint(value_size, sizeof(struct lb_flow_bucket));
-	});
+	__array(values, LB_FLOW_ARRAY_DEF(struct lb_flow_sigs));
+} flow_sigs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, LB_FLOW_ARRAY_DEF(struct lb_flow_bucket));
 } flows SEC(".maps");
 
 /* The new-flow rate guard's one-second window, per CPU (Pipeline::overNewFlowRate). */

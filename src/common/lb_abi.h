@@ -322,16 +322,19 @@ struct lb_flow_entry {
 };
 
 /*
- * A bucket of the XDP flow table: the DPDK table's eight signatures (the flow hash with its low
- * bit set; 0 marks a free slot) and the eight entries they stand for. The signatures fill the
- * first cache line, so that a lookup reads that line and, on a match, the entry's: the value of
- * an array map that is mmapable (values page-aligned), each entry on a line of its own.
+ * A bucket of the XDP flow table, in two arrays as the DPDK table keeps it: the eight signatures
+ * (the flow hash with its low bit set; 0 marks a free slot), 32 bytes, and the eight entries they
+ * stand for, one cache line each. The signatures of every bucket are a dense array (a quarter of a
+ * megabyte for a million flows) that stays in cache, so that a lookup's one likely miss is the
+ * entry's line.
  */
 #define LB_FLOW_BUCKET_ENTRIES 8
 
-struct lb_flow_bucket {
+struct lb_flow_sigs {
 	lb_u32 sig[LB_FLOW_BUCKET_ENTRIES];
-	lb_u8 pad[32];
+};
+
+struct lb_flow_bucket {
 	struct lb_flow_entry entry[LB_FLOW_BUCKET_ENTRIES];
 };
 

@@ -347,10 +347,32 @@ uint64_t XdpDataplane::flowTableBytes(uint32_t flow_capacity, FlowTableScope sco
                                       std::string& how) {
   const uint64_t copies = scope == FlowTableScope::kPerCpu ? static_cast<uint64_t>(possibleCpus()) : 1;
   const uint64_t buckets = flowBuckets(flow_capacity);
+  const uint64_t bucket = sizeof(lb_flow_sigs) + sizeof(lb_flow_bucket);
   how = fmt::format("{} cop{} x {} buckets x {} B (8 entries each)", copies,
-                    copies == 1 ? "y" : "ies", buckets, sizeof(lb_flow_bucket));
-  return copies * buckets * sizeof(lb_flow_bucket);
+                    copies == 1 ? "y" : "ies", buckets, bucket);
+  return copies * buckets * bucket;
 }
+
+namespace {
+
+/** An mmapable array of n values of size bytes, and its read-only mapping. */
+int createFlowArray(const char* name, uint32_t size, uint32_t n, const void** view) {
+  LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = BPF_F_MMAPABLE);
+  const int fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, name, sizeof(uint32_t), size, n, &opts);
+  if (fd < 0) {
+    return -errno;
+  }
+  void* p = mmap(nullptr, size_t{size} * n, PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    close(fd);
+    return -err;
+  }
+  *view = p;
+  return fd;
+}
+
+}  // namespace
 
 XdpDataplane::XdpDataplane(uint32_t flow_capacity, FlowTableScope scope) : scope_(scope) {
   skel_ = xdp_lb__open();
@@ -358,36 +380,39 @@ XdpDataplane::XdpDataplane(uint32_t flow_capacity, FlowTableScope scope) : scope
     throw XdpError(fmt::format("cannot open the XDP program: {}", why(errno)));
   }
   ncpus_ = possibleCpus();
-  // A slot per possible CPU in the outer map. The verifier checks the program's lookups against
-  // the outer map's inner template, which must be as large as the tables it will hold: the first
+  // A slot per possible CPU in the outer maps. The verifier checks the program's lookups against
+  // each outer map's inner template, which must be as large as the tables it will hold: the first
   // table is made before load and given as that template (libbpf 1.1 cannot resize the one
   // declared in the program: bpf_map__set_max_entries() of an inner map crashes).
   const uint32_t buckets = flowBuckets(flow_capacity);
   const int copies = scope == FlowTableScope::kShared ? 1 : ncpus_;
-  flow_table_bytes_ = size_t{buckets} * sizeof(lb_flow_bucket);
   flow_buckets_ = buckets;
-  LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = BPF_F_MMAPABLE);
   for (int c = 0; c < copies; ++c) {
-    const int fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "flows", sizeof(uint32_t),
-                                  sizeof(lb_flow_bucket), buckets, &opts);
-    if (fd < 0) {
-      const int err = errno;
+    FlowTableCopy t;
+    const void* sigs = nullptr;
+    const void* entries = nullptr;
+    t.sigs_fd = createFlowArray("flow_sigs", sizeof(lb_flow_sigs), buckets, &sigs);
+    t.entries_fd = t.sigs_fd < 0 ? -1
+                                 : createFlowArray("flows", sizeof(lb_flow_bucket), buckets,
+                                                   &entries);
+    if (t.sigs_fd < 0 || t.entries_fd < 0) {
+      const int err = t.sigs_fd < 0 ? t.sigs_fd : t.entries_fd;
+      if (t.sigs_fd >= 0) {
+        munmap(const_cast<void*>(sigs), size_t{buckets} * sizeof(lb_flow_sigs));
+        close(t.sigs_fd);
+      }
       release();
       throw XdpError(fmt::format("cannot create a flow table of {} entries ({} buckets): {}",
                                  flow_capacity, buckets, why(err)));
     }
-    flow_map_fds_.push_back(fd);
-    // Read-only: the loader lists and counts flows; only the program writes them.
-    void* view = mmap(nullptr, flow_table_bytes_, PROT_READ, MAP_SHARED, fd, 0);
-    if (view == MAP_FAILED) {
-      const int err = errno;
-      release();
-      throw XdpError(fmt::format("cannot map the flow table: {}", why(err)));
-    }
-    flow_views_.push_back(static_cast<const lb_flow_bucket*>(view));
+    t.sigs = static_cast<const lb_flow_sigs*>(sigs);
+    t.entries = static_cast<const lb_flow_bucket*>(entries);
+    flow_tables_.push_back(t);
   }
+  bpf_map__set_max_entries(skel_->maps.flow_sigs, static_cast<uint32_t>(ncpus_));
   bpf_map__set_max_entries(skel_->maps.flows, static_cast<uint32_t>(ncpus_));
-  if (int rc = bpf_map__set_inner_map_fd(skel_->maps.flows, flow_map_fds_[0]); rc != 0) {
+  if (int rc = bpf_map__set_inner_map_fd(skel_->maps.flow_sigs, flow_tables_[0].sigs_fd);
+      rc != 0 || (rc = bpf_map__set_inner_map_fd(skel_->maps.flows, flow_tables_[0].entries_fd)) != 0) {
     release();
     throw XdpError(fmt::format("cannot give the flow table's template: {}", why(rc)));
   }
@@ -397,10 +422,10 @@ XdpDataplane::XdpDataplane(uint32_t flow_capacity, FlowTableScope scope) : scope
     throw XdpError(fmt::format(
         "cannot load the XDP program: {} (it needs root or CAP_BPF and CAP_NET_ADMIN)", why(rc)));
   }
-  const int outer = bpf_map__fd(skel_->maps.flows);
   for (uint32_t cpu = 0; cpu < static_cast<uint32_t>(ncpus_); ++cpu) {
-    int fd = flow_map_fds_[copies == 1 ? 0 : cpu];
-    if (bpf_map_update_elem(outer, &cpu, &fd, BPF_ANY) != 0) {
+    const FlowTableCopy& t = flow_tables_[copies == 1 ? 0 : cpu];
+    if (bpf_map_update_elem(bpf_map__fd(skel_->maps.flow_sigs), &cpu, &t.sigs_fd, BPF_ANY) != 0 ||
+        bpf_map_update_elem(bpf_map__fd(skel_->maps.flows), &cpu, &t.entries_fd, BPF_ANY) != 0) {
       const int err = errno;
       release();
       throw XdpError(fmt::format("cannot install the flow table of CPU {}: {}", cpu, why(err)));
@@ -416,14 +441,13 @@ XdpDataplane::~XdpDataplane() {
 }
 
 void XdpDataplane::release() {
-  for (const lb_flow_bucket* view : flow_views_) {
-    munmap(const_cast<lb_flow_bucket*>(view), flow_table_bytes_);
+  for (const FlowTableCopy& t : flow_tables_) {
+    munmap(const_cast<lb_flow_sigs*>(t.sigs), size_t{flow_buckets_} * sizeof(lb_flow_sigs));
+    munmap(const_cast<lb_flow_bucket*>(t.entries), size_t{flow_buckets_} * sizeof(lb_flow_bucket));
+    close(t.sigs_fd);
+    close(t.entries_fd);
   }
-  flow_views_.clear();
-  for (int fd : flow_map_fds_) {
-    close(fd);
-  }
-  flow_map_fds_.clear();
+  flow_tables_.clear();
   if (skel_ != nullptr) {
     xdp_lb__destroy(skel_);
     skel_ = nullptr;
@@ -761,12 +785,12 @@ int XdpDataplane::run(std::span<const uint8_t> in, std::vector<uint8_t>& out) {
 
 template <class F>
 void XdpDataplane::forEachFlowEntry(F&& visit) const {
-  for (size_t copy = 0; copy < flow_views_.size(); ++copy) {
-    const lb_flow_bucket* buckets = flow_views_[copy];
+  for (size_t copy = 0; copy < flow_tables_.size(); ++copy) {
+    const FlowTableCopy& t = flow_tables_[copy];
     for (uint32_t b = 0; b < flow_buckets_; ++b) {
       for (uint32_t i = 0; i < LB_FLOW_BUCKET_ENTRIES; ++i) {
-        if (buckets[b].sig[i] != 0) {
-          visit(buckets[b].entry[i], static_cast<uint32_t>(copy));
+        if (t.sigs[b].sig[i] != 0) {
+          visit(t.entries[b].entry[i], static_cast<uint32_t>(copy));
         }
       }
     }

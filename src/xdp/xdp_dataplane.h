@@ -147,12 +147,17 @@ class XdpDataplane {
   xdp_lb* skel_ = nullptr;
   int ncpus_ = 1;
   FlowTableScope scope_ = FlowTableScope::kPerCpu;
-  // The inner maps of `flows`: one per possible CPU, or when shared one, which every slot of the
-  // outer map holds; and each one's read-only mapping, flow_buckets_ buckets of flow_table_bytes_.
-  std::vector<int> flow_map_fds_;
-  std::vector<const lb_flow_bucket*> flow_views_;
+  // The inner maps of `flow_sigs` and `flows`, each with its read-only mapping of flow_buckets_
+  // buckets: one table per possible CPU, or when shared one, which every slot of the outer maps
+  // holds.
+  struct FlowTableCopy {
+    int sigs_fd = -1;
+    int entries_fd = -1;
+    const lb_flow_sigs* sigs = nullptr;
+    const lb_flow_bucket* entries = nullptr;
+  };
+  std::vector<FlowTableCopy> flow_tables_;
   uint32_t flow_buckets_ = 0;
-  size_t flow_table_bytes_ = 0;
   // nat_reply_ports and addr_filter as programmed: the words a publish compares with the next
   // snapshot's (BitmapUpdate in xdp_dataplane.cc).
   std::vector<uint64_t> programmed_nat_ports_;

@@ -286,7 +286,7 @@ bool bigPacketMap(const std::string& name) { return name.rfind("backend_counte",
 /** The maps the program itself writes for packets (flow tables, counters, learned gateway). The
  * flow tables are maps of maps whose values are the ids of each program's own inner maps. */
 bool packetsWrite(const std::string& name) {
-  return name == "flows" || name == "syn_flows" || name == "cpu_counters" ||
+  return name == "flows" || name == "flow_sigs" || name == "cpu_counters" ||
          name == "learned_gw" || bigPacketMap(name);
 }
 
