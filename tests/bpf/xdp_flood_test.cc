@@ -14,6 +14,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -26,6 +27,7 @@
 #include "control/config.h"
 #include "control/snapshot_builder.h"
 #include "dataplane/dpdk_dataplane.h"
+#include "dataplane/flow_table.h"
 #include "dataplane/pipeline.h"
 #include "tests/bpf/xdp_harness.h"
 #include "tests/support/fixtures.h"
@@ -152,6 +154,28 @@ class XdpFlood : public ::testing::Test {
   }
   WorkerTotals xdp() const { return xdp_->totals(*snap_).all; }
 
+  /** Every entry of a table as (key, service, backend), sorted: the DPDK reference's, XDP's. */
+  using Held = std::vector<std::tuple<std::string, uint32_t, uint32_t>>;
+  static std::string keyBytes(const lb_flow_key& k) {
+    return std::string(reinterpret_cast<const char*>(&k), sizeof(k));
+  }
+  Held dpdkHeld() const {
+    Held h;
+    ref_.pipe.flows().forEach(0, [&](const FlowEntry& e) {
+      h.emplace_back(keyBytes(e.key), e.service_id, e.backend_id);
+    });
+    std::sort(h.begin(), h.end());
+    return h;
+  }
+  Held xdpHeld() const {
+    Held h;
+    for (const FlowRow& r : xdp_->flows()) {
+      h.emplace_back(keyBytes(r.key), r.service_id, r.backend_id);
+    }
+    std::sort(h.begin(), h.end());
+    return h;
+  }
+
   /** The established flows: SYN, then the ACK of the handshake. @return their backends */
   std::vector<uint32_t> establish(uint64_t now) {
     std::vector<uint32_t> at;
@@ -207,6 +231,7 @@ TEST_F(XdpFlood, ASynFloodOfTenTablesLeavesEstablishedFlowsPinnedOnBothPaths) {
   EXPECT_EQ(x.new_flows_unpinned, d.new_flows_unpinned);
   EXPECT_EQ(x.flows_active, d.flows_active);
   EXPECT_EQ(x.flows_created + x.new_flows_unpinned, kEstablished + flood);
+  EXPECT_TRUE(xdpHeld() == dpdkHeld()) << "the two tables hold the same flows";
   EXPECT_EQ(x.flows_created, xdp_->flows().size() + x.flows_evicted + x.flows_expired)
       << "every XDP flow is held, or was evicted or expired";
 
@@ -303,6 +328,7 @@ TEST_F(XdpFlood, EvictionsAndExpiriesAreCountedOnBothPaths) {
   EXPECT_EQ(x.flows_expired, d.flows_expired);
   EXPECT_EQ(x.flows_created, x.flows_active + x.flows_evicted + x.flows_expired);
   EXPECT_EQ(x.flows_syn_evicted, 0u);
+  EXPECT_TRUE(xdpHeld() == dpdkHeld()) << "the two tables hold the same flows";
   // The last flow, idle past the UDP timeout: its next datagram finds it expired on both paths,
   // and the new entry's insert reclaims the other expired entries of its two buckets.
   const uint64_t later = kT0 + kFlows + snap_->udp_timeout_ns;
