@@ -13,8 +13,9 @@
 // entry of the two closest to expiry is evicted first, an established one only for an
 // established flow, and an unestablished flow that finds only established entries is not
 // inserted at all. So 10 million spoofed SYNs churn among themselves and leave every established
-// flow where it was. The XDP path does the same with a second LRU map for unestablished flows
-// (bpf/lib/maps.h, syn_flows). Evictions are counted, those of unestablished entries apart.
+// flow where it was. The XDP path's table is this one, step for step (bpf/lib/flow_table.h): a
+// change of layout or policy here must be made there too, or the paths stop agreeing (xdp-flood
+// compares the tables entry for entry). Evictions are counted, those of unestablished entries apart.
 #pragma once
 
 #include <algorithm>
@@ -57,7 +58,7 @@ struct FlowEntry {
   uint32_t backend_epoch;
   FlowState state;
   // Created by a SYN and no packet without SYN or RST seen since: evicted before any
-  // established entry, and never evicts one (the XDP path's syn_flows map).
+  // established entry, and never evicts one (lb_flow_entry.unestablished on the XDP path).
   bool unestablished;
   uint8_t pad[2];
 };
