@@ -336,12 +336,15 @@ std::vector<uint32_t> fill(std::vector<BuildEntry>& entries, uint32_t m, uint32_
     // round.
     const bool equal = std::all_of(entries.begin(), entries.end(),
                                    [&](const BuildEntry& e) { return e.weight == max_weight; });
-    std::vector<uint32_t> due(n);
-    for (uint32_t i = 0; i < n; ++i) {
-      due[i] = i;
+    // With equal weights the list holds several rounds (every backend once per round), so that
+    // a few backends do not pay a round's overhead every few turns.
+    const uint32_t rounds_per_list = equal ? std::max(1u, 1024 / n) : 1;
+    std::vector<uint32_t> due(size_t{n} * rounds_per_list);
+    for (size_t k = 0; k < due.size(); ++k) {
+      due[k] = static_cast<uint32_t>(k % n);
     }
-    for (uint64_t round = 0; filling.freeCount() > 0; ++round) {
-      uint32_t count = n;
+    for (uint64_t round = 0; filling.freeCount() > 0; round += rounds_per_list) {
+      auto count = static_cast<uint32_t>(due.size());
       if (!equal) {
         count = 0;
         for (uint32_t i = 0; i < n; ++i) {
