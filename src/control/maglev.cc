@@ -70,7 +70,8 @@ struct BuildEntry {
   uint32_t weight = 0;
   uint32_t offset = 0;  // h1(key) mod M
   uint32_t skip = 0;    // h2(key) mod (M - 1) + 1, in [1, M - 1]: coprime with the prime M
-  uint32_t slot = 0;    // permutation[next], the paper's next[i] kept as the slot it points at
+  uint32_t slot = 0;    // permutation[next]: the paper's next[i] kept as the slot it points at,
+                        // one past the slot the backend claimed last
   uint32_t skip4 = 0;   // 4 * skip mod M: the stride of the four-wide walk
   uint32_t inverse = 0; // skip^-1 mod M, once the endgame needs it (0 = not yet computed)
   uint64_t target = 0;  // credit needed for the next turn; grows by max_weight per turn taken
@@ -106,7 +107,7 @@ uint64_t nextRound(const BuildEntry& e) { return (e.target + e.weight - 1) / e.w
 constexpr uint32_t kEndgameFreeSlots = 128;
 
 // While more than this share of the slots is free (in eighths), a turn first probes its
-// backend's next slot alone, which is usually free: one probe instead of four.
+// backend's next slot alone, which is then usually free: one probe instead of four.
 constexpr uint64_t kSingleProbeWhileFreeEighths = 6;
 
 // a^-1 mod m for a prime m and 0 < a < m (extended Euclid).
@@ -213,7 +214,10 @@ class Filling {
       BuildEntry& e = entries_[i];
       const uint32_t slot = find(e);
       table[slot] = static_cast<Slot>(kTaken | i);
-      e.slot = slot;
+      // The walk goes on from the next entry of the permutation: (slot + skip) mod M, in
+      // arithmetic (as a select, GCC makes it a branch that mispredicts on every other turn).
+      const int64_t t = int64_t{slot} + e.skip - m_;
+      e.slot = static_cast<uint32_t>(t + (int64_t{m_} & (t >> 63)));
       e.target += max_weight;
     }
     free_count_ -= count;
