@@ -215,7 +215,8 @@ class Filling {
       const uint32_t slot = find(e);
       table[slot] = static_cast<Slot>(kTaken | i);
       // The walk goes on from the next entry of the permutation: (slot + skip) mod M, in
-      // arithmetic (as a select, GCC makes it a branch that mispredicts on every other turn).
+      // arithmetic (GCC makes the plain select a branch, taken with probability skip / M: one
+      // the predictor cannot learn).
       const int64_t t = int64_t{slot} + e.skip - m_;
       e.slot = static_cast<uint32_t>(t + (int64_t{m_} & (t >> 63)));
       e.target += max_weight;
