@@ -84,10 +84,15 @@ std::optional<IpAddress> nextHopOf(const DataplaneConfig& dp, const IpAddress& b
  * Build the snapshot for config.
  * @param previous the snapshot being replaced, if any: the Maglev tables of services whose
  *        backends, weights and table size did not change are shared with it, not rebuilt
+ * @param table_threads how many threads build the Maglev tables that are not shared: 0 means
+ *        std::thread::hardware_concurrency(); never more than there are tables to build, so a
+ *        rebuild of one service starts no thread. The snapshot is the same for any count.
  * @throws ConfigError when the id space is exhausted
+ * @throws std::invalid_argument when a table cannot be built (see buildMaglevTable), the one of
+ *         the first such service in configuration order, whatever the thread count
  */
 SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t generation,
                           const Snapshot* previous = nullptr,
-                          const RuntimeState* runtime = nullptr);
+                          const RuntimeState* runtime = nullptr, unsigned table_threads = 0);
 
 }  // namespace sluice

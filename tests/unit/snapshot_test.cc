@@ -5,8 +5,11 @@
 #include <random>
 #include <set>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "control/config.h"
+#include "control/maglev.h"
 #include "control/snapshot_builder.h"
 #include "common/snapshot.h"
 
@@ -206,6 +209,79 @@ TEST(SnapshotBuilder, UnchangedServicesShareTheirMaglevTableWithThePreviousSnaps
   c.services[1].backends[0].address = *IpAddress::parse("2001:db8:1::9");
   SnapshotPtr d = buildSnapshot(c, ids, 3, b.get());
   EXPECT_NE(serviceOf(*b, "v6").maglev.begin(), serviceOf(*d, "v6").maglev.begin());
+}
+
+// Services of 1 to 40 backends, some weighted, at three table sizes.
+Config manyServices(uint32_t services) {
+  std::mt19937 rng(42);
+  const uint32_t sizes[] = {251, 4093, 65537};
+  std::string text = "[dataplane]\ngateway_mac = \"02:00:00:00:00:fe\"\n";
+  for (uint32_t v = 0; v < services; ++v) {
+    text += "[[service]]\nname = \"s" + std::to_string(v) + "\"\nvip = \"192.0.2." +
+            std::to_string(v + 1) + "\"\nport = 80\nprotocol = \"tcp\"\nforwarding = \"dr\"\n" +
+            "table_size = " + std::to_string(sizes[v % 3]) + "\n";
+    const uint32_t backends = rng() % 40 + 1;
+    for (uint32_t b = 0; b < backends; ++b) {
+      text += "[[service.backend]]\naddress = \"10." + std::to_string(v) + ".0." +
+              std::to_string(b + 1) + "\"\nmac = \"02:00:00:00:00:01\"\n";
+      if (v % 2 == 1) {
+        text += "weight = " + std::to_string(rng() % 10) + "\n";  // 0 drains it
+      }
+    }
+  }
+  return parseConfig(text, "many.toml");
+}
+
+TEST(SnapshotBuilder, TablesBuiltOnSeveralThreadsEqualTheSerialBuild) {
+  const Config c = manyServices(24);
+  IdRegistry serial_ids;
+  const SnapshotPtr serial = buildSnapshot(c, serial_ids, 1, nullptr, nullptr, 1);
+  for (const unsigned threads : {2u, 3u, 8u, 0u}) {
+    IdRegistry ids;
+    const SnapshotPtr parallel = buildSnapshot(c, ids, 1, nullptr, nullptr, threads);
+    ASSERT_EQ(parallel->services.size(), serial->services.size());
+    for (size_t sid = 0; sid < serial->services.size(); ++sid) {
+      const ServiceEntry& want = serial->services[sid];
+      const ServiceEntry& got = parallel->services[sid];
+      ASSERT_EQ(got.present, want.present) << sid;
+      EXPECT_EQ(got.name, want.name);
+      EXPECT_EQ(got.maglev_inputs, want.maglev_inputs) << want.name;
+      ASSERT_EQ(std::vector<uint32_t>(got.maglev.begin(), got.maglev.end()),
+                std::vector<uint32_t>(want.maglev.begin(), want.maglev.end()))
+          << want.name << " on " << threads << " threads";
+    }
+  }
+  // And each table is the one its service's backends give on their own.
+  size_t checked = 0;
+  for (const ServiceEntry& se : serial->services) {
+    if (!se.present) {
+      continue;
+    }
+    std::vector<MaglevBackend> backends;
+    for (const uint32_t id : se.backend_ids) {
+      const BackendEntry& be = serial->backends[id];
+      backends.push_back({id, maglevBackendKey(be.address, be.port), be.weight});
+    }
+    const std::vector<uint32_t> own = buildMaglevTable(backends, se.maglev.size());
+    EXPECT_EQ(std::vector<uint32_t>(se.maglev.begin(), se.maglev.end()), own) << se.name;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 24u);
+}
+
+TEST(SnapshotBuilder, ATableThatCannotBeBuiltThrowsTheFirstServicesErrorOnAnyThreadCount) {
+  Config c = manyServices(12);
+  c.services[3].table_size = 1000;  // not prime: config validation would have refused both
+  c.services[8].table_size = 1001;
+  for (const unsigned threads : {1u, 2u, 4u}) {
+    IdRegistry ids;
+    try {
+      buildSnapshot(c, ids, 1, nullptr, nullptr, threads);
+      ADD_FAILURE() << "no exception on " << threads << " threads";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("1000"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

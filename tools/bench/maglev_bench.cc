@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/lb_abi.h"
@@ -143,17 +144,29 @@ int runMaglevBench(const MaglevBenchOptions& opts) {
   // the file, give out ids, build every service's table and the snapshot around them).
   const uint32_t startup_runs = std::max<uint32_t>(1, std::min<uint32_t>(opts.runs, 3));
   const std::string text = startupConfig(opts.services, 10, m);
+  // The tables are built on every hardware thread, as sluiced does; the one-thread row, run
+  // alternately with it, shows what that parallelism buys on this machine.
+  const unsigned hw_threads = std::max(1u, std::thread::hardware_concurrency());
   std::vector<double> parse_ms;
   std::vector<double> total_ms;
+  std::vector<double> serial_ms;
   for (uint32_t r = 0; r < startup_runs; ++r) {
-    const auto t0 = Clock::now();
-    const Config config = parseConfig(text, "bench");
-    parse_ms.push_back(microsSince(t0) / 1000);
-    IdRegistry ids;
-    const SnapshotPtr snap = buildSnapshot(config, ids, 1);
-    total_ms.push_back(microsSince(t0) / 1000);
-    if (snap->services.size() != opts.services) {
-      status = 1;
+    for (const unsigned threads : {hw_threads, 1u}) {
+      const auto t0 = Clock::now();
+      const Config config = parseConfig(text, "bench");
+      const double parsed = microsSince(t0) / 1000;
+      IdRegistry ids;
+      const SnapshotPtr snap = buildSnapshot(config, ids, 1, nullptr, nullptr, threads);
+      (threads == 1 && hw_threads > 1 ? serial_ms : total_ms).push_back(microsSince(t0) / 1000);
+      if (threads == hw_threads) {
+        parse_ms.push_back(parsed);
+      }
+      if (snap->services.size() != opts.services) {
+        status = 1;
+      }
+      if (hw_threads == 1) {
+        break;
+      }
     }
   }
   const bench::Spread p = bench::spreadOf(parse_ms);
@@ -162,11 +175,22 @@ int runMaglevBench(const MaglevBenchOptions& opts) {
               "snapshot), %u runs\n%-40s %36s\n%-40s %10.1f / %10.1f / %10.1f\n"
               "%-40s %10.1f / %10.1f / %10.1f\n",
               opts.services, m, startup_runs, "", "ms min / median / max", "parse + validate",
-              p.min, p.median, p.max, "parse + validate + build", t.min, t.median, t.max);
+              p.min, p.median, p.max,
+              fmt::format("parse + validate + build ({} threads)", hw_threads).c_str(), t.min,
+              t.median, t.max);
   bench::jsonCase("start-up parse", "ms", parse_ms, "", 0,
                   {{"services", opts.services}, {"backends", 10}, {"table_size", m}});
   bench::jsonCase("start-up", "ms", total_ms, "", 0,
-                  {{"services", opts.services}, {"backends", 10}, {"table_size", m}});
+                  {{"services", opts.services}, {"backends", 10}, {"table_size", m},
+                   {"threads", hw_threads}});
+  if (!serial_ms.empty()) {
+    const bench::Spread one = bench::spreadOf(serial_ms);
+    std::printf("%-40s %10.1f / %10.1f / %10.1f\n", "parse + validate + build (1 thread)",
+                one.min, one.median, one.max);
+    bench::jsonCase("start-up, 1 thread", "ms", serial_ms, "", 0,
+                    {{"services", opts.services}, {"backends", 10}, {"table_size", m},
+                     {"threads", 1}});
+  }
   return status;
 }
 
