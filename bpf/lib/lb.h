@@ -479,7 +479,9 @@ static __always_inline int lb_to_service(struct xdp_md *ctx, const struct lb_par
 			return -1;
 		if (!have_table)
 			return lb_drop(cc, LB_DROP_NO_BACKEND);	/* not reached: every slot is filled */
-		e = lb_flow_lookup(&table, &p->key, hash, now, cc);
+		/* The look found no entry of the key: nor would the lookup (a new flow). */
+		if (e)
+			e = lb_flow_lookup(&table, &p->key, hash, now, cc);
 	}
 	return lb_forward_to_backend(ctx, p, svc, cc, &table, hash, now, e);
 }

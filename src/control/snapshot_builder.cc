@@ -341,7 +341,10 @@ SnapshotPtr buildSnapshot(const Config& config, IdRegistry& ids, uint64_t genera
     snap->vip_addresses.insert(makeEndpointKey(sc.vip, 0, 0), {sid, 0});
   }
 
-  // Most of a start-up: 1,000 services at M = 65,537 take about a millisecond each.
+  // Most of a start-up: 1,000 services at M = 65,537 take about a millisecond each. The threads
+  // inherit the calling thread's CPU affinity: under DPDK the control thread is pinned to the
+  // main lcore by rte_eal_init, so they share its core and never preempt a polling worker (the
+  // build is then serial in effect: 1,000 services in about 0.8 s on 1 thread here).
   const unsigned threads = table_threads != 0 ? table_threads
                                               : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::vector<uint32_t>> tables = buildTables(jobs, threads);
