@@ -74,12 +74,14 @@ struct FloorLoop {
   }
 };
 
-std::string configText(const char* forwarding, uint32_t backends, const std::string& vip) {
+std::string configText(const char* forwarding, uint32_t backends, const std::string& vip,
+                       const char* protocol = "udp", uint32_t new_flow_rate_limit = 0) {
   std::string s = fmt::format(
       "[dataplane]\nflow_table_size = {}\ngateway_mac = \"02:00:00:00:00:fe\"\n"
-      "[[service]]\nname = \"bench\"\nvip = \"{}\"\nport = 80\nprotocol = \"udp\"\n"
+      "[flood]\nnew_flow_rate_limit = {}\n"
+      "[[service]]\nname = \"bench\"\nvip = \"{}\"\nport = 80\nprotocol = \"{}\"\n"
       "forwarding = \"{}\"\n",
-      1u << 21, vip, forwarding);
+      1u << 21, new_flow_rate_limit, vip, protocol, forwarding);
   for (uint32_t i = 0; i < backends; ++i) {
     const std::string address = vip.find(':') != std::string::npos
                                     ? fmt::format("2001:db8:1::{:x}", i + 1)
@@ -133,6 +135,17 @@ int main(int argc, char** argv) {
   app.add_option("--frame", frame, "Frame size in bytes, without FCS (>= 60 for IPv4 UDP)")
       ->check(CLI::Range(60, 1500));
   app.add_flag("--ipv6", ipv6, "IPv6 flows instead of IPv4");
+  bool new_flows = false;
+  uint32_t guard_rate = 125000;
+  app.add_flag("--new-flows", new_flows,
+               "Instead of established flows: every packet a TCP SYN of a flow whose entry is gone "
+               "(--flows distinct SYNs, default 4 x --flow-table, replayed in a loop through a "
+               "--flow-table entry table, default 65536, that fills and evicts), DR and NAT, and "
+               "DR with the new-flow rate guard at --guard-rate; new flows per second against "
+               "the I/O floor");
+  app.add_option("--guard-rate", guard_rate,
+                 "flood.new_flow_rate_limit of the guarded case (--new-flows)")
+      ->check(CLI::Range(1, 100000000));
   bool publish = false;
   uint32_t changes = 50;
   app.add_flag("--publish", publish,
@@ -212,6 +225,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sluice-bench needs two CPUs (a control core and a worker core)\n");
     return 1;
   }
+  if (new_flows) {
+    flow_table = app.count("--flow-table") != 0 ? flow_table : 65536;
+    flows = app.count("--flows") != 0 ? flows : 4 * flow_table - 1;  // (the pool: bit_ceil(flows + 1))
+  }
   const std::string vip = ipv6 ? "2001:db8::80" : "192.0.2.80";
   char dir_tmpl[] = "/tmp/sluice-bench-XXXXXX";
   const std::string dir = mkdtemp(dir_tmpl);
@@ -220,7 +237,8 @@ int main(int argc, char** argv) {
     pktgen::TrafficSpec t;
     t.vip = *IpAddress::parse(vip);
     t.vport = 80;
-    t.proto = LB_PROTO_UDP;
+    // --new-flows: one TCP SYN per flow (a SYN carries no payload; the frame is the minimum)
+    t.proto = new_flows ? LB_PROTO_TCP : LB_PROTO_UDP;
     t.flows = flows;
     t.packets_per_flow = 1;
     const uint32_t headers = 14 + (ipv6 ? 40 : 20) + 8;
@@ -321,6 +339,86 @@ int main(int argc, char** argv) {
       return 0;
     }
 
+    if (new_flows) {
+      // Every packet a SYN whose flow's entry is gone: the capture holds more SYNs than the
+      // table has entries, so by the time the loop comes back to one its unestablished entry has
+      // been evicted by the SYNs after it (they evict each other first). A warm-up fills the
+      // table, so the timed runs insert and evict on every packet, as a table under load does.
+      std::printf("sluice-bench --new-flows: %u distinct %s TCP SYNs in a loop, a %u-entry flow "
+                  "table (%u buckets of 8), %u backends, 1 worker (lcore %u), %u runs x %.1f s, "
+                  "CPU %s, TSC %.2f GHz\n",
+                  flows, ipv6 ? "IPv6" : "IPv4", worker.pipeline().flows().capacity(),
+                  worker.pipeline().flows().capacity() / FlowTable::kBucketEntries, backends,
+                  worker_lcore, runs, seconds, bench::cpuModel().c_str(),
+                  static_cast<double>(rte_get_tsc_hz()) / 1e9);
+      struct NewFlowCase {
+        const char* name;
+        const char* key;
+        const char* forwarding;
+        uint32_t rate_limit;
+        Figures f;
+        uint64_t rx = 0;
+        uint64_t created = 0;
+        uint64_t unpinned = 0;
+        uint64_t tx = 0;
+      };
+      std::array<NewFlowCase, 3> cases = {{
+          {"dr  new flows", "new-flow-dr", "dr", 0, {}},
+          {"nat new flows", "new-flow-nat", "nat", 0, {}},
+          {"dr  guard tripped", "new-flow-dr-guard", "dr", guard_rate, {}},
+      }};
+      Figures f_floor;
+      uint64_t generation = 0;
+      for (uint32_t r = 0; r < runs; ++r) {
+        f_floor.mpps.push_back(floorRun());
+        for (NewFlowCase& c : cases) {
+          slot.publish(buildSnapshot(
+              parseConfig(configText(c.forwarding, backends, vip, "tcp", c.rate_limit), "bench"),
+              ids, ++generation));
+          if (r == 0 && &c == &cases[0]) {
+            workerRun();  // warm-up: fills the table
+          }
+          const WorkerCounters& wc = worker.pipeline().counters();
+          const uint64_t rx0 = wc.rx_packets;
+          const FlowTableStats& ft = worker.pipeline().flows().stats();
+          const uint64_t created0 = ft.inserted;
+          const uint64_t unpinned0 = wc.new_flows_unpinned;
+          const uint64_t tx0 = wc.tx_packets;
+          c.f.mpps.push_back(workerRun());
+          c.rx += wc.rx_packets - rx0;
+          c.created += ft.inserted - created0;
+          c.unpinned += wc.new_flows_unpinned - unpinned0;
+          c.tx += wc.tx_packets - tx0;
+        }
+      }
+      std::printf("\n%-22s %28s %12s %18s %18s\n", "case", "Mpps min / median / max", "ratio",
+                  "entries made/pkt", "unpinned/pkt");
+      std::printf("%-22s %8.2f / %8.2f / %8.2f %12.2f\n", "io-floor (mac rewrite)",
+                  f_floor.min(), f_floor.median(), f_floor.max(), 1.0);
+      bench::jsonCase("io-floor", "Mpps", f_floor.mpps, "", 1.0,
+                      {{"flows", flows}, {"flow_table", flow_table}});
+      bool all_sent = true;
+      for (const NewFlowCase& c : cases) {
+        const double rx = static_cast<double>(std::max<uint64_t>(1, c.rx));
+        std::printf("%-22s %8.2f / %8.2f / %8.2f %12.2f %18.3f %18.3f\n", c.name, c.f.min(),
+                    c.f.median(), c.f.max(), c.f.median() / f_floor.median(),
+                    static_cast<double>(c.created) / rx, static_cast<double>(c.unpinned) / rx);
+        bench::jsonCase(c.key, "Mpps", c.f.mpps, "io-floor", c.f.median() / f_floor.median(),
+                        {{"flows", flows},
+                         {"flow_table", flow_table},
+                         {"rate_limit", c.rate_limit},
+                         {"entries_per_packet", static_cast<double>(c.created) / rx},
+                         {"unpinned_per_packet", static_cast<double>(c.unpinned) / rx}});
+        all_sent = all_sent && c.tx == c.rx;
+      }
+      std::printf("\nnew flows per second = Mpps x (entries made + unpinned) per packet; "
+                  "table: %llu inserted, %llu evicted (%llu unestablished)\n",
+                  static_cast<unsigned long long>(worker.pipeline().flows().stats().inserted),
+                  static_cast<unsigned long long>(worker.pipeline().flows().stats().evicted),
+                  static_cast<unsigned long long>(worker.pipeline().flows().stats().syn_evicted));
+      stopPort(port);
+      return all_sent ? 0 : 1;
+    }
     std::printf("sluice-bench: %u established %s UDP flows, %u-byte frames, %u backends, "
                 "1 worker (lcore %u), %u runs x %.1f s, TSC %.2f GHz\n",
                 flows, ipv6 ? "IPv6" : "IPv4", frame, backends, worker_lcore, runs, seconds,
