@@ -11,10 +11,12 @@
  * work): here an expired entry is reclaimed when a lookup or an insert meets it.
  *
  * When one table serves every CPU (FlowTableScope::kShared: a virtual interface), two CPUs may
- * write one bucket at once, as they wrote one LRU value in place before: a flow may then lose its
- * entry or read another's half-written one. Either way the validity checks (service, backend id
- * and epoch) or the key comparison turn it into a miss, and the flow's next packet takes the
- * Maglev pick, the same backend unless the table changed; no lock is taken on the hot path.
+ * write one bucket at once (no lock is taken on the hot path): two new flows may take one free
+ * slot, one losing its entry, or a CPU may meet an entry another is still filling in, which
+ * lb_flow_place() leaves expired until its caller writes the expiry last. The loser and the
+ * half-written entry turn into a miss, and such a flow's next packet takes the Maglev pick, the
+ * same backend unless the table changed; the counters of a shared table may then count a flow
+ * twice or reclaim one early (docs/json.md). With RSS (a table per CPU) none of this can happen.
  */
 #ifndef SLUICE_BPF_FLOW_TABLE_H
 #define SLUICE_BPF_FLOW_TABLE_H
@@ -190,14 +192,15 @@ static __always_inline struct lb_flow_entry *lb_flow_lookup(const struct lb_flow
 }
 
 /* What FlowTable::place() learns of the two buckets; a slot is 8 * bucket + index. */
+/* (No padding: a global function's stack argument must be initialised to the last byte.) */
 struct lb_flow_scan {
 	__u64 now;		/* (here: a BPF function takes five arguments at most) */
+	__u64 victim_expiry;
+	__u64 syn_victim_expiry;
 	__u32 free_slot[2];	/* the first free (or reclaimed) slot of each bucket; ~0: none */
 	__u32 used[2];
 	__u32 victim;		/* the established entry that expires first; ~0: none */
-	__u64 victim_expiry;
 	__u32 syn_victim;	/* the unestablished one */
-	__u64 syn_victim_expiry;
 };
 
 /*
@@ -292,10 +295,16 @@ static __always_inline struct lb_flow_entry *lb_flow_place(const struct lb_flow_
 	sg = slot < LB_FLOW_BUCKET_ENTRIES ? sg0 : sg1;
 	bk = slot < LB_FLOW_BUCKET_ENTRIES ? bk0 : bk1;
 	i = slot & (LB_FLOW_BUCKET_ENTRIES - 1);
-	sg->sig[i] = lb_flow_signature(hash);
 	e = &bk->entry[i];
+	/* The key and an expiry in the past before the signature: on a shared table another CPU
+	 * that finds the signature and the key before the caller has filled the entry in takes it
+	 * for an expired one, never for a live one holding the evicted flow's backend. (x86 keeps
+	 * stores in order; the barrier keeps the compiler from reordering them.) */
 	e->key = *key;
+	e->expires_ns = 0;
 	e->unestablished = unestablished;
+	asm volatile("" ::: "memory");
+	sg->sig[i] = lb_flow_signature(hash);
 	return e;
 }
 

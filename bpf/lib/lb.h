@@ -449,7 +449,10 @@ static __always_inline int lb_service_is_for(const struct lb_service *svc,
  * against the packet's destination (the same service the lookup would find: one id per service
  * key), which spares an established flow the services hash lookup; anything else (no entry, an
  * expired one, a service gone or changed) takes the DPDK path's order. The first look changes
- * nothing (lb_flow_peek), so both orders count and reclaim alike.
+ * nothing (lb_flow_peek), so both orders count and reclaim alike. What it costs: a packet that
+ * passes addr_filter but is for no service (the host's own, a VIP's other ports) pays the flow hash
+ * and the look before its lookups. The loader clears a removed service's service_by_id entry
+ * before its `services` key (XdpDataplane::apply), so that the two orders agree during a publish.
  */
 static __always_inline int lb_to_service(struct xdp_md *ctx, const struct lb_parsed *p,
 					 struct lb_cpu_counters *cc)

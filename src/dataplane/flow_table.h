@@ -43,7 +43,7 @@ inline void prefetchLine(const void* p) noexcept {
 #endif
 }
 
-/** LB_FLOW_* of lb_abi.h: the same states as the XDP path's lb_flow.state. */
+/** LB_FLOW_* of lb_abi.h: the same states as the XDP path's lb_flow_entry.state. */
 enum class FlowState : uint8_t {
   kActive = LB_FLOW_ACTIVE,
   kClosing = LB_FLOW_CLOSING,  // FIN or RST seen: the tcp_fin linger

@@ -722,7 +722,17 @@ void XdpDataplane::apply(const Snapshot& snap) {
       local_keys.insert(lk);
     });
 
-    // 4. Remove what is gone: lookups first, then tables, then backends.
+    // 4. Remove what is gone: lookups first, then tables, then backends. A removed service's
+    // service_by_id entry before its `services` key: the program finds an established flow's
+    // service through the entry's id first (lb_to_service), and with the id cleared first it
+    // falls back to the `services` lookup, as the DPDK order would have it, instead of
+    // forwarding by the stale entry while the key is already gone.
+    for (uint32_t sid = 0; sid < services_next.size(); ++sid) {
+      if (services_next[sid] != 0 && !live_services.contains(sid)) {
+        const lb_service none{};
+        txn.put(by_id_fd, sid, none, "service_by_id");
+      }
+    }
     pruneHash<lb_service>(txn, services_fd, service_keys, "services");
     pruneHash<uint32_t>(txn, vips_fd, vip_keys, "vip_addrs");
     pruneHash<lb_nat_reply>(txn, replies_fd, reply_keys, "nat_replies");
@@ -731,8 +741,6 @@ void XdpDataplane::apply(const Snapshot& snap) {
     addresses.narrow(txn);
     for (uint32_t sid = 0; sid < services_next.size(); ++sid) {
       if (services_next[sid] != 0 && !live_services.contains(sid)) {
-        const lb_service none{};
-        txn.put(by_id_fd, sid, none, "service_by_id");
         txn.eraseInner(maglev_fd, sid);
         tables_next[sid] = MaglevSlots();
         services_next[sid] = 0;

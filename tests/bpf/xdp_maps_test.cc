@@ -801,13 +801,14 @@ TEST_F(XdpMaps, FailedApplyAtEveryWriteLeavesEveryMapAsItWas) {
   xdp->failAfterWrites(-1);
   EXPECT_TRUE(maps.controlPart(false) == b_state);
 
-  // A delete that fails is a failed publish, not ignored: without api, the first write of the
-  // publish is the delete of api's key from `services` (nothing else changes before it).
+  // A delete that fails is a failed publish, not ignored: without api, the publish first clears
+  // api's service_by_id entry, then deletes api's key from `services` (nothing else changes
+  // before them).
   Config without_api = changedServices();
   std::erase_if(without_api.services, [](const ServiceConfig& c) { return c.name == "api"; });
   IdRegistry ids = s.ids;
   const SnapshotPtr c = buildSnapshot(withTableSize(without_api, 1021), ids, 3, s.b.get());
-  xdp->failAfterWrites(0);
+  xdp->failAfterWrites(1);
   try {
     xdp->apply(*c);
     ADD_FAILURE() << "the failed delete was ignored";
