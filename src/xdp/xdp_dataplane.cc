@@ -919,6 +919,19 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
   return t;
 }
 
+void XdpDataplane::clearFlows() {
+  const lb_flow_sigs none{};
+  for (const FlowTableCopy& t : flow_tables_) {
+    for (uint32_t b = 0; b < flow_buckets_; ++b) {
+      // Only the buckets that hold something: a table is mostly empty between a test's inputs.
+      if (std::memcmp(&t.sigs[b], &none, sizeof(none)) != 0 &&
+          bpf_map_update_elem(t.sigs_fd, &b, &none, BPF_ANY) != 0) {
+        throw XdpError(fmt::format("cannot clear the flow table: {}", why(errno)));
+      }
+    }
+  }
+}
+
 std::vector<FlowRow> XdpDataplane::flows(uint64_t live_at) const {
   std::vector<FlowRow> rows;
   forEachFlowEntry([&](const lb_flow_entry& e, uint32_t cpu) {

@@ -130,6 +130,13 @@ class XdpDataplane {
    */
   std::vector<FlowRow> flows(uint64_t live_at = 0) const;
 
+  /**
+   * Empty every flow table (every signature cleared; the counters stay): a replay or a test that
+   * starts from no flows, as a new DPDK pipeline does. Not for a program under live traffic,
+   * whose CPUs may write the buckets at the same time. @throws XdpError
+   */
+  void clearFlows();
+
   int programFd() const;
 
   /**

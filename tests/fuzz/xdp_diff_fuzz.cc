@@ -5,15 +5,14 @@
 // the bytes sent, or in the counters it moves (drops by reason, passed, answered, ICMP errors
 // forwarded, flows created and rescheduled) is a finding, and the target traps on it.
 //
-// Each input starts from empty flow tables on both paths (a new pipeline; the program's LRU flow
-// maps cleared), so that an input reproduces alone. The NAT next hop comes from the resolved
+// Each input starts from empty flow tables on both paths (a new pipeline; the program's table
+// cleared, XdpDataplane::clearFlows), so that an input reproduces alone. The NAT next hop comes from the resolved
 // gateways of both families, never from the router learned from earlier inputs' packets.
 //
 // Root (or CAP_BPF) only. Input: frames.h's format; the flag kFlagAcceptAnyMac applies to both
 // paths (replay of foreign captures), kFlagPartialChecksums is ignored (its meaning differs
 // between a DPDK kernel-fed port and generic XDP, and BPF_PROG_TEST_RUN has no partial
 // checksums to complete).
-#include <bpf/bpf.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -30,8 +29,6 @@
 #include "control/snapshot_builder.h"
 #include "dataplane/pipeline.h"
 #include "tests/fuzz/frames.h"
-#include "tests/fuzz/fuzz_check.h"
-#include "tests/support/program_maps.h"
 #include "xdp/xdp_dataplane.h"
 
 namespace {
@@ -71,39 +68,10 @@ Counts countsOf(const Pipeline& p) {
   return c;
 }
 
-bool isFlowMap(const testsupport::ProgramMap& m) {
-  return m.info.type == BPF_MAP_TYPE_LRU_HASH || m.info.type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
-}
-
-/**
- * The flow tables of a loaded program: its LRU hash maps (flows, and whatever other per-flow
- * tables the program keeps, e.g. for connections not yet established), whether the program uses
- * them directly or through a map of maps (one per CPU), opened.
- */
-std::vector<int> flowMapsOfProgram(int prog_fd) {
-  std::vector<int> out;
-  for (const testsupport::ProgramMap& m : testsupport::openProgramMaps(prog_fd)) {
-    for (const testsupport::ProgramMap& inner : testsupport::openInnerMaps(m)) {
-      if (isFlowMap(inner)) {
-        out.push_back(inner.fd);
-      } else {
-        close(inner.fd);
-      }
-    }
-    if (isFlowMap(m)) {
-      out.push_back(m.fd);
-    } else {
-      close(m.fd);
-    }
-  }
-  return out;
-}
-
 struct Fixture {
   sluice::IdRegistry ids;
   sluice::SnapshotPtr snap = fuzz::snapshot(ids);
   std::unique_ptr<XdpDataplane> xdp;
-  std::vector<int> flow_maps;
   Counts xdp_before;  // the program's counters after the previous input
 };
 
@@ -145,13 +113,6 @@ std::string str(const Counts& c) {
   __builtin_trap();
 }
 
-void clearFlows(int fd) {
-  std::vector<uint8_t> key(256);
-  while (bpf_map_get_next_key(fd, nullptr, key.data()) == 0) {
-    FUZZ_CHECK(bpf_map_delete_elem(fd, key.data()) == 0);
-  }
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -170,11 +131,6 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   }
   fx->xdp->setPortMac(fuzz::kPortMac.bytes.data());
   fx->xdp->apply(*fx->snap);
-  fx->flow_maps = flowMapsOfProgram(fx->xdp->programFd());
-  if (fx->flow_maps.empty()) {
-    std::fprintf(stderr, "xdp_diff_fuzz: the program has no flow table (LRU hash map)\n");
-    std::exit(1);
-  }
   fx->xdp_before = countsOf(fx->xdp->totals(*fx->snap).all);
   return 0;
 }
@@ -187,9 +143,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool accept_any = (in.flags & fuzz::kFlagAcceptAnyMac) != 0;
   const sluice::Snapshot& snap = *fx->snap;
   XdpDataplane& xdp = *fx->xdp;
-  for (const int fd : fx->flow_maps) {
-    clearFlows(fd);
-  }
+  xdp.clearFlows();
   xdp.setAcceptAnyMac(accept_any);
 
   // Counters for the snapshot's backend ids only, as pipeline_fuzz (a fresh table per input).
