@@ -791,20 +791,6 @@ int XdpDataplane::run(std::span<const uint8_t> in, std::vector<uint8_t>& out) {
   return static_cast<int>(opts.retval);
 }
 
-template <class F>
-void XdpDataplane::forEachFlowEntry(F&& visit) const {
-  for (size_t copy = 0; copy < flow_tables_.size(); ++copy) {
-    const FlowTableCopy& t = flow_tables_[copy];
-    for (uint32_t b = 0; b < flow_buckets_; ++b) {
-      for (uint32_t i = 0; i < LB_FLOW_BUCKET_ENTRIES; ++i) {
-        if (t.sigs[b].sig[i] != 0) {
-          visit(t.entries[b].entry[i], static_cast<uint32_t>(copy));
-        }
-      }
-    }
-  }
-}
-
 StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
   StatsTotals t;
   t.backends.resize(snap.backends.size());
@@ -823,12 +809,7 @@ StatsTotals XdpDataplane::totals(const Snapshot& snap) const {
     live_at =
         static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
   }
-  std::vector<FlowRow> rows;
-  forEachFlowEntry([&](const lb_flow_entry& e, uint32_t cpu) {
-    if (e.expires_ns > live_at) {
-      rows.push_back({e.key, e.service_id, e.backend_id, cpu});
-    }
-  });
+  const std::vector<FlowRow> rows = flows(live_at);
   // A shared table is no CPU's: its evictions are summed (one CPU's insert may evict another's
   // flow) and reported on the first CPU listed, as its active flows are.
   const bool shared = scope_ == FlowTableScope::kShared;
@@ -933,12 +914,19 @@ void XdpDataplane::clearFlows() {
 }
 
 std::vector<FlowRow> XdpDataplane::flows(uint64_t live_at) const {
+  // Every entry with a signature, read through each copy's mapping.
   std::vector<FlowRow> rows;
-  forEachFlowEntry([&](const lb_flow_entry& e, uint32_t cpu) {
-    if (e.expires_ns > live_at) {
-      rows.push_back({e.key, e.service_id, e.backend_id, cpu});
+  for (size_t copy = 0; copy < flow_tables_.size(); ++copy) {
+    const FlowTableCopy& t = flow_tables_[copy];
+    for (uint32_t b = 0; b < flow_buckets_; ++b) {
+      for (uint32_t i = 0; i < LB_FLOW_BUCKET_ENTRIES; ++i) {
+        const lb_flow_entry& e = t.entries[b].entry[i];
+        if (t.sigs[b].sig[i] != 0 && e.expires_ns > live_at) {
+          rows.push_back({e.key, e.service_id, e.backend_id, static_cast<uint32_t>(copy)});
+        }
+      }
     }
-  });
+  }
   return rows;
 }
 

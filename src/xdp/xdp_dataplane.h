@@ -183,9 +183,6 @@ class XdpDataplane {
   /** Close the flow tables and the program (the destructor's, and a failed constructor's). */
   void release();
 
-  /** visit(entry, copy) for every entry held (a signature set) in each copy of the table. */
-  template <class F>
-  void forEachFlowEntry(F&& visit) const;
 };
 
 /** The XDP path behind the control plane: one loaded program per interface, all fed the same
