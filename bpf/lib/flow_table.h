@@ -34,24 +34,29 @@ static __always_inline __u32 lb_flow_signature(__u32 hash)
 	return hash | 1u;
 }
 
-/* FlowTable::primary(): the key's first bucket, from the hash's low bits. */
+/* FlowTable::bucketOf(): hash onto [0, flow_buckets) by its high bits (multiply-shift). */
+static __always_inline __u32 lb_flow_bucket_of(__u32 hash)
+{
+	return (__u32)(((__u64)hash * flow_buckets) >> 32);
+}
+
+/* FlowTable::primary(): the key's first bucket. */
 static __always_inline __u32 lb_flow_primary(__u32 hash)
 {
-	return hash & flow_bucket_mask;
+	return lb_flow_bucket_of(hash);
 }
 
 /* FlowTable::secondary(): the second, from a remix of the hash (never the first, unless the
  * table has one bucket). */
 static __always_inline __u32 lb_flow_secondary(__u32 hash)
 {
-	__u32 mask = flow_bucket_mask;
 	__u32 h = hash * 0x9e3779b1u;
 	__u32 b;
 
 	h ^= h >> 16;
-	b = h & mask;
-	if (b == (hash & mask))
-		b ^= 1u & mask;
+	b = lb_flow_bucket_of(h);
+	if (b == lb_flow_bucket_of(hash))
+		b = b + 1 == flow_buckets ? 0 : b + 1;
 	return b;
 }
 
@@ -76,7 +81,7 @@ struct lb_flow_table {
 	void *entries;	/* inner map of flows: struct lb_flow_bucket per bucket */
 };
 
-/* Bucket b of the table: its signatures and its entries (NULL: never, b is masked to the size). */
+/* Bucket b of the table: its signatures and its entries (NULL: never, b is below flow_buckets). */
 static __always_inline struct lb_flow_sigs *lb_flow_sigs_at(const struct lb_flow_table *t, __u32 b)
 {
 	return bpf_map_lookup_elem(t->sigs, &b);

@@ -119,7 +119,7 @@ struct {
  * (lru_mapping): when the NIC keeps a flow on one CPU (RSS), each CPU's slot holds a table of its
  * own, as each DPDK worker has its own; on a virtual interface every slot holds the same table,
  * one for all CPUs (FlowTableScope in src/xdp/xdp_dataplane.h says why). The loader creates the
- * inner maps, flow_bucket_mask + 1 buckets each, and sets max_entries here to the number of
+ * inner maps, flow_buckets buckets each, and sets max_entries here to the number of
  * possible CPUs.
  * BPF_F_MMAPABLE: the values of such an array start on a page, so every entry is on a cache line
  * of its own (a plain array's values start 16 bytes into one), and the loader reads the table
@@ -200,7 +200,7 @@ __u8 port_mac[6];		/* source MAC of everything sent; the frames taken are for it
 __u8 gateway_mac[6];		/* IPv4 NAT replies' next hop, if has_gateway */
 __u8 gateway_mac6[6];		/* IPv6 NAT replies' next hop, if has_gateway6 */
 __u32 has_gateway;		/* else the learned router MAC (learned_gw) */
-__u32 flow_bucket_mask;		/* buckets of each flow table - 1 (a power of two - 1) */
+__u32 flow_buckets;		/* buckets of each flow table (at least 1) */
 __u32 has_gateway6;
 __u32 accept_any_mac;		/* non-zero: take frames for any destination MAC (replay) */
 __u64 clock_override_ns;	/* non-zero: the flow clock (replay) */

@@ -25,10 +25,8 @@ void* allocTable(size_t bytes) {
 void FlowTable::HugeFree::operator()(void* p) const noexcept { munmap(p, bytes); }
 
 FlowTable::FlowTable(uint32_t capacity) {
-  const uint32_t buckets =
-      std::bit_ceil(std::max<uint32_t>(1, (capacity + kBucketEntries - 1) / kBucketEntries));
-  mask_ = buckets - 1;
-  const size_t n = size_t{buckets} * kBucketEntries;
+  buckets_ = bucketsFor(capacity);
+  const size_t n = size_t{buckets_} * kBucketEntries;
   sigs_ = {static_cast<uint32_t*>(allocTable(n * sizeof(uint32_t))), HugeFree{n * sizeof(uint32_t)}};
   entries_ = {static_cast<FlowEntry*>(allocTable(n * sizeof(FlowEntry))), HugeFree{n * sizeof(FlowEntry)}};
 }
@@ -106,7 +104,7 @@ void FlowTable::sweep(uint32_t buckets, uint64_t now_ns) noexcept {
         expire(base + i);
       }
     }
-    sweep_cursor_ = (sweep_cursor_ + 1) & mask_;
+    sweep_cursor_ = sweep_cursor_ + 1 == buckets_ ? 0 : sweep_cursor_ + 1;
   }
 }
 

@@ -338,9 +338,10 @@ int possibleCpus() { return std::max(1, libbpf_num_possible_cpus()); }
 }  // namespace
 
 uint32_t XdpDataplane::flowBuckets(uint32_t flow_capacity) {
-  // As the DPDK table rounds: whole buckets, a power of two of them (the mask).
-  return std::bit_ceil(std::max<uint32_t>(
-      1, (flow_capacity + LB_FLOW_BUCKET_ENTRIES - 1) / LB_FLOW_BUCKET_ENTRIES));
+  // As the DPDK table rounds (FlowTable::bucketsFor, which the XDP path does not include).
+  return std::max<uint32_t>(1, static_cast<uint32_t>((uint64_t{flow_capacity} +
+                                                      LB_FLOW_BUCKET_ENTRIES - 1) /
+                                                     LB_FLOW_BUCKET_ENTRIES));
 }
 
 uint64_t XdpDataplane::flowTableBytes(uint32_t flow_capacity, FlowTableScope scope,
@@ -416,7 +417,7 @@ XdpDataplane::XdpDataplane(uint32_t flow_capacity, FlowTableScope scope) : scope
     release();
     throw XdpError(fmt::format("cannot give the flow table's template: {}", why(rc)));
   }
-  skel_->bss->flow_bucket_mask = buckets - 1;
+  skel_->bss->flow_buckets = buckets;
   if (int rc = xdp_lb__load(skel_); rc != 0) {
     release();
     throw XdpError(fmt::format(

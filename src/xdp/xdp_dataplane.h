@@ -59,7 +59,7 @@ class XdpDataplane {
    */
   static uint64_t flowTableBytes(uint32_t flow_capacity, FlowTableScope scope, std::string& how);
 
-  /** Buckets of a table of flow_capacity entries: a power of two, as the DPDK table's. */
+  /** Buckets of a table of flow_capacity entries: as the DPDK table's (FlowTable::bucketsFor). */
   static uint32_t flowBuckets(uint32_t flow_capacity);
 
   /** The scope an interface needs: shared on a virtual one (no /sys/class/net/IF/device). */

@@ -372,20 +372,57 @@ TEST(XdpDifferential, SameCaptureSameOutputBothPaths) {
       }
     }
   }
-  // The same backend for every flow and the same per-service and per-backend counts.
-  EXPECT_EQ(xdp.report.at("services"), dpdk.report.at("services"))
-      << "dpdk " << dpdk.report.at("services").dump() << "\nxdp  "
-      << xdp.report.at("services").dump();
+  // The same backend for every flow and the same per-service and per-backend counts, but for
+  // the one difference the paths are allowed (docs/architecture.md): the DPDK worker's sweep
+  // expires a few buckets per poll pass, the XDP table frees an expired entry only when a
+  // packet meets it. After the late packet (400 s on) every flow of the generated traffic has
+  // expired (web and web6 closed by a FIN, dns idle past udp), so the sweep of the passes after
+  // it may remove some of them. Those, and only those, XDP may still hold: each must be such a
+  // flow, on the same backend, and they account exactly for the differing counters.
   auto flowMap = [](const json& report) {
-    std::map<std::string, std::string> m;
+    std::map<std::string, json> m;
     for (const json& f : report.at("flow_list")) {
       m[f.at("protocol").get<std::string>() + " " + f.at("client").get<std::string>() + " > " +
-        f.at("vip").get<std::string>() + " " + f.at("port").dump()] =
-          f.at("backend").get<std::string>();
+        f.at("vip").get<std::string>() + " " + f.at("port").dump()] = f;
     }
     return m;
   };
-  EXPECT_EQ(flowMap(xdp.report), flowMap(dpdk.report));
+  const std::map<std::string, json> xdp_flows = flowMap(xdp.report);
+  const std::map<std::string, json> dpdk_flows = flowMap(dpdk.report);
+  for (const auto& [key, f] : dpdk_flows) {
+    ASSERT_TRUE(xdp_flows.contains(key)) << "only the DPDK path holds " << key;
+    EXPECT_EQ(xdp_flows.at(key).at("backend"), f.at("backend")) << key;
+  }
+  json xdp_services = xdp.report.at("services");
+  uint64_t swept = 0;
+  for (const auto& [key, f] : xdp_flows) {
+    if (dpdk_flows.contains(key)) {
+      continue;
+    }
+    const std::string client = f.at("client").get<std::string>();
+    const bool generated = f.at("service") == "web" || f.at("service") == "web6" ||
+                           f.at("service") == "dns";
+    EXPECT_TRUE(generated && client != "203.0.113.1:10000" &&
+                client.rfind("198.51.100.201:", 0) != 0 && client.rfind("[2001:db8:ff::201]", 0) != 0)
+        << "only the XDP path holds " << key << ", which is not an expired flow";
+    ++swept;
+    for (json& svc : xdp_services) {
+      if (svc.at("name") != f.at("service")) {
+        continue;
+      }
+      svc["active_flows"] = svc.at("active_flows").get<uint64_t>() - 1;
+      for (json& b : svc["backends"]) {
+        if (b.at("address").get<std::string>() + ":" + b.at("port").dump() == f.at("backend")) {
+          b["active_flows"] = b.at("active_flows").get<uint64_t>() - 1;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(xdp_services, dpdk.report.at("services"))
+      << "dpdk " << dpdk.report.at("services").dump() << "\nxdp  " << xdp_services.dump();
+  EXPECT_EQ(xt.at("flows_created"), dt.at("flows_created"));
+  EXPECT_EQ(xt.at("flows_active").get<uint64_t>() - swept, dt.at("flows_active").get<uint64_t>());
+  EXPECT_EQ(xt.at("flows_expired").get<uint64_t>() + swept, dt.at("flows_expired").get<uint64_t>());
   EXPECT_GT(dpdk.out.size(), in.size() / 2);
   // dns: 40 replies and the error from behind NAT; web6: 10 replies.
   const uint64_t replies = dpdk.report.at("services")[1].at("reply_packets").get<uint64_t>();

@@ -51,15 +51,39 @@ size_t countLive(const FlowTable& t, uint64_t now) {
   return n;
 }
 
-TEST(FlowTable, CapacityIsRoundedToPowerOfTwoBuckets) {
+TEST(FlowTable, CapacityIsRoundedUpToWholeBuckets) {
   const std::vector<std::pair<uint32_t, uint32_t>> cases = {
-      {0, 8},       {1, 8},       {7, 8},       {8, 8},         {9, 16},        {16, 16},
-      {17, 32},     {24, 32},     {25, 32},     {33, 64},       {1000, 1024},   {1024, 1024},
-      {1025, 2048}, {65536, 65536}, {100000, 131072}, {1u << 20, 1u << 20}};
+      {0, 8},        {1, 8},         {7, 8},           {8, 8},           {9, 16},
+      {16, 16},      {17, 24},       {24, 24},         {25, 32},         {33, 40},
+      {1000, 1000},  {1025, 1032},   {100000, 100000}, {1u << 20, 1u << 20}};
   for (const auto& [asked, expected] : cases) {
     FlowTable t(asked);
     EXPECT_EQ(t.capacity(), expected) << "asked " << asked;
+    EXPECT_EQ(FlowTable::bytesFor(asked), uint64_t{expected} * 68) << "asked " << asked;
   }
+  // The target: 10 million flows of one core in at most 1 GiB.
+  EXPECT_EQ(FlowTable::bytesFor(10'000'000), 680'000'000u);
+}
+
+TEST(FlowTable, ATableOfAnyBucketCountFillsEveryBucket) {
+  // 125 buckets: not a power of two. Two-choice placement must fill most of the table before it
+  // evicts (the first eviction comes at 73-84 % full, as with a power of two of buckets),
+  // and multiply-shift must reach every bucket, the last one included: once the inserts have
+  // gone on evicting long enough, every one of the 1000 slots holds a flow.
+  FlowTable t(1000);
+  ASSERT_EQ(t.capacity(), 1000u);
+  uint32_t i = 0;
+  for (; t.stats().evicted.get() == 0; ++i) {
+    const lb_flow_key k = keyOf(i);
+    add(t, k, lb_flow_hash(&k), 0, 1000 + i, 1);
+  }
+  EXPECT_GT(i, 700u) << "the first eviction came at insert " << i;
+  for (; i < 20000; ++i) {
+    const lb_flow_key k = keyOf(i);
+    add(t, k, lb_flow_hash(&k), 0, 1000 + i, 1);
+  }
+  EXPECT_EQ(t.stats().active.get(), 1000u);
+  EXPECT_EQ(countLive(t, 0), 1000u);
 }
 
 TEST(FlowTable, InsertThenLookup) {
