@@ -330,6 +330,14 @@ struct lb_flow_entry {
  */
 #define LB_FLOW_BUCKET_ENTRIES 8
 
+/* Buckets of a flow table of capacity entries, on both paths: whole buckets, at least one. */
+static inline lb_u32 lb_flow_buckets_for(lb_u32 capacity)
+{
+	lb_u32 b = (lb_u32)(((lb_u64)capacity + LB_FLOW_BUCKET_ENTRIES - 1) / LB_FLOW_BUCKET_ENTRIES);
+
+	return b != 0 ? b : 1;
+}
+
 struct lb_flow_sigs {
 	lb_u32 sig[LB_FLOW_BUCKET_ENTRIES];
 };

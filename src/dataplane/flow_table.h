@@ -89,10 +89,7 @@ class FlowTable {
   uint32_t capacity() const { return buckets_ * kBucketEntries; }
 
   /** Buckets of a table of capacity entries: whole buckets, any number of them (at least one). */
-  static uint32_t bucketsFor(uint32_t capacity) {
-    return std::max<uint32_t>(1, static_cast<uint32_t>((uint64_t{capacity} + kBucketEntries - 1) /
-                                                       kBucketEntries));
-  }
+  static uint32_t bucketsFor(uint32_t capacity) { return lb_flow_buckets_for(capacity); }
 
   /** What a table of capacity entries maps: signatures and entries (the memory budget). */
   static uint64_t bytesFor(uint32_t capacity) {

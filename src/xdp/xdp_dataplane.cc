@@ -338,10 +338,7 @@ int possibleCpus() { return std::max(1, libbpf_num_possible_cpus()); }
 }  // namespace
 
 uint32_t XdpDataplane::flowBuckets(uint32_t flow_capacity) {
-  // As the DPDK table rounds (FlowTable::bucketsFor, which the XDP path does not include).
-  return std::max<uint32_t>(1, static_cast<uint32_t>((uint64_t{flow_capacity} +
-                                                      LB_FLOW_BUCKET_ENTRIES - 1) /
-                                                     LB_FLOW_BUCKET_ENTRIES));
+  return lb_flow_buckets_for(flow_capacity);  // as the DPDK table's FlowTable::bucketsFor
 }
 
 uint64_t XdpDataplane::flowTableBytes(uint32_t flow_capacity, FlowTableScope scope,
